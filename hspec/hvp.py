@@ -1,0 +1,381 @@
+"""Hessian-vector products on parameter pytrees, over datasets and parameter subsets (METHOD.md §1).
+
+Two layers:
+
+* :func:`hvp` is the plain forward-over-reverse product ``jax.jvp(jax.grad(loss), (params,), (v,))[1]``.
+  It contains no Python-level checks so that it can be called inside a user's own ``jax.jit``.
+* :class:`HessianOperator` (built by :func:`hessian_operator`) is what the drivers (Lanczos, trace,
+  density, power iteration) use: a symmetric linear map on flat vectors of the selected parameters,
+  with three things the plain product lacks:
+
+  1. closed-over arrays (the data a user's ``loss = lambda p: ce(model(p, X), Y)`` captures) are hoisted
+     out of the program and passed as arguments, because XLA constant-folds closed-over arrays and a
+     LeNet HVP then compiles for 25 s instead of 1 s (FINDINGS.md, trap 2);
+  2. a dataset given as several batches is a sample-count-weighted mean, so the product equals one HVP
+     over the union of the batches (an unequal last batch included), compiled once per batch shape;
+  3. the gradient may be linearised once at θ and the linear map reused for every product, which costs
+     1.1-1.4 gradients per product instead of 1.7-1.9 (FINDINGS.md).
+
+Compiled programs are cached per (loss function, parameter shapes, options), so a second call with the
+same loss function and shapes does not recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import weakref
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+PyTree = Any
+
+__all__ = [
+    "hvp",
+    "HessianOperator",
+    "hessian_operator",
+    "select_parameters",
+    "hoist_constants",
+]
+
+
+def hvp(loss_fn: Callable[[PyTree], jax.Array], params: PyTree, v: PyTree) -> PyTree:
+    """Hessian-vector product H·v of ``loss_fn`` at ``params`` (forward-over-reverse).
+
+    Args:
+      loss_fn: scalar function of a parameter pytree.
+      params: point θ at which the Hessian is taken.
+      v: pytree with the structure and shapes of ``params``.
+
+    Returns:
+      H(θ)·v as a pytree like ``params``. Equation: ``jax.jvp(jax.grad(L), (θ,), (v,))[1]``.
+    """
+    return jax.jvp(jax.grad(loss_fn), (params,), (v,))[1]
+
+
+# --------------------------------------------------------------------------------------------------
+# Hoisting closed-over constants
+
+
+def hoist_constants(fn: Callable[..., Any], *example_args: Any) -> tuple[Callable[..., Any], list]:
+    """Trace ``fn`` once and return ``(pure_fn, consts)`` with ``pure_fn(consts, *args) == fn(*args)``.
+
+    Arrays that ``fn`` closes over become the jaxpr's constants; passing them back as arguments keeps
+    XLA from folding them into the compiled program. (``jax.closure_convert`` does not hoist concrete
+    arrays, FINDINGS.md.)
+
+    Args:
+      fn: function of pytrees returning a pytree.
+      *example_args: arguments with the shapes and dtypes ``pure_fn`` will be called with.
+
+    Returns:
+      ``pure_fn`` and the list of constant arrays it expects as its first argument.
+    """
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
+    out_tree = jax.tree.structure(out_shape)
+    jaxpr = closed.jaxpr
+
+    def pure_fn(consts, *args):
+        flat_args = jax.tree.leaves(args)
+        out = jax.core.eval_jaxpr(jaxpr, list(consts), *flat_args)
+        return jax.tree.unflatten(out_tree, out)
+
+    return pure_fn, list(closed.consts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Parameter subsets
+
+
+def _path_string(path) -> str:
+    """'a/b/0/kernel' for a jax key path (what ``wrt`` regexes match against)."""
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def _selection_mask(params: PyTree, wrt) -> tuple[bool, ...]:
+    """One bool per leaf of ``params``: is it in the Hessian's variables?"""
+    leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
+    if wrt is None:
+        return tuple(True for _ in leaves_with_path)
+    if isinstance(wrt, str):
+        pattern = re.compile(wrt)
+        return tuple(bool(pattern.search(_path_string(p))) for p, _ in leaves_with_path)
+    if callable(wrt):
+        return tuple(bool(wrt(_path_string(p), leaf)) for p, leaf in leaves_with_path)
+    mask_leaves, mask_tree = jax.tree.flatten(wrt)
+    if mask_tree != jax.tree.structure(params):
+        raise ValueError(
+            "wrt mask does not have the structure of params: give a pytree of bools shaped like params, "
+            f"a regex on leaf paths, or a callable (path, leaf) -> bool. Got {mask_tree} vs "
+            f"{jax.tree.structure(params)}."
+        )
+    return tuple(bool(m) for m in mask_leaves)
+
+
+def select_parameters(params: PyTree, wrt=None) -> tuple[list, list, Callable[[list, list], PyTree]]:
+    """Split ``params`` into the leaves the Hessian is taken over and the ones held fixed.
+
+    Args:
+      params: parameter pytree.
+      wrt: ``None`` (all leaves), a regex searched in each leaf's path such as ``"Dense_2|head"`` (paths
+        look like ``layers/2/kernel``), a callable ``(path, leaf) -> bool``, or a pytree of bools shaped
+        like ``params``.
+
+    Returns:
+      ``(selected, fixed, merge)``: two lists of leaves and ``merge(selected, fixed) -> params``.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    mask = _selection_mask(params, wrt)
+    if not any(mask):
+        paths = [_path_string(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        raise ValueError(f"wrt={wrt!r} selects no parameters; leaf paths are: {paths}")
+    selected = [leaf for leaf, m in zip(leaves, mask) if m]
+    fixed = [leaf for leaf, m in zip(leaves, mask) if not m]
+    return selected, fixed, partial(_merge, mask=mask, treedef=treedef)
+
+
+def _merge(selected: list, fixed: list, *, mask, treedef) -> PyTree:
+    it_sel, it_fix = iter(selected), iter(fixed)
+    return jax.tree.unflatten(treedef, [next(it_sel) if m else next(it_fix) for m in mask])
+
+
+# --------------------------------------------------------------------------------------------------
+# The operator
+
+
+def _batch_size(batch) -> int:
+    leaves = jax.tree.leaves(batch)
+    if not leaves:
+        raise ValueError("a batch has no arrays; batches must be pytrees of arrays with a leading sample axis")
+    return int(np.shape(leaves[0])[0])
+
+
+def _avals(tree) -> tuple:
+    return tuple((tuple(np.shape(x)), str(jnp.result_type(x))) for x in jax.tree.leaves(tree)) + (
+        jax.tree.structure(tree),
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Programs:
+    """The compiled programs of one (loss function, shapes, options): cached across calls."""
+
+    loss: Callable  # (consts, sel, fixed, batch) -> scalar, jitted
+    linearize: Callable  # (consts, sel, fixed, batch) -> linear map Partial, jitted
+    apply_linear: Callable  # (f_jvp, v_flat[S, n]) -> Hv_flat[S, n], jitted
+    apply_jvp: Callable  # (consts, sel, fixed, batch, v_flat[S, n]) -> Hv_flat[S, n], jitted
+    unravel: Callable
+
+
+_PROGRAM_CACHE: dict = {}
+_PROGRAM_CACHE_SIZE = 32
+
+
+def _loss_of_parts(loss_fn, merge, has_batches):
+    """The loss as a function of (selected leaves, fixed leaves, batch)."""
+
+    def loss_of_parts(sel, fix, batch):
+        params = merge(sel, fix)
+        return loss_fn(params, batch) if has_batches else loss_fn(params)
+
+    return loss_of_parts
+
+
+def _build_programs(pure_loss, selected) -> _Programs:
+    """Jit the loss, linearisation and HVP programs around a constant-free loss."""
+    _, unravel = ravel_pytree(selected)
+
+    def scalar_loss(consts, sel, fix, batch):
+        return jnp.asarray(pure_loss(consts, sel, fix, batch)).reshape(())
+
+    grad_fn = jax.grad(scalar_loss, argnums=1)
+
+    def linearize(consts, sel, fix, batch):
+        with jax.default_matmul_precision("highest"):
+            return jax.linearize(lambda s: grad_fn(consts, s, fix, batch), sel)[1]
+
+    def apply_linear(f_jvp, v_flat):
+        with jax.default_matmul_precision("highest"):
+            return jax.vmap(lambda v: ravel_pytree(f_jvp(unravel(v)))[0])(v_flat)
+
+    def apply_jvp(consts, sel, fix, batch, v_flat):
+        def one(v):
+            tangent = jax.jvp(lambda s: grad_fn(consts, s, fix, batch), (sel,), (unravel(v),))[1]
+            return ravel_pytree(tangent)[0]
+
+        with jax.default_matmul_precision("highest"):
+            return jax.vmap(one)(v_flat)
+
+    return _Programs(
+        loss=jax.jit(scalar_loss),
+        linearize=jax.jit(linearize),
+        apply_linear=jax.jit(apply_linear),
+        apply_jvp=jax.jit(apply_jvp),
+        unravel=unravel,
+    )
+
+
+def _programs_for(loss_fn, params, wrt, batch, has_batches, selected, fixed, merge):
+    """Compiled programs and hoisted constants for one batch shape (cached per loss function + shapes).
+
+    A jaxpr has fixed shapes, so an unequal last batch gets programs of its own: one compile per
+    distinct batch shape, never one per batch.
+    """
+    loss_of_parts = _loss_of_parts(loss_fn, merge, has_batches)
+    pure_loss, consts = hoist_constants(loss_of_parts, selected, fixed, batch)
+    try:
+        # A weak reference, so that the cache does not keep the user's closed-over data alive.
+        fn_ref = weakref.ref(loss_fn)
+    except TypeError:
+        fn_ref = loss_fn
+    key = (fn_ref, _avals(params), _selection_mask(params, wrt), _avals(batch), has_batches)
+    try:
+        hash(key)
+    except TypeError:  # an unhashable loss (e.g. a partial over arrays): correct, just not cached
+        return _build_programs(pure_loss, selected), consts
+    programs = _PROGRAM_CACHE.get(key)
+    if programs is None:
+        # Same function and shapes on a later call: the retrace above only refreshes the constants.
+        programs = _build_programs(pure_loss, selected)
+        if len(_PROGRAM_CACHE) >= _PROGRAM_CACHE_SIZE:
+            _PROGRAM_CACHE.pop(next(iter(_PROGRAM_CACHE)))
+        _PROGRAM_CACHE[key] = programs
+    return programs, consts
+
+
+class HessianOperator:
+    """H (or its restriction to a parameter subset) as a symmetric linear map on flat vectors.
+
+    Use :func:`hessian_operator` to build one. ``op.matvec(V)`` takes a ``[S, n]`` array of S vectors
+    (or one ``[n]`` vector) and returns H applied to each; ``op.dim`` is n; ``op.ravel`` /
+    ``op.unravel`` convert between flat vectors and the selected-parameter list.
+    """
+
+    def __init__(self, parts: list, selected: list, fixed: list, weights: list, method: str, num_samples):
+        # parts: one (programs, consts, batch) per batch.
+        self._parts = parts
+        self._selected = selected
+        self._fixed = fixed
+        self._weights = weights
+        self.method = method
+        self.num_samples = num_samples
+        flat, self._unravel = ravel_pytree(selected)
+        self.dim = int(flat.shape[0])
+        self.dtype = flat.dtype
+        self._linear_maps = None
+        if method == "linearize":
+            self._linear_maps = [p.linearize(c, selected, fixed, b) for p, c, b in parts]
+
+    @property
+    def pure_matvec(self) -> "_PureMatvec":
+        """``pure_matvec(args, V)``: the product as a hashable function of explicit arguments.
+
+        Lanczos's compiled ``fori`` loop calls it with ``self.args`` so that nothing is closed over.
+        """
+        return _PureMatvec(tuple(p for p, _, _ in self._parts), self.method)
+
+    @property
+    def args(self) -> tuple:
+        """The arrays ``pure_matvec`` needs: linear maps or (constants, parameters, batch), and weights."""
+        if self._linear_maps is not None:
+            per_part = list(self._linear_maps)
+        else:
+            per_part = [(c, self._selected, self._fixed, b) for _, c, b in self._parts]
+        return per_part, list(self._weights)
+
+    def matvec(self, v: jax.Array) -> jax.Array:
+        """H·v for a flat vector ``[n]`` or a stack ``[S, n]``; sample-weighted over the batches."""
+        single = v.ndim == 1
+        out = self.pure_matvec(self.args, v[None] if single else v)
+        return out[0] if single else out
+
+    def loss(self) -> jax.Array:
+        """The loss at θ (sample-weighted over the batches), without weight decay."""
+        return sum(p.loss(c, self._selected, self._fixed, b) * w for (p, c, b), w in zip(self._parts, self._weights))
+
+    def ravel(self, selected: list) -> jax.Array:
+        """Flat vector of a list of selected leaves."""
+        return ravel_pytree(selected)[0]
+
+    def unravel(self, flat: jax.Array) -> list:
+        """List of selected leaves of a flat vector."""
+        return self._unravel(flat)
+
+
+def hessian_operator(
+    loss_fn: Callable,
+    params: PyTree,
+    *,
+    batches: Sequence | None = None,
+    wrt=None,
+    method: str = "linearize",
+) -> HessianOperator:
+    """Build the Hessian operator of ``loss_fn`` at ``params``.
+
+    Args:
+      loss_fn: ``loss_fn(params) -> scalar`` (data closed over), or ``loss_fn(params, batch) -> scalar``
+        (mean loss over the batch) when ``batches`` is given.
+      params: parameter pytree θ.
+      batches: optional sequence of batches (pytrees whose leaves have a leading sample axis). The
+        operator is Σ_b (n_b/N) H_b, which equals the Hessian of the mean loss over the union.
+      wrt: parameter subset (see :func:`select_parameters`); the other leaves are held fixed.
+      method: ``"linearize"`` (linearise the gradient once per batch and reuse it: fastest, keeps the
+        linearisation residuals in memory) or ``"jvp"`` (forward-over-reverse at every product).
+
+    Returns:
+      A :class:`HessianOperator`.
+    """
+    if method not in ("linearize", "jvp"):
+        raise ValueError(f"method must be 'linearize' or 'jvp', got {method!r}")
+    has_batches = batches is not None
+    batch_list = list(batches) if has_batches else [()]
+    if not batch_list:
+        raise ValueError("batches is empty: give at least one batch, or batches=None for a loss of params only")
+    sizes = [_batch_size(b) for b in batch_list] if has_batches else [1]
+    weights = [s / float(sum(sizes)) for s in sizes]
+    selected, fixed, merge = select_parameters(params, wrt)
+    by_shape: dict = {}
+    parts = []
+    for batch in batch_list:
+        shape_key = _avals(batch)
+        if shape_key not in by_shape:
+            by_shape[shape_key] = _programs_for(loss_fn, params, wrt, batch, has_batches, selected, fixed, merge)
+        programs, consts = by_shape[shape_key]
+        parts.append((programs, consts, batch))
+    num_samples = int(sum(sizes)) if has_batches else None
+    return HessianOperator(parts, selected, fixed, weights, method, num_samples)
+
+
+@dataclasses.dataclass(frozen=True)
+class _PureMatvec:
+    """Σ_b w_b H_b·V over the batches, each batch's product from its own compiled program."""
+
+    programs: tuple
+    method: str
+
+    def __call__(self, args, v_flat):
+        per_part, weights = args
+        total = None
+        for programs, part, w in zip(self.programs, per_part, weights):
+            if self.method == "linearize":
+                hv = programs.apply_linear(part, v_flat)
+            else:
+                hv = programs.apply_jvp(*part, v_flat)
+            if len(self.programs) > 1:  # one batch: skip the multiply by 1
+                hv = hv * jnp.asarray(w, hv.dtype)
+            total = hv if total is None else total + hv
+        return total
