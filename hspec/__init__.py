@@ -1,0 +1,44 @@
+"""hspec: Hessian spectra of neural networks in JAX, and whether they follow a power law.
+
+Pure functions of a loss ``loss_fn(params) -> scalar`` (or ``loss_fn(params, batch)`` with batches):
+Hessian-vector products, Lanczos eigenvalues, spectral density, trace, λ_max, and the power-law fit
+with its KS test (Tang et al., ICML 2025; METHOD.md). Knows nothing of Flax, optax or training code.
+"""
+
+from hspec.density import SpectralDensity, density_from_lanczos, spectral_density
+from hspec.eigenvalues import (
+    NotConvergedError,
+    NotConvergedWarning,
+    TopEigenvalues,
+    default_num_steps,
+    top_eigenvalues,
+)
+from hspec.hvp import HessianOperator, hessian_operator, hoist_constants, hvp, select_parameters
+from hspec.lanczos import LanczosResult, NonFiniteError, lanczos, tridiagonal_eigh
+from hspec.powerlaw import (
+    CRITICAL_COEFFICIENTS,
+    EnsembleFit,
+    PowerLawFit,
+    PowerLawVerdict,
+    critical_value,
+    eigengaps,
+    fit_eigengaps,
+    fit_power_law,
+    fit_power_law_ensemble,
+    least_squares_slope,
+    power_law_verdict,
+)
+from hspec.sharpness import PowerIterationResult, power_iteration
+from hspec.trace import TraceEstimate, hutchinson_trace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianOperator", "LanczosResult", "NonFiniteError",
+    "NotConvergedError", "NotConvergedWarning", "PowerIterationResult", "PowerLawFit", "PowerLawVerdict",
+    "SpectralDensity", "TopEigenvalues", "TraceEstimate", "critical_value", "default_num_steps",
+    "density_from_lanczos", "eigengaps", "fit_eigengaps", "fit_power_law", "fit_power_law_ensemble",
+    "hessian_operator", "hoist_constants", "hutchinson_trace", "hvp", "lanczos", "least_squares_slope",
+    "power_iteration", "power_law_verdict", "select_parameters", "spectral_density", "top_eigenvalues",
+    "tridiagonal_eigh",
+]

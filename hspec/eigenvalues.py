@@ -1,0 +1,169 @@
+"""Top eigenvalues of a loss's Hessian: Lanczos, convergence bookkeeping and combination of starts."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+
+import jax
+import numpy as np
+
+from hspec._checks import checked_operator
+from hspec.lanczos import LanczosResult, lanczos
+
+__all__ = ["TopEigenvalues", "NotConvergedError", "NotConvergedWarning", "top_eigenvalues", "default_num_steps"]
+
+
+class NotConvergedError(RuntimeError):
+    """Fewer than k Ritz values converged and the caller asked to be strict."""
+
+
+class NotConvergedWarning(UserWarning):
+    """Fewer than k Ritz values converged; the tail of the returned values is not yet eigenvalues."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TopEigenvalues:
+    """The k largest (algebraic) Hessian eigenvalues and how far to trust them.
+
+    Attributes:
+      eigenvalues: ``[k]`` descending.
+      residuals: ``[k]`` residual bounds |β_m y_{m,i}| (each value is within this of an eigenvalue).
+      converged: ``[k]`` bool, residual <= tol * |λ_1|.
+      num_converged: number of converged values among the top k.
+      tol: the relative tolerance used.
+      num_steps: Lanczos steps m; num_starts: S; combine: "pool" or "mean".
+      std: ``[k]`` standard deviation across starts of the sorted values (combine="mean"), else None.
+      vectors: ``[k, n]`` Ritz vectors (flat, selected parameters) when asked for, else None.
+      lanczos: the raw :class:`LanczosResult`.
+      seconds: wall time of the call.
+    """
+
+    eigenvalues: np.ndarray
+    residuals: np.ndarray
+    converged: np.ndarray
+    num_converged: int
+    tol: float
+    num_steps: int
+    num_starts: int
+    combine: str
+    std: np.ndarray | None
+    vectors: np.ndarray | None
+    lanczos: LanczosResult
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (full float precision)."""
+        return {
+            "eigenvalues": [float(x) for x in self.eigenvalues],
+            "residuals": [float(x) for x in self.residuals],
+            "num_converged": int(self.num_converged),
+            "tol": self.tol,
+            "lanczos_steps": self.num_steps,
+            "num_starts": self.num_starts,
+            "combine": self.combine,
+            "std": None if self.std is None else [float(x) for x in self.std],
+            "seconds": self.seconds,
+        }
+
+
+def default_num_steps(k: int, dim: int) -> int:
+    """m = max(3k, k + 100), clamped to n: Ritz values near rank k converge only when m is well above k."""
+    return min(dim, max(3 * k, k + 100))
+
+
+def _combine(result: LanczosResult, k: int, combine: str):
+    """Top k over the starts: pooled (merge, sort, take k) or the mean of each start's sorted top k."""
+    if combine == "pool":
+        order = np.argsort(-result.ritz_values.ravel(), kind="stable")[:k]
+        return result.ritz_values.ravel()[order], result.residuals.ravel()[order], None, order
+    if combine == "mean":
+        return (
+            result.ritz_values[:, :k].mean(axis=0),
+            result.residuals[:, :k].max(axis=0),
+            result.ritz_values[:, :k].std(axis=0, ddof=1) if result.ritz_values.shape[0] > 1 else None,
+            None,
+        )
+    raise ValueError(f"combine must be 'pool' or 'mean', got {combine!r}")
+
+
+def _report_convergence(num_converged: int, k: int, m: int, tol: float, strict: bool) -> None:
+    if num_converged >= k:
+        return
+    message = (
+        f"only {num_converged} of the top {k} Ritz values converged to residual <= {tol:g}*|lambda_1| after "
+        f"{m} Lanczos steps; the rest are not yet eigenvalues. Increase num_steps (or lower k)."
+    )
+    if strict:
+        raise NotConvergedError(message)
+    warnings.warn(message, NotConvergedWarning, stacklevel=3)
+
+
+def top_eigenvalues(
+    loss_fn,
+    params,
+    k: int,
+    *,
+    key: jax.Array,
+    num_steps: int | None = None,
+    batches=None,
+    wrt=None,
+    num_starts: int = 1,
+    combine: str = "pool",
+    tol: float = 1e-4,
+    strict: bool = False,
+    method: str = "linearize",
+    loop: str = "auto",
+    basis: str = "device",
+    start: str = "rademacher",
+    return_vectors: bool = False,
+    progress: bool = False,
+) -> TopEigenvalues:
+    """The k largest (algebraic, not magnitude) eigenvalues of the Hessian of ``loss_fn`` at ``params``.
+
+    Args:
+      loss_fn: ``loss_fn(params)`` (data closed over) or ``loss_fn(params, batch)`` with ``batches``.
+      params: parameter pytree θ.
+      k: how many eigenvalues.
+      key: PRNG key of the start vectors.
+      num_steps: Lanczos steps m; default :func:`default_num_steps` (max(3k, k+100), at most n).
+      batches: optional sequence of batches; the Hessian is of the sample-weighted mean loss.
+      wrt: parameter subset (regex on leaf paths, callable, or bool pytree); the rest is held fixed.
+      num_starts: independent starts run together; ``combine`` says how their Ritz values are merged:
+        "pool" (all Ritz values, sorted, top k) or "mean" (mean of each start's sorted top k, with std).
+      tol: a Ritz value is converged when its residual bound is <= tol * |λ_1|.
+      strict: raise :class:`NotConvergedError` instead of warning when fewer than k converged.
+      method: "linearize" (gradient linearised once, reused) or "jvp" (forward-over-reverse each time).
+      loop, basis, start, progress: passed to :func:`hspec.lanczos`.
+      return_vectors: also return the Ritz vectors of the top k.
+
+    Returns:
+      :class:`TopEigenvalues`.
+    """
+    t0 = time.perf_counter()
+    op = checked_operator(loss_fn, params, batches=batches, wrt=wrt, method=method)
+    if k < 1 or k > op.dim:
+        raise ValueError(f"k={k} must be between 1 and the number of parameters n={op.dim}")
+    m = num_steps if num_steps is not None else default_num_steps(k, op.dim)
+    available = min(m, op.dim) * (num_starts if combine == "pool" else 1)
+    if k > available:
+        raise ValueError(f"k={k} is larger than the Ritz values available (num_steps={m} x num_starts={num_starts})")
+    result = lanczos(
+        op, m, key=key, num_starts=num_starts, start=start, loop=loop, basis=basis,
+        return_vectors=return_vectors, progress=progress,
+    )
+    values, residuals, std, order = _combine(result, k, combine)
+    lam1 = abs(float(values[0])) if values.size else 0.0
+    converged = residuals <= tol * max(lam1, np.finfo(np.float64).tiny)
+    num_converged = int(np.sum(converged))
+    _report_convergence(num_converged, k, result.num_steps, tol, strict)
+    vectors = None
+    if return_vectors:
+        flat = result.ritz_vectors.reshape(-1, result.ritz_vectors.shape[-1])
+        vectors = flat[order] if order is not None else result.ritz_vectors[0, :k]
+    return TopEigenvalues(
+        eigenvalues=np.asarray(values), residuals=np.asarray(residuals), converged=converged,
+        num_converged=num_converged, tol=tol, num_steps=result.num_steps, num_starts=num_starts,
+        combine=combine, std=std, vectors=vectors, lanczos=result, seconds=time.perf_counter() - t0,
+    )
