@@ -1,0 +1,450 @@
+"""The run configuration: a frozen dataclass, typed overrides from strings, validation and resolution.
+
+A `Config` holds every choice a training run makes. Presets (`train.presets`) are named `Config`s; the
+command line overrides any field with `key=value` strings, parsed with the field's declared type. The
+resolved config (`resolve`) fills the fields whose default is a rule (learning rate, Lanczos steps, data
+augmentation, activation) and is what `config.json` records beside every result.
+
+Rules for the spectrum defaults (METHOD.md §2), written here once:
+  * `lanczos_steps` defaults to 3·K: a Ritz value at rank ~K is an eigenvalue only when the Krylov
+    dimension is well above K, and the spectrum is computed strictly, so a run whose top K did not
+    converge stops with that message instead of fitting unconverged values.
+  * `hessian_samples` defaults to 1000 training examples (fixed by `seed`, recorded by index). The
+    Gauss-Newton part of a cross-entropy Hessian on N samples and C classes has rank at most N·(C−1), so
+    N·(C−1) must be well above K for the top K to be anything but the rank limit; validation requires
+    N·(C−1) ≥ 2·K (1000 samples serve K ≤ 4500 on 10 classes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import types
+import typing
+from typing import Any, Mapping
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "avila")
+MODELS = ("lenet5", "fcn", "resnet18", "linear")
+# Which config fields each model reads; a field set for a model that ignores it is an error, so that
+# an override never silently does nothing.
+MODEL_FIELDS = {
+    "lenet5": (),
+    "resnet18": (),
+    "fcn": ("depth", "width", "activation"),
+    "linear": ("depth", "width", "activation", "batchnorm"),
+}
+# Classes per dataset, needed by the Hessian-sample rank rule before the data are loaded.
+NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "avila": 12}
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or inconsistent with another."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Everything a training run and its spectra depend on.
+
+    Fields left at None are rules resolved by `resolve` (the resolved value is what config.json holds).
+    """
+
+    preset: str = "default"
+    # data
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    train_size: int | None = None  # None: the full training set
+    label_noise: float = 0.0  # fraction of training labels replaced by a different class
+    random_labels: bool = False  # every training label drawn uniformly at random
+    gaussian_inputs: bool = False  # inputs replaced by standard normal noise
+    augment: bool | None = None  # None: random flip + pad-4 crop on CIFAR, none elsewhere
+    # model
+    model: str = "lenet5"
+    depth: int | None = None  # hidden layers (fcn, linear)
+    width: int | None = None  # hidden width (fcn, linear)
+    activation: str | None = None  # fcn: None means "relu"; linear: None (plain) or "relu"
+    batchnorm: bool = False  # linear only
+    # optimisation
+    optimizer: str = "sgd"
+    learning_rate: float | None = None  # None: the paper's rate, train.optim.paper_learning_rate
+    weight_decay: float = 5e-4
+    batch_size: int = 128
+    epochs: int | None = 3
+    max_steps: int | None = None  # stop after this many steps (fixed-iteration sweeps)
+    lr_drop_fractions: tuple[float, ...] = (0.4, 0.8)  # of the run's length, at epoch boundaries
+    lr_drop_epochs: tuple[int, ...] = ()  # when given, replaces lr_drop_fractions
+    lr_drop_factor: float = 0.1
+    drop_last: bool = False  # drop the last partial batch of each epoch
+    seed: int = 0
+    # spectrum
+    k: int = 100
+    hessian_samples: int = 1000
+    lanczos_steps: int | None = None  # None: 3·k
+    hessian_batch_size: int = 1000
+    trace_samples: int = 20
+    spectrum_epochs: tuple[int, ...] = ()  # spectra also after these epochs
+    init_control: bool = True  # the spectrum at initialisation, written to init/results.json
+    # checkpoints
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    keep_checkpoints: int = 2  # most recent ones kept (epoch 0 and spectrum epochs are always kept)
+
+
+FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
+# Fields that change the trained network; on --resume they must match the stored run.
+SPECTRUM_FIELDS = ("k", "hessian_samples", "lanczos_steps", "hessian_batch_size", "trace_samples",
+                   "spectrum_epochs", "init_control", "data_dir", "keep_checkpoints")
+
+
+def field_types() -> dict[str, Any]:
+    """The declared type of every Config field.
+
+    Returns:
+        Mapping from field name to its (evaluated) type annotation.
+    """
+    return typing.get_type_hints(Config)
+
+
+def _type_name(tp: Any) -> str:
+    """A short human name for a field type, e.g. 'int or None', 'tuple of float'."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join("None" if a is type(None) else _type_name(a) for a in args)
+    if typing.get_origin(tp) is tuple:
+        return f"tuple of {_type_name(args[0])} (comma-separated)"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _parse_scalar(text: str, tp: type) -> Any:
+    """Parse one string as an int, float, bool or str; raise ValueError when it is not one."""
+    if tp is bool:
+        low = text.strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(text)
+    if tp is int:
+        return int(text.strip())  # "1.5" and "1e3" are rejected: an int field takes an integer
+    if tp is float:
+        value = float(text.strip())
+        if not math.isfinite(value):
+            raise ValueError(text)
+        return value
+    return text
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Parse a command-line string into the type of the Config field `name`.
+
+    "none"/"null" give None for optional fields; tuples are comma-separated ("" or "()" is empty).
+
+    Args:
+        name: a Config field name.
+        text: the value as typed on the command line.
+
+    Returns:
+        The value, of the field's type.
+
+    Raises:
+        ConfigError: unknown field, or a value that does not parse as the field's type.
+    """
+    check_known(name)
+    tp = field_types()[name]
+    try:
+        return _parse_typed(text, tp)
+    except ValueError:
+        raise ConfigError(
+            f"config field {name!r} expects {_type_name(tp)}, got {text!r}; "
+            f"e.g. {name}={_example(tp)}") from None
+
+
+def _parse_typed(text: str, tp: Any) -> Any:
+    """Parse `text` as the (possibly optional or tuple) type `tp`."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if text.strip().lower() in ("none", "null"):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _parse_typed(text, inner[0])
+    if typing.get_origin(tp) is tuple:
+        body = text.strip().strip("()[]")
+        parts = [p for p in body.split(",") if p.strip()]
+        return tuple(_parse_scalar(p, args[0]) for p in parts)
+    return _parse_scalar(text, tp)
+
+
+def _example(tp: Any) -> str:
+    """An example literal for a field type, used in error messages."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return _example([a for a in args if a is not type(None)][0])
+    if typing.get_origin(tp) is tuple:
+        return "1,2,3" if args[0] is int else "0.4,0.8"
+    return {int: "10", float: "0.1", bool: "true", str: "name"}.get(tp, "value")
+
+
+def _matches_type(value: Any, tp: Any) -> bool:
+    """Whether a Python value is an instance of a field type (bool is not an int here)."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return any(_matches_type(value, a) for a in args)
+    if tp is type(None):
+        return value is None
+    if typing.get_origin(tp) is tuple:
+        return isinstance(value, tuple) and all(_matches_type(v, args[0]) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def check_known(name: str) -> None:
+    """Raise a ConfigError listing the valid fields when `name` is not a Config field.
+
+    Args:
+        name: the field name to check.
+    """
+    if name not in FIELD_NAMES:
+        close = difflib.get_close_matches(name, FIELD_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"unknown config field {name!r}{hint}; valid fields: {', '.join(FIELD_NAMES)}")
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    """Return `cfg` with fields replaced; string values are parsed with the field's type.
+
+    Args:
+        cfg: the base configuration.
+        overrides: field name -> value (a string from the command line, or a typed Python value).
+
+    Returns:
+        The new Config (not yet validated against the other fields; see `validate`).
+
+    Raises:
+        ConfigError: an unknown field or a value of the wrong type.
+    """
+    types_ = field_types()
+    changes = {}
+    for name, value in overrides.items():
+        check_known(name)
+        if isinstance(value, str) and types_[name] is not str:
+            value = parse_value(name, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        if isinstance(value, int) and not isinstance(value, bool) and types_[name] in (float, float | None):
+            value = float(value)
+        if not _matches_type(value, types_[name]):
+            raise ConfigError(f"config field {name!r} expects {_type_name(types_[name])}, "
+                              f"got {value!r} ({type(value).__name__})")
+        changes[name] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """Split command-line `key=value` strings into a dict (values stay strings).
+
+    Args:
+        items: strings such as "epochs=5".
+
+    Returns:
+        Mapping key -> value string, in the given order.
+
+    Raises:
+        ConfigError: an item without "=" or with an unknown key.
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().lstrip("-").replace("-", "_")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. epochs=5)")
+        check_known(key)
+        out[key] = value
+    return out
+
+
+def _require(cond: bool, message: str) -> None:
+    """Raise a ConfigError with `message` unless `cond` holds."""
+    if not cond:
+        raise ConfigError(message)
+
+
+def _validate_data(cfg: Config) -> None:
+    """Checks of the data fields."""
+    _require(cfg.dataset in DATASETS, f"unknown dataset {cfg.dataset!r}; valid: {', '.join(DATASETS)}")
+    _require(cfg.train_size is None or cfg.train_size >= 1,
+             f"train_size must be a positive integer or none (full set), got {cfg.train_size}")
+    _require(0.0 <= cfg.label_noise <= 1.0, f"label_noise must lie in [0, 1], got {cfg.label_noise}")
+    _require(not (cfg.random_labels and cfg.label_noise > 0),
+             "random_labels and label_noise are exclusive; set label_noise=0 with random_labels=true")
+
+
+def _validate_model(cfg: Config) -> None:
+    """Checks of the model fields: known model, and only the fields that model reads."""
+    _require(cfg.model in MODELS, f"unknown model {cfg.model!r}; valid: {', '.join(MODELS)}")
+    used = MODEL_FIELDS[cfg.model]
+    for name, unset in (("depth", None), ("width", None), ("activation", None), ("batchnorm", False)):
+        if name not in used:
+            _require(getattr(cfg, name) == unset,
+                     f"{name}={getattr(cfg, name)!r} is not used by model {cfg.model!r} "
+                     f"(it reads {', '.join(used) or 'none of depth/width/activation/batchnorm'}); unset it")
+    if cfg.model in ("fcn", "linear"):
+        _require(cfg.depth is not None and cfg.depth >= 1, f"model {cfg.model!r} needs depth >= 1")
+        _require(cfg.width is not None and cfg.width >= 1, f"model {cfg.model!r} needs width >= 1")
+    if cfg.model == "resnet18" or cfg.model == "lenet5":
+        _require(cfg.dataset != "avila", f"model {cfg.model!r} needs image data; avila is tabular (use fcn)")
+    if cfg.model == "resnet18":
+        _require(cfg.dataset in ("cifar10", "cifar100"), "resnet18 is the CIFAR ResNet; use cifar10/cifar100")
+
+
+def _validate_optim(cfg: Config) -> None:
+    """Checks of the optimisation fields."""
+    from train import optim  # lazily: the config module must import without JAX
+
+    _require(cfg.optimizer in optim.NAMES, f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(optim.NAMES)}")
+    _require(cfg.learning_rate is None or cfg.learning_rate > 0, f"learning_rate must be > 0, got {cfg.learning_rate}")
+    _require(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
+    _require(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    _require(cfg.epochs is not None or cfg.max_steps is not None,
+             "set epochs or max_steps (or both: the run stops at whichever comes first)")
+    _require(cfg.epochs is None or cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")
+    _require(cfg.max_steps is None or cfg.max_steps >= 1, f"max_steps must be >= 1, got {cfg.max_steps}")
+    _require(all(0.0 < f < 1.0 for f in cfg.lr_drop_fractions),
+             f"lr_drop_fractions must lie strictly between 0 and 1, got {cfg.lr_drop_fractions}")
+    _require(all(e >= 1 for e in cfg.lr_drop_epochs), f"lr_drop_epochs must be >= 1, got {cfg.lr_drop_epochs}")
+    _require(0.0 < cfg.lr_drop_factor <= 1.0, f"lr_drop_factor must lie in (0, 1], got {cfg.lr_drop_factor}")
+    _require(cfg.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {cfg.checkpoint_every}")
+    _require(cfg.keep_checkpoints >= 1, f"keep_checkpoints must be >= 1, got {cfg.keep_checkpoints}")
+
+
+def _validate_spectrum(cfg: Config) -> None:
+    """Checks of the spectrum fields, including the Hessian-sample rank rule."""
+    _require(cfg.k >= 1, f"k must be >= 1, got {cfg.k}")
+    _require(cfg.hessian_samples >= 1, f"hessian_samples must be >= 1, got {cfg.hessian_samples}")
+    _require(cfg.hessian_batch_size >= 1, f"hessian_batch_size must be >= 1, got {cfg.hessian_batch_size}")
+    _require(cfg.trace_samples >= 1, f"trace_samples must be >= 1, got {cfg.trace_samples}")
+    _require(cfg.lanczos_steps is None or cfg.lanczos_steps > cfg.k,
+             f"lanczos_steps ({cfg.lanczos_steps}) must exceed k ({cfg.k}); the default is 3*k")
+    rank = cfg.hessian_samples * (NUM_CLASSES[cfg.dataset] - 1)
+    _require(rank >= 2 * cfg.k,
+             f"hessian_samples={cfg.hessian_samples} on {NUM_CLASSES[cfg.dataset]} classes bounds the "
+             f"Gauss-Newton rank by {rank}, too close to k={cfg.k}: use hessian_samples >= "
+             f"{math.ceil(2 * cfg.k / (NUM_CLASSES[cfg.dataset] - 1))} or a smaller k")
+    if cfg.epochs is not None:
+        late = [e for e in cfg.spectrum_epochs if not 1 <= e <= cfg.epochs]
+        _require(not late, f"spectrum_epochs {late} lie outside 1..epochs={cfg.epochs}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check a configuration's fields against each other (data-dependent checks happen at run time).
+
+    Args:
+        cfg: the configuration.
+
+    Returns:
+        The same configuration, for chaining.
+
+    Raises:
+        ConfigError: naming the field, the problem and the fix.
+    """
+    _validate_data(cfg)
+    _validate_model(cfg)
+    _validate_optim(cfg)
+    _validate_spectrum(cfg)
+    return cfg
+
+
+def resolve(cfg: Config) -> Config:
+    """Validate and fill the rule-valued fields (learning rate, Lanczos steps, augmentation, activation).
+
+    Args:
+        cfg: the configuration as given.
+
+    Returns:
+        The resolved configuration that config.json records.
+    """
+    validate(cfg)
+    from train import optim
+
+    lr = cfg.learning_rate
+    if lr is None:
+        lr = float(optim.paper_learning_rate(cfg.optimizer, cfg.dataset))
+    activation = cfg.activation
+    if cfg.model == "fcn" and activation is None:
+        activation = "relu"
+    return dataclasses.replace(
+        cfg,
+        learning_rate=lr,
+        lanczos_steps=cfg.lanczos_steps if cfg.lanczos_steps is not None else 3 * cfg.k,
+        augment=cfg.augment if cfg.augment is not None else cfg.dataset.startswith("cifar"),
+        activation=activation,
+    )
+
+
+def model_kwargs(cfg: Config) -> dict[str, Any]:
+    """The keyword arguments `train.models.build` takes for this config's model.
+
+    Args:
+        cfg: a resolved configuration.
+
+    Returns:
+        The subset of depth/width/activation/batchnorm that the model reads.
+    """
+    return {name: getattr(cfg, name) for name in MODEL_FIELDS[cfg.model]}
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """A JSON-ready dict of a configuration (tuples become lists).
+
+    Args:
+        cfg: the configuration.
+
+    Returns:
+        Field name -> value.
+    """
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def from_dict(data: Mapping[str, Any]) -> Config:
+    """Rebuild a Config from `to_dict` output (e.g. a run's config.json), checking names and types.
+
+    Args:
+        data: field name -> value.
+
+    Returns:
+        The configuration.
+
+    Raises:
+        ConfigError: an unknown field or a value of the wrong type.
+    """
+    return apply_overrides(Config(), dict(data))
+
+
+def load_json(path: str) -> Config:
+    """Read a config.json written by a run.
+
+    Args:
+        path: the file.
+
+    Returns:
+        The configuration it holds.
+    """
+    with open(path) as f:
+        return from_dict(json.load(f))
+
+
+def differences(a: Config, b: Config, *, ignore: tuple[str, ...] = ()) -> dict[str, tuple[Any, Any]]:
+    """The fields on which two configurations differ.
+
+    Args:
+        a: one configuration.
+        b: the other.
+        ignore: field names not compared.
+
+    Returns:
+        Field name -> (value in a, value in b), for each differing field.
+    """
+    return {n: (getattr(a, n), getattr(b, n)) for n in FIELD_NAMES
+            if n not in ignore and getattr(a, n) != getattr(b, n)}
