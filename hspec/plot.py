@@ -12,7 +12,6 @@ def _axes(ax):
 
     if ax is not None:
         return ax.figure, ax
-    matplotlib.use("Agg", force=False) if matplotlib.get_backend() == "" else None
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))

@@ -125,11 +125,15 @@ def least_squares_slope(eigenvalues, ranks: tuple[int, int] | None = None) -> fl
 
 
 def _ks_distance(top_desc: np.ndarray, beta: float) -> float:
-    """max_j |F*(x_(j)) − (j−1)/K| over the ascending data, F*(x) = 1 − (x/xmin)^(1−β)."""
+    """max_j |F*(x_(j)) − (j−1)/K| over the ascending data, F*(x) = 1 − (x/xmin)^(1−β).
+
+    With ties, (j−1)/K is taken at the first of the tied values (the fraction strictly below x), as the
+    ``powerlaw`` package does.
+    """
     x = top_desc[::-1]
     k = x.size
     fitted_cdf = 1.0 - (x / x[0]) ** (1.0 - beta)
-    empirical = np.arange(k, dtype=np.float64) / k
+    empirical = np.searchsorted(x, x, side="left").astype(np.float64) / k
     return float(np.max(np.abs(fitted_cdf - empirical)))
 
 

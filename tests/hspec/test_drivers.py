@@ -1,0 +1,118 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hspec
+from tests.hspec.conftest import mlp_loss, prescribed_matrix
+
+
+def quadratic_of(a):
+    a = jnp.asarray(a)
+    return lambda p: 0.5 * p["x"] @ a @ p["x"]
+
+
+def test_hutchinson_exact_on_diagonal(x64):
+    """Rademacher probes give zᵀDz = Tr(D) exactly for a diagonal D: zero variance."""
+    d = np.linspace(-1, 3, 25)
+    est = hspec.hutchinson_trace(quadratic_of(np.diag(d)), {"x": jnp.zeros(25)}, key=jax.random.key(0), num_samples=8)
+    assert est.trace == pytest.approx(d.sum(), abs=1e-12) and est.stderr == pytest.approx(0.0, abs=1e-12)
+
+
+def test_hutchinson_unbiased_on_network(tiny_problem):
+    params, batch, dense, _ = tiny_problem
+    est = hspec.hutchinson_trace(lambda p: mlp_loss(p, batch), params, key=jax.random.key(1), num_samples=400, chunk=50)
+    assert abs(est.trace - np.trace(dense)) < 4 * est.stderr
+    np.testing.assert_allclose(est.stderr, est.samples.std(ddof=1) / 20)
+
+
+def test_power_iteration_matches_dense(tiny_problem):
+    params, batch, dense, _ = tiny_problem
+    ev = np.linalg.eigvalsh(dense)
+    lam_max = ev[np.argmax(np.abs(ev))]
+    res = hspec.power_iteration(lambda p: mlp_loss(p, batch), params, key=jax.random.key(2), num_iters=2000, tol=1e-12)
+    assert res.converged and res.eigenvalue == pytest.approx(lam_max, rel=1e-8)
+
+
+def test_slq_quadrature_is_exact_for_moments(x64):
+    """Full-depth SLQ reproduces each probe's zᵀAz and zᵀA²z; the linear density integrates to 1."""
+    lam = np.linspace(0.5, 4.0, 40)
+    a = prescribed_matrix(lam, seed=1)
+    params = {"x": jnp.zeros(40)}
+    res = hspec.lanczos(hspec.hessian_operator(quadratic_of(a), params), 40, key=jax.random.key(3), num_starts=4)
+    z = np.asarray(hspec.lanczos.__globals__["start_vectors"](jax.random.split(jax.random.key(3))[0], 4, 40, jnp.float64))
+    for power in (1, 2):
+        quad = np.sum(res.weights * res.ritz_values**power, axis=1)
+        exact = np.einsum("sn,nm,sm->s", z, np.linalg.matrix_power(a, power), z)
+        np.testing.assert_allclose(quad, exact, rtol=1e-10)
+    dens = hspec.density_from_lanczos(res, num_points=4000)
+    assert np.trapezoid(dens.density, dens.grid) == pytest.approx(1.0, abs=1e-3)
+    log = hspec.density_from_lanczos(res, scale="log", num_points=4000)
+    assert np.trapezoid(log.density, np.log10(log.grid)) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_spectral_density_driver_mean(tiny_problem):
+    """The density's mean equals Tr(H)/n in expectation; with many probes it is close."""
+    params, batch, dense, _ = tiny_problem
+    n = dense.shape[0]
+    dens = hspec.spectral_density(lambda p: mlp_loss(p, batch), params, key=jax.random.key(4), num_steps=n, num_probes=64)
+    mean = np.sum(dens.weights * dens.nodes) / dens.nodes.shape[0]
+    per_probe = np.sum(dens.weights * dens.nodes, axis=1)
+    assert abs(mean - np.trace(dense) / n) < 4 * per_probe.std(ddof=1) / 8
+
+
+def test_nonfinite_loss_is_reported(tiny_problem):
+    params, batch, _, _ = tiny_problem
+    bad = jax.tree.map(lambda x: x * jnp.nan, params)
+    for call in (
+        lambda: hspec.top_eigenvalues(lambda p: mlp_loss(p, batch), bad, 3, key=jax.random.key(0)),
+        lambda: hspec.hutchinson_trace(lambda p: mlp_loss(p, batch), bad, key=jax.random.key(0)),
+        lambda: hspec.spectral_density(lambda p: mlp_loss(p, batch), bad, key=jax.random.key(0)),
+        lambda: hspec.power_iteration(lambda p: mlp_loss(p, batch), bad, key=jax.random.key(0)),
+    ):
+        with pytest.raises(hspec.NonFiniteError, match="the loss is nan"):
+            call()
+
+
+def test_nonfinite_hvp_is_reported(x64):
+    """Finite loss, infinite curvature: sqrt(|x|) at 0 has an infinite second derivative."""
+
+    def loss(p):
+        return jnp.sum(jnp.sqrt(jnp.abs(p["x"])))
+
+    with pytest.raises(hspec.NonFiniteError, match="Lanczos step 0"):
+        hspec.top_eigenvalues(loss, {"x": jnp.zeros(4)}, 2, key=jax.random.key(0), num_steps=3)
+
+
+def test_k_and_steps_validation(tiny_problem):
+    params, batch, dense, _ = tiny_problem
+    n = dense.shape[0]
+    loss = lambda p: mlp_loss(p, batch)  # noqa: E731
+    with pytest.raises(ValueError, match=f"between 1 and the number of parameters n={n}"):
+        hspec.top_eigenvalues(loss, params, n + 1, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="larger than the Ritz values available"):
+        hspec.top_eigenvalues(loss, params, 10, key=jax.random.key(0), num_steps=5)
+    with pytest.warns(UserWarning, match=f"exceeds the dimension n={n} of the operator; using num_steps={n}"):
+        res = hspec.top_eigenvalues(loss, params, 5, key=jax.random.key(0), num_steps=n + 50)
+    assert res.num_steps == n
+    np.testing.assert_allclose(res.eigenvalues, np.linalg.eigvalsh(dense)[::-1][:5], atol=1e-10)
+
+
+def test_mismatched_init_pytree(tiny_problem):
+    params, batch, _, _ = tiny_problem
+    with pytest.raises(ValueError, match="init"):
+        hspec.power_iteration(lambda p: mlp_loss(p, batch), params, key=jax.random.key(0), init=[jnp.zeros(3)])
+
+
+def test_default_num_steps_rule():
+    assert hspec.default_num_steps(1000, 61706) == 3000
+    assert hspec.default_num_steps(10, 61706) == 110
+    assert hspec.default_num_steps(100, 150) == 150
+
+
+def test_hspec_imports_no_training_stack():
+    import subprocess
+    import sys
+
+    code = "import hspec, sys; bad=[m for m in ('flax','optax','orbax','tensorflow_datasets','train') if m in sys.modules]; print(bad); assert not bad"
+    subprocess.run([sys.executable, "-c", code], check=True)

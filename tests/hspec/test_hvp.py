@@ -1,0 +1,115 @@
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import hspec
+from tests.hspec.conftest import mlp_loss
+
+
+def test_hvp_equals_dense_hessian(tiny_problem):
+    params, batch, dense, unravel = tiny_problem
+    v = jax.random.normal(jax.random.key(1), (dense.shape[0],), jnp.float64)
+    got = hspec.hvp(lambda p: mlp_loss(p, batch), params, unravel(v))
+    np.testing.assert_allclose(ravel_pytree(got)[0], dense @ v, rtol=0, atol=1e-10 * np.abs(dense @ v).max())
+
+
+def test_hvp_works_inside_user_jit(tiny_problem):
+    params, batch, dense, unravel = tiny_problem
+    v = jnp.ones(dense.shape[0])
+    jitted = jax.jit(lambda p, v: hspec.hvp(lambda q: mlp_loss(q, batch), p, v))
+    np.testing.assert_allclose(ravel_pytree(jitted(params, unravel(v)))[0], dense @ v, atol=1e-10)
+
+
+def test_hessian_symmetric(tiny_problem):
+    params, batch, dense, unravel = tiny_problem
+    op = hspec.hessian_operator(lambda p: mlp_loss(p, batch), params)
+    eye = jnp.eye(op.dim)
+    h = np.asarray(op.matvec(eye))
+    np.testing.assert_allclose(h, h.T, atol=1e-12)
+    np.testing.assert_allclose(h, dense, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["linearize", "jvp"])
+def test_weighted_batches_equal_union(tiny_problem, method):
+    """Unequal batches (17, 17, 6) are weighted by size: the result is one HVP over the union."""
+    params, (x, y), dense, unravel = tiny_problem
+    batches = [(x[:17], y[:17]), (x[17:34], y[17:34]), (x[34:], y[34:])]
+    op = hspec.hessian_operator(mlp_loss, params, batches=batches, method=method)
+    v = jax.random.normal(jax.random.key(2), (2, op.dim), jnp.float64)
+    np.testing.assert_allclose(op.matvec(v), v @ dense, atol=1e-10)
+    assert op.num_samples == 40
+    # Two distinct batch shapes -> two programs, not three.
+    assert len({id(p) for p, _, _ in op._parts}) == 2
+
+
+def test_subset_equals_dense_subblock(tiny_problem):
+    params, batch, dense, unravel = tiny_problem
+    # Last layer only: its leaves are the last 8*3 + 3 entries of the ravelled vector (b before w).
+    op = hspec.hessian_operator(lambda p: mlp_loss(p, batch), params, wrt=r"^1/")
+    n_last = 8 * 3 + 3
+    block = dense[-n_last:, -n_last:]
+    h = np.asarray(op.matvec(jnp.eye(op.dim)))
+    assert op.dim == n_last
+    np.testing.assert_allclose(h, block, atol=1e-10)
+    # The same subset from a bool mask and from a callable.
+    mask = [{"b": False, "w": False}, {"b": True, "w": True}]
+    h_mask = np.asarray(hspec.hessian_operator(lambda p: mlp_loss(p, batch), params, wrt=mask).matvec(jnp.eye(n_last)))
+    h_call = np.asarray(
+        hspec.hessian_operator(lambda p: mlp_loss(p, batch), params, wrt=lambda path, leaf: path.startswith("1/")).matvec(
+            jnp.eye(n_last)
+        )
+    )
+    chex.assert_trees_all_close(h_mask, block, h_call, atol=1e-10)
+
+
+def test_closed_over_data_is_hoisted_not_folded(tiny_problem):
+    params, batch, dense, unravel = tiny_problem
+
+    def loss(p):
+        return mlp_loss(p, batch)
+
+    op = hspec.hessian_operator(loss, params)
+    consts = op._parts[0][1]
+    shapes = sorted(np.shape(c) for c in consts)
+    assert (40,) in shapes and (40, 5) in shapes  # the data travel as arguments
+
+
+def test_second_call_does_not_recompile(tiny_problem):
+    params, batch, dense, unravel = tiny_problem
+
+    def loss(p):
+        return mlp_loss(p, batch)
+
+    r1 = hspec.top_eigenvalues(loss, params, 5, key=jax.random.key(0), num_steps=30)
+    programs = r1 and hspec.hessian_operator(loss, params)._parts[0][0]
+    sizes = (programs.linearize._cache_size(), programs.apply_linear._cache_size())
+    hspec.top_eigenvalues(loss, params, 5, key=jax.random.key(1), num_steps=30)
+    assert (programs.linearize._cache_size(), programs.apply_linear._cache_size()) == sizes == (1, 1)
+
+
+def test_new_data_same_function_gives_new_hessian(tiny_problem):
+    """The program cache must not freeze the data: constants are refreshed on every call."""
+    params, (x, y), dense, unravel = tiny_problem
+    data = {"x": x, "y": y}
+
+    def loss(p):
+        return mlp_loss(p, (data["x"], data["y"]))
+
+    a = hspec.hessian_operator(loss, params).matvec(jnp.ones(dense.shape[0]))
+    data["x"] = 2 * x
+    b = hspec.hessian_operator(loss, params).matvec(jnp.ones(dense.shape[0]))
+    flat, unr = ravel_pytree(params)
+    dense2 = jax.hessian(lambda f: mlp_loss(unr(f), (2 * x, y)))(flat)
+    np.testing.assert_allclose(b, dense2 @ jnp.ones(dense.shape[0]), atol=1e-10)
+    assert not np.allclose(a, b)
+
+
+def test_wrt_errors(tiny_problem):
+    params, batch, dense, unravel = tiny_problem
+    with pytest.raises(ValueError, match="selects no parameters"):
+        hspec.hessian_operator(lambda p: mlp_loss(p, batch), params, wrt="nothing_matches")
+    with pytest.raises(ValueError, match="structure of params"):
+        hspec.hessian_operator(lambda p: mlp_loss(p, batch), params, wrt=[True])

@@ -1,0 +1,121 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hspec
+from tests.hspec.conftest import mlp_loss, mlp_params, prescribed_matrix
+
+
+def matrix_operator(a):
+    a = jnp.asarray(a)
+    return lambda v: v @ a  # symmetric: (A vᵀ)ᵀ = v A
+
+
+@pytest.mark.parametrize("loop", ["python", "fori"])
+def test_full_depth_equals_eigvalsh(x64, loop):
+    a = prescribed_matrix(np.random.default_rng(3).standard_normal(60))
+    res = hspec.lanczos(matrix_operator(a), 60, key=jax.random.key(0), dim=60, dtype=jnp.float64, loop=loop, num_starts=3)
+    expected = np.linalg.eigvalsh(a)[::-1]
+    for s in range(3):
+        np.testing.assert_allclose(res.ritz_values[s], expected, atol=1e-12)
+    assert res.ritz_values.shape == (3, 60) and res.loop == loop
+
+
+def test_tridiagonal_is_basis_projection(x64):
+    a = prescribed_matrix(np.linspace(-1, 5, 30))
+    res = hspec.lanczos(matrix_operator(a), 12, key=jax.random.key(1), dim=30, dtype=jnp.float64, return_vectors=True)
+    # Ritz vectors are orthonormal and satisfy the Rayleigh-Ritz identity yᵀAy = θ.
+    y = res.ritz_vectors[0]
+    np.testing.assert_allclose(y @ y.T, np.eye(12), atol=1e-10)
+    np.testing.assert_allclose(np.einsum("in,nm,im->i", y, a, y), res.ritz_values[0], atol=1e-10)
+    # Residual bounds are true bounds: ||A y - θ y|| equals |β_m y_m|.
+    true_res = np.linalg.norm(y @ a - res.ritz_values[0][:, None] * y, axis=1)
+    np.testing.assert_allclose(true_res, res.residuals[0], atol=1e-9)
+
+
+def test_power_law_spectrum_top_k(x64):
+    lam = 1.0 / np.arange(1, 401) ** 1.2
+    a = prescribed_matrix(lam, seed=4)
+    res = hspec.lanczos(matrix_operator(a), 150, key=jax.random.key(2), dim=400, dtype=jnp.float64)
+    converged = res.residuals[0] <= 1e-8 * lam[0]
+    assert converged[:10].all()
+    np.testing.assert_allclose(res.ritz_values[0][converged], lam[: converged.sum()], rtol=1e-7)
+
+
+def test_rank_deficient_operator_breakdown(x64):
+    """Rank 5 < m = 20: Lanczos breaks down, restarts, and still gives exact eigenvalues."""
+    lam = np.concatenate([[5.0, 4.0, 3.0, 2.0, 1.0], np.zeros(45)])
+    a = np.diag(lam)  # exactly rank 5, so that the breakdown is exact too
+    for loop in ["python", "fori"]:
+        res = hspec.lanczos(matrix_operator(a), 20, key=jax.random.key(3), dim=50, dtype=jnp.float64, loop=loop)
+        assert np.all(np.isfinite(res.ritz_values)) and np.all(np.isfinite(res.residuals))
+        np.testing.assert_allclose(res.ritz_values[0][:5], lam[:5], atol=1e-10)
+        np.testing.assert_allclose(res.ritz_values[0][5:], 0.0, atol=1e-10)
+        # v0 has a null-space component, so the Krylov space has dimension 6: breakdown at step 6 is
+        # recorded as an exact zero, which decouples T.
+        assert res.betas[0, 5] == 0.0 and np.all(res.betas[0, :5] > 0)
+
+
+def test_host_basis_matches_device_basis(x64):
+    a = prescribed_matrix(np.random.default_rng(6).standard_normal(40))
+    kw = dict(key=jax.random.key(4), dim=40, dtype=jnp.float64, num_starts=2, loop="python")
+    dev = hspec.lanczos(matrix_operator(a), 25, basis="device", **kw)
+    host = hspec.lanczos(matrix_operator(a), 25, basis="host", **kw)
+    np.testing.assert_allclose(host.ritz_values, dev.ritz_values, atol=1e-11)
+
+
+def test_top20_of_real_network_against_dense(x64):
+    """Top 20 of a 5-16-16-3 MLP (n=419) within 1e-8 relative of its dense eigenvalues."""
+    key = jax.random.key(7)
+    kx, ky, kp = jax.random.split(key, 3)
+    x = jax.random.normal(kx, (64, 5), jnp.float64)
+    y = jax.random.randint(ky, (64,), 0, 3)
+    params = mlp_params(kp, [5, 16, 16, 3], jnp.float64)
+    flat, unravel = jax.flatten_util.ravel_pytree(params)
+    dense = np.linalg.eigvalsh(np.asarray(jax.hessian(lambda f: mlp_loss(unravel(f), (x, y)))(flat)))[::-1]
+    top = hspec.top_eigenvalues(lambda p: mlp_loss(p, (x, y)), params, 20, key=jax.random.key(8), num_steps=150, tol=1e-10)
+    assert top.num_converged == 20
+    np.testing.assert_allclose(top.eigenvalues, dense[:20], rtol=1e-8)
+    assert np.all(np.diff(top.eigenvalues) <= 0)
+
+
+def test_top_eigenvalues_largest_algebraic_not_magnitude(x64):
+    """A spectrum whose largest |λ| is negative: 'top' is the algebraic order."""
+    lam = np.array([-10.0, 3.0, 2.0, 1.0, 0.5, -0.5])
+    a = jnp.asarray(prescribed_matrix(lam, seed=8))
+
+    def quadratic(p):
+        return 0.5 * p["x"] @ a @ p["x"]
+
+    top = hspec.top_eigenvalues(quadratic, {"x": jnp.zeros(6)}, 3, key=jax.random.key(0), num_steps=6)
+    np.testing.assert_allclose(top.eigenvalues, [3.0, 2.0, 1.0], atol=1e-12)
+
+
+def test_combine_pool_and_mean(x64):
+    lam = np.linspace(1, 10, 30)
+    a = jnp.asarray(prescribed_matrix(lam, seed=9))
+    params = {"x": jnp.zeros(30)}
+
+    def quadratic(p):
+        return 0.5 * p["x"] @ a @ p["x"]
+
+    pool = hspec.top_eigenvalues(quadratic, params, 4, key=jax.random.key(0), num_steps=30, num_starts=3)
+    np.testing.assert_allclose(pool.eigenvalues, [10, 10, 10, lam[-2]], atol=1e-10)  # duplicates across starts
+    mean = hspec.top_eigenvalues(quadratic, params, 4, key=jax.random.key(0), num_steps=30, num_starts=3, combine="mean")
+    np.testing.assert_allclose(mean.eigenvalues, lam[::-1][:4], atol=1e-10)
+    np.testing.assert_allclose(mean.std, 0.0, atol=1e-10)
+
+
+def test_convergence_warning_and_strict(x64):
+    lam = 1.0 / np.arange(1, 201)
+    a = jnp.asarray(prescribed_matrix(lam, seed=10))
+
+    def quadratic(p):
+        return 0.5 * p["x"] @ a @ p["x"]
+
+    params = {"x": jnp.zeros(200)}
+    with pytest.warns(hspec.NotConvergedWarning, match="of the top 30 Ritz values converged"):
+        hspec.top_eigenvalues(quadratic, params, 30, key=jax.random.key(0), num_steps=32, tol=1e-10)
+    with pytest.raises(hspec.NotConvergedError, match="Increase num_steps"):
+        hspec.top_eigenvalues(quadratic, params, 30, key=jax.random.key(0), num_steps=32, tol=1e-10, strict=True)
