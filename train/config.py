@@ -6,7 +6,8 @@ resolved config (`resolve`) fills the fields whose default is a rule (learning r
 augmentation, activation) and is what `config.json` records beside every result.
 
 Rules for the spectrum defaults (METHOD.md §2), written here once:
-  * `lanczos_steps` defaults to 3·K: a Ritz value at rank ~K is an eigenvalue only when the Krylov
+  * `lanczos_steps` defaults to max(3·K, K + 100), at most the parameter count (the rule of
+    `hspec.default_num_steps`): a Ritz value at rank ~K is an eigenvalue only when the Krylov
     dimension is well above K, and the spectrum is computed strictly, so a run whose top K did not
     converge stops with that message instead of fitting unconverged values.
   * `hessian_samples` defaults to 1000 training examples (fixed by `seed`, recorded by index). The
@@ -80,7 +81,7 @@ class Config:
     # spectrum
     k: int = 100
     hessian_samples: int = 1000
-    lanczos_steps: int | None = None  # None: 3·k
+    lanczos_steps: int | None = None  # None: max(3k, k + 100), see the module docstring
     hessian_batch_size: int = 1000
     trace_samples: int = 20
     spectrum_epochs: tuple[int, ...] = ()  # spectra also after these epochs
@@ -326,7 +327,7 @@ def _validate_spectrum(cfg: Config) -> None:
     _require(cfg.hessian_batch_size >= 1, f"hessian_batch_size must be >= 1, got {cfg.hessian_batch_size}")
     _require(cfg.trace_samples >= 1, f"trace_samples must be >= 1, got {cfg.trace_samples}")
     _require(cfg.lanczos_steps is None or cfg.lanczos_steps > cfg.k,
-             f"lanczos_steps ({cfg.lanczos_steps}) must exceed k ({cfg.k}); the default is 3*k")
+             f"lanczos_steps ({cfg.lanczos_steps}) must exceed k ({cfg.k}); leave it unset for max(3k, k + 100)")
     rank = cfg.hessian_samples * (NUM_CLASSES[cfg.dataset] - 1)
     _require(rank >= 2 * cfg.k,
              f"hessian_samples={cfg.hessian_samples} on {NUM_CLASSES[cfg.dataset]} classes bounds the "
@@ -356,18 +357,32 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
-def resolve(cfg: Config) -> Config:
+def resolve(cfg: Config, num_params: int | None = None) -> Config:
     """Validate and fill the rule-valued fields (learning rate, Lanczos steps, augmentation, activation).
 
     Args:
         cfg: the configuration as given.
+        num_params: the model's parameter count, when known: K must not exceed it, and the Lanczos
+            rule is clamped to it (an explicit lanczos_steps above it is an error).
 
     Returns:
         The resolved configuration that config.json records.
+
+    Raises:
+        ConfigError: as `validate`, or K / lanczos_steps larger than the parameter count.
     """
     validate(cfg)
+    from hspec import default_num_steps  # the one Lanczos-steps rule, max(3k, k + 100)
     from train import optim
 
+    steps = cfg.lanczos_steps
+    if num_params is not None:
+        _require(cfg.k <= num_params, f"k={cfg.k} exceeds the model's {num_params} parameters; use k <= {num_params}")
+        _require(steps is None or steps <= num_params,
+                 f"lanczos_steps={steps} exceeds the model's {num_params} parameters (the Krylov dimension "
+                 f"cannot); use lanczos_steps <= {num_params} or leave it unset")
+    if steps is None:
+        steps = default_num_steps(cfg.k, num_params if num_params is not None else 2**62)
     lr = cfg.learning_rate
     if lr is None:
         lr = float(optim.paper_learning_rate(cfg.optimizer, cfg.dataset))
@@ -377,7 +392,7 @@ def resolve(cfg: Config) -> Config:
     return dataclasses.replace(
         cfg,
         learning_rate=lr,
-        lanczos_steps=cfg.lanczos_steps if cfg.lanczos_steps is not None else 3 * cfg.k,
+        lanczos_steps=steps,
         augment=cfg.augment if cfg.augment is not None else cfg.dataset.startswith("cifar"),
         activation=activation,
     )
