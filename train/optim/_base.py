@@ -42,7 +42,7 @@ def concrete_value(owner: str, name: str, value: Any) -> float | None:
     arr = np.asarray(value)
   except Exception as err:  # jax raises several error types for non-concrete arrays.
     raise TypeError(f"{owner}: {name} must be a number, got {type(value).__name__}.") from err
-  if arr.shape != () or not np.issubdtype(arr.dtype, np.number):
+  if arr.shape != () or not jnp.issubdtype(arr.dtype, jnp.number):
     raise TypeError(
         f"{owner}: {name} must be a scalar number, got {type(value).__name__} of shape "
         f"{arr.shape} and dtype {arr.dtype}.")
@@ -185,3 +185,25 @@ def safe_increment(count: jax.Array) -> jax.Array:
     The incremented counter.
   """
   return optax.safe_increment(count)
+
+
+def keep_dtypes(tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """Make updates take the gradients' dtypes and the state keep the dtypes it was created with.
+
+  Without this, a float32 hyperparameter (e.g. one injected by `inject_hyperparams`) promotes
+  bfloat16 moments to float32 after the first step, which changes the state's type and makes
+  `jit` compile a second time.
+
+  Args:
+    tx: the transformation to wrap.
+
+  Returns:
+    The wrapped transformation (same init, same numbers up to the final casts).
+  """
+
+  def update_fn(updates, state, params=None, **extra_args):
+    new_updates, new_state = optax.with_extra_args_support(tx).update(
+        updates, state, params, **extra_args)
+    return cast_tree(new_updates, updates), cast_tree(new_state, state)
+
+  return optax.GradientTransformationExtraArgs(tx.init, update_fn)

@@ -105,9 +105,9 @@ def adabound(learning_rate: _base.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: 
   _base.check_range(owner, "final_lr", final_lr, 0.0, note="The reference default is 0.1.")
   _base.check_range(owner, "gamma", gamma, 0.0, 1.0,
                     note="The reference default is 1e-3; 0 gives bounds [0, inf), i.e. Adam.")
-  return optax.chain(
+  return _base.keep_dtypes(optax.chain(
       optax.add_decayed_weights(weight_decay),
       scale_by_adabound(learning_rate=learning_rate, b1=b1, b2=b2, final_lr=final_lr,
                         gamma=gamma, eps=eps),
       optax.scale(-1.0),
-  )
+  ))

@@ -62,11 +62,11 @@ def adam(learning_rate: _base.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: floa
     An optax GradientTransformation; its update needs `params`.
   """
   _check_adam_family("adam", learning_rate, b1, b2, eps, weight_decay)
-  return optax.chain(
+  return _base.keep_dtypes(optax.chain(
       optax.add_decayed_weights(weight_decay),
       optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
       optax.scale_by_learning_rate(learning_rate),
-  )
+  ))
 
 
 class ScaleByAmsgradState(NamedTuple):
@@ -135,11 +135,11 @@ def amsgrad(learning_rate: _base.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: f
     An optax GradientTransformation; its update needs `params`.
   """
   _check_adam_family("amsgrad", learning_rate, b1, b2, eps, weight_decay)
-  return optax.chain(
+  return _base.keep_dtypes(optax.chain(
       optax.add_decayed_weights(weight_decay),
       scale_by_amsgrad(b1=b1, b2=b2, eps=eps),
       optax.scale_by_learning_rate(learning_rate),
-  )
+  ))
 
 
 def yogi(learning_rate: _base.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: float = 0.999,
@@ -165,8 +165,8 @@ def yogi(learning_rate: _base.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: floa
   _check_adam_family("yogi", learning_rate, b1, b2, eps, weight_decay)
   _base.check_range("yogi", "initial_accumulator", initial_accumulator, 0.0, low_open=True,
                     note="torch-optimizer uses 1e-6.")
-  return optax.chain(
+  return _base.keep_dtypes(optax.chain(
       optax.add_decayed_weights(weight_decay),
       optax.scale_by_yogi(b1=b1, b2=b2, eps=eps, initial_accumulator_value=initial_accumulator),
       optax.scale_by_learning_rate(learning_rate),
-  )
+  ))

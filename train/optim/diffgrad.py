@@ -101,8 +101,8 @@ def diffgrad(learning_rate: _base.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: 
   owner = "diffgrad"
   _check_adam_family(owner, learning_rate, b1, b2, eps, weight_decay)
   _base.check_bool(owner, "frozen_dfc", frozen_dfc)
-  return optax.chain(
+  return _base.keep_dtypes(optax.chain(
       optax.add_decayed_weights(weight_decay),
       scale_by_diffgrad(b1=b1, b2=b2, eps=eps, frozen_dfc=frozen_dfc),
       optax.scale_by_learning_rate(learning_rate),
-  )
+  ))

@@ -121,4 +121,4 @@ def lookahead(learning_rate: _base.ScalarOrSchedule | None = None,
       if given is not None and abs(given - default) > 1e-6:
         raise ValueError(f"{owner}: {name}={given!r} would be ignored because inner is given; "
                          "set it on the inner optimizer instead.")
-  return _lookahead_transform(inner, k, alpha)
+  return _base.keep_dtypes(_lookahead_transform(inner, k, alpha))

@@ -86,9 +86,9 @@ def pnm(learning_rate: _base.ScalarOrSchedule, b1: float = 0.9, b0: float = 1.0,
   _base.check_range(owner, "weight_decay", weight_decay, 0.0)
   _base.check_bool(owner, "decoupled", decoupled)
   coupled_wd, decoupled_wd = (0.0, weight_decay) if decoupled else (weight_decay, 0.0)
-  return optax.chain(
+  return _base.keep_dtypes(optax.chain(
       optax.add_decayed_weights(coupled_wd),
       scale_by_pnm(b1=b1, b0=b0),
       optax.add_decayed_weights(decoupled_wd),
       optax.scale_by_learning_rate(learning_rate),
-  )
+  ))

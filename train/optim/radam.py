@@ -134,9 +134,9 @@ def radam(learning_rate: _base.ScalarOrSchedule = 1e-3, b1: float = 0.9, b2: flo
   _base.check_bool(owner, "decoupled", decoupled)
   _base.check_bool(owner, "degenerated_to_sgd", degenerated_to_sgd)
   coupled_wd, decoupled_wd = (0.0, weight_decay) if decoupled else (weight_decay, 0.0)
-  return optax.chain(
+  return _base.keep_dtypes(optax.chain(
       optax.add_decayed_weights(coupled_wd),
       scale_by_radam(b1=b1, b2=b2, eps=eps, weight_decay=decoupled_wd,
                      degenerated_to_sgd=degenerated_to_sgd),
       optax.scale_by_learning_rate(learning_rate),
-  )
+  ))

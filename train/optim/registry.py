@@ -13,6 +13,7 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import jax.numpy as jnp
 import optax
 
 from train.optim.adabound import adabound
@@ -215,4 +216,22 @@ def get(name: str, **overrides: Any) -> optax.GradientTransformationExtraArgs:
   kwargs = _prepare_overrides(key, overrides)
   factory = _FACTORIES[key]
   factory(**kwargs)  # Validate now: inject_hyperparams would only call it at init.
-  return optax.inject_hyperparams(factory, static_args=_STATIC_ARGS.get(key, ()))(**kwargs)
+  static_args = _STATIC_ARGS.get(key, ())
+
+  def injected(params) -> optax.GradientTransformationExtraArgs:
+    # inject_hyperparams casts hyperparameters to the params' dtype by default; in bfloat16 that
+    # turns b2 = 0.999 into 1.0. Keep them at least float32 (float64 params keep float64).
+    if params is None:
+      raise ValueError(f"{key}: update needs params (weight decay and the hyperparameter dtype "
+                       "read them); call update(grads, state, params).")
+    dtype = jnp.promote_types(optax.tree.dtype(params, "highest"), jnp.float32)
+    return optax.inject_hyperparams(factory, static_args=static_args,
+                                    hyperparam_dtype=dtype)(**kwargs)
+
+  def init_fn(params):
+    return injected(params).init(params)
+
+  def update_fn(updates, state, params=None, **extra_args):
+    return injected(params).update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -30,11 +30,11 @@ def sgd(learning_rate: _base.ScalarOrSchedule, momentum: float = 0.9,
   _base.check_learning_rate(owner, learning_rate)
   _base.check_range(owner, "momentum", momentum, 0.0, 1.0, note="The paper uses 0.9.")
   _base.check_range(owner, "weight_decay", weight_decay, 0.0)
-  return optax.chain(
+  return _base.keep_dtypes(optax.chain(
       optax.add_decayed_weights(weight_decay),
       optax.trace(decay=momentum, nesterov=False),
       optax.scale_by_learning_rate(learning_rate),
-  )
+  ))
 
 
 def vanilla_sgd(learning_rate: _base.ScalarOrSchedule,
@@ -51,7 +51,7 @@ def vanilla_sgd(learning_rate: _base.ScalarOrSchedule,
   owner = "vanilla_sgd"
   _base.check_learning_rate(owner, learning_rate)
   _base.check_range(owner, "weight_decay", weight_decay, 0.0)
-  return optax.chain(
+  return _base.keep_dtypes(optax.chain(
       optax.add_decayed_weights(weight_decay),
       optax.scale_by_learning_rate(learning_rate),
-  )
+  ))
