@@ -148,18 +148,22 @@ def scalar_dtype(tree: Any) -> jnp.dtype:
   return jnp.promote_types(widest, jnp.float32)
 
 
-def power(base: Any, count: jax.Array, dtype: jnp.dtype) -> jax.Array:
-  """base ** count as a scalar of `dtype` (count is an int32 step number).
+def one_minus_power(base: Any, count: jax.Array, dtype: jnp.dtype) -> jax.Array:
+  """1 − base**count, computed as −expm1(count·log(base)) to keep its relative accuracy.
+
+  PyTorch computes bias corrections such as 1 − β₂ᵗ in Python doubles; in float32 the direct
+  form loses about 1e-5 of relative accuracy at small t for β₂ = 0.999 (cancellation), this form
+  about 1e-7.
 
   Args:
-    base: a number or scalar array (a decay rate).
-    count: the step number.
+    base: a decay rate in [0, 1).
+    count: the step number (>= 1).
     dtype: the result dtype.
 
   Returns:
     A scalar array.
   """
-  return jnp.power(jnp.asarray(base, dtype), count.astype(dtype))
+  return -jnp.expm1(count.astype(dtype) * jnp.log(jnp.asarray(base, dtype)))
 
 
 def cast_tree(tree: Any, like: Any) -> Any:

@@ -63,8 +63,8 @@ def scale_by_adabound(learning_rate: _base.ScalarOrSchedule = 1e-3, b1: float = 
     count = _base.safe_increment(state.count)
     dtype = _base.scalar_dtype(updates)
     t = count.astype(dtype)
-    step_size = lr * jnp.sqrt(1 - _base.power(b2, count, dtype)) / (
-        1 - _base.power(b1, count, dtype))
+    step_size = lr * jnp.sqrt(_base.one_minus_power(b2, count, dtype)) / (
+        _base.one_minus_power(b1, count, dtype))
     f = final_lr * lr / state.base_lr
     lower = f * (1 - 1 / (gamma * t + 1))
     upper = f * (1 + 1 / (gamma * t))

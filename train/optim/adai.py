@@ -70,7 +70,7 @@ def scale_by_adai(b0: float = 0.1, b2: float = 0.99,
     del params
     count = _base.safe_increment(state.count)
     dtype = _base.scalar_dtype(updates)
-    bc2 = 1 - _base.power(b2, count, dtype)
+    bc2 = _base.one_minus_power(b2, count, dtype)
     nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * g * g, updates, state.nu)
     nu_hat = jax.tree.map(lambda v: v / bc2, nu)
     nu_bar = _global_mean(nu_hat, dtype)

@@ -102,8 +102,8 @@ def scale_by_amsgrad(b1: float = 0.9, b2: float = 0.999,
     del params
     count = _base.safe_increment(state.count)
     dtype = _base.scalar_dtype(updates)
-    bc1 = 1 - _base.power(b1, count, dtype)
-    bc2 = 1 - _base.power(b2, count, dtype)
+    bc1 = _base.one_minus_power(b1, count, dtype)
+    bc2 = _base.one_minus_power(b2, count, dtype)
     mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g, updates, state.mu)
     nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * g * g, updates, state.nu)
     nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)

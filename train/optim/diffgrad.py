@@ -61,7 +61,8 @@ def scale_by_diffgrad(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
     del params
     count = _base.safe_increment(state.count)
     dtype = _base.scalar_dtype(updates)
-    step_size = jnp.sqrt(1 - _base.power(b2, count, dtype)) / (1 - _base.power(b1, count, dtype))
+    step_size = jnp.sqrt(_base.one_minus_power(b2, count, dtype)) / (
+        _base.one_minus_power(b1, count, dtype))
     mu = jax.tree.map(lambda g, m: b1 * m + (1 - b1) * g, updates, state.mu)
     nu = jax.tree.map(lambda g, v: b2 * v + (1 - b2) * g * g, updates, state.nu)
 

@@ -45,17 +45,17 @@ def _rectification(count: jax.Array, b1, b2, dtype):
     (rho_t, adaptive_size, sgd_size) as scalars; adaptive_size is only meaningful when
     rho_t >= 5 (it is computed from clipped values otherwise, to stay finite).
   """
-  b1t = _base.power(b1, count, dtype)
-  b2t = _base.power(b2, count, dtype)
+  bc1 = _base.one_minus_power(b1, count, dtype)  # 1 − β₁ᵗ
+  bc2 = _base.one_minus_power(b2, count, dtype)  # 1 − β₂ᵗ
   t = count.astype(dtype)
   rho_inf = 2 / (1 - jnp.asarray(b2, dtype)) - 1
-  rho = rho_inf - 2 * t * b2t / (1 - b2t)
+  rho = rho_inf - 2 * t * (1 - bc2) / bc2
   # Same expression and order as the reference; rho is clipped at 5 so that the unused branch
   # stays finite (jnp.where evaluates both).
   rho_c = jnp.maximum(rho, 5.0)
-  adaptive = jnp.sqrt((1 - b2t) * (rho_c - 4) / (rho_inf - 4) * (rho_c - 2) / rho_c * rho_inf
-                      / (rho_inf - 2)) / (1 - b1t)
-  return rho, adaptive, 1 / (1 - b1t)
+  adaptive = jnp.sqrt(bc2 * (rho_c - 4) / (rho_inf - 4) * (rho_c - 2) / rho_c * rho_inf
+                      / (rho_inf - 2)) / bc1
+  return rho, adaptive, 1 / bc1
 
 
 def scale_by_radam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
