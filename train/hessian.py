@@ -1,0 +1,52 @@
+"""The one adapter from a Flax NNX model to the pure loss function hspec needs (STYLE.md).
+
+``nnx.split`` happens here, at the boundary, and ``nnx.merge`` inside the loss, so that hspec sees only
+``loss_fn(params, batch) -> scalar`` over a plain parameter pytree and nothing else in the code base
+needs to know both Flax and hspec.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+__all__ = ["loss_fn_from_model", "cross_entropy", "hessian_batches"]
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Mean softmax cross-entropy of integer labels (the training loss without weight decay)."""
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+
+def loss_fn_from_model(model: nnx.Module) -> tuple[Callable, nnx.State]:
+    """The Hessian loss of a model: evaluation mode, mean cross-entropy, no weight decay (METHOD.md §1).
+
+    Args:
+      model: an NNX model returning logits. It is cloned and the clone is put in evaluation mode
+        (BatchNorm running statistics, no dropout); the caller's model is left as it was.
+
+    Returns:
+      ``(loss_fn, params)``: ``loss_fn(params, (x, y))`` is the mean cross-entropy of the model with
+      parameters ``params`` (the ``nnx.Param`` state) on the batch; all other state (BatchNorm
+      statistics) is held fixed.
+    """
+    frozen = nnx.clone(model)
+    frozen.eval()
+    graphdef, params, rest = nnx.split(frozen, nnx.Param, ...)
+
+    def loss_fn(p, batch):
+        x, y = batch
+        return cross_entropy(nnx.merge(graphdef, p, rest)(x), y)
+
+    return loss_fn, params
+
+
+def hessian_batches(x, y, batch_size: int) -> list[tuple]:
+    """Split a fixed Hessian sample into batches (the last may be smaller; hspec weights by size)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
