@@ -410,3 +410,18 @@ def test_update_without_params_is_a_clear_error():
   state = tx.init(params)
   with pytest.raises(ValueError, match="params"):
     tx.update(jax.grad(_quadratic_loss)(params), state, params=None)
+
+
+def test_lookahead_rate_readable_with_custom_inner():
+  """The documented path to the inner rate when Lookahead wraps an optimizer from `get`."""
+  inner = optim.get("adam", learning_rate=lambda count: 1e-3 * 0.5 ** count)
+  tx = optim.get("lookahead", inner=inner, k=2)
+  params = _quad_params()
+  state = tx.init(params)
+  step = jax.jit(_make_step(tx))
+  for _ in range(3):
+    params, state, _ = step(params, state)
+  assert "learning_rate" not in state.hyperparams  # No rate of its own: it is the inner one's.
+  np.testing.assert_allclose(float(state.inner_state.inner_state.hyperparams["learning_rate"]),
+                             1e-3 * 0.25, rtol=1e-6)
+  np.testing.assert_allclose(float(state.hyperparams["alpha"]), 0.5)

@@ -15,8 +15,10 @@ built on plain parameter pytrees cannot pass.
 Reading the learning rate: `train.optim.get("lookahead", learning_rate=...)` wraps this factory
 itself in `optax.inject_hyperparams`, so `state.hyperparams["learning_rate"]` is the rate of the
 default inner SGD, as for every other optimizer. With a custom `inner`, the rate lives in that
-inner transformation: `state.inner_state.inner_state.hyperparams[...]` if the inner one was built
-with `inject_hyperparams` (outer inject state → `LookaheadState.inner_state` → inner inject state).
+inner transformation. If the inner one came from `get` (or `inject_hyperparams`), read
+`state.inner_state.inner_state.hyperparams["learning_rate"]` when Lookahead itself came from `get`
+(outer inject state → `LookaheadState` → inner inject state), and
+`state.inner_state.hyperparams["learning_rate"]` when `lookahead(...)` was called directly.
 """
 
 from __future__ import annotations
