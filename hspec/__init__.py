@@ -28,13 +28,14 @@ from hspec.powerlaw import (
     least_squares_slope,
     power_law_verdict,
 )
+from hspec import plot
 from hspec.sharpness import PowerIterationResult, power_iteration
 from hspec.trace import TraceEstimate, hutchinson_trace
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianOperator", "LanczosResult", "NonFiniteError",
+    "plot", "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianOperator", "LanczosResult", "NonFiniteError",
     "NotConvergedError", "NotConvergedWarning", "PowerIterationResult", "PowerLawFit", "PowerLawVerdict",
     "SpectralDensity", "TopEigenvalues", "TraceEstimate", "critical_value", "default_num_steps",
     "density_from_lanczos", "eigengaps", "fit_eigengaps", "fit_power_law", "fit_power_law_ensemble",

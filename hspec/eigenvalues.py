@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
+from functools import partial
 
 import jax
 import numpy as np
 
 from hspec._checks import checked_operator
-from hspec.lanczos import LanczosResult, lanczos
+from hspec.lanczos import LanczosResult, lanczos, tridiagonal_eigh
 
 __all__ = ["TopEigenvalues", "NotConvergedError", "NotConvergedWarning", "top_eigenvalues", "default_num_steps"]
 
@@ -88,6 +89,26 @@ def _combine(result: LanczosResult, k: int, combine: str):
     raise ValueError(f"combine must be 'pool' or 'mean', got {combine!r}")
 
 
+def _converged_mask(values: np.ndarray, residuals: np.ndarray, tol: float) -> np.ndarray:
+    """residual <= tol * |λ_1| (λ_1 the largest of the values)."""
+    lam1 = abs(float(values[0])) if values.size else 0.0
+    return residuals <= tol * max(lam1, np.finfo(np.float64).tiny)
+
+
+def _enough_converged(alphas: np.ndarray, betas: np.ndarray, *, k: int, combine: str, tol: float) -> bool:
+    """Stop rule of a growing run: have the top k Ritz values of the run so far converged?"""
+    if alphas.shape[1] < k and combine == "mean":
+        return False
+    values, residuals = [], []
+    for a, b in zip(alphas, betas):
+        theta, y = tridiagonal_eigh(a, b[:-1])
+        values.append(theta)
+        residuals.append(np.abs(float(b[-1]) * y[-1]))
+    partial_result = LanczosResult(alphas, betas, np.stack(values), np.stack(residuals), None, None, alphas.shape[1], "")
+    top, res, _, _ = _combine(partial_result, k, combine)
+    return top.size >= k and bool(np.all(_converged_mask(top, res, tol)))
+
+
 def _report_convergence(num_converged: int, k: int, m: int, tol: float, strict: bool) -> None:
     if num_converged >= k:
         return
@@ -119,6 +140,7 @@ def top_eigenvalues(
     start: str = "rademacher",
     return_vectors: bool = False,
     progress: bool = False,
+    max_steps: int | None = None,
 ) -> TopEigenvalues:
     """The k largest (algebraic, not magnitude) eigenvalues of the Hessian of ``loss_fn`` at ``params``.
 
@@ -137,6 +159,9 @@ def top_eigenvalues(
       method: "linearize" (gradient linearised once, reused) or "jvp" (forward-over-reverse each time).
       loop, basis, start, progress: passed to :func:`hspec.lanczos`.
       return_vectors: also return the Ritz vectors of the top k.
+      max_steps: if larger than ``num_steps``, keep stepping (checking every num_steps/10 steps) until
+        the top k have converged or ``max_steps`` is reached; the steps taken are in ``num_steps`` of the
+        result. A truncated Lanczos run is exactly a shorter run, so nothing is recomputed.
 
     Returns:
       :class:`TopEigenvalues`.
@@ -151,11 +176,11 @@ def top_eigenvalues(
         raise ValueError(f"k={k} is larger than the Ritz values available (num_steps={m} x num_starts={num_starts})")
     result = lanczos(
         op, m, key=key, num_starts=num_starts, start=start, loop=loop, basis=basis,
-        return_vectors=return_vectors, progress=progress,
+        return_vectors=return_vectors, progress=progress, max_steps=max_steps,
+        stop=partial(_enough_converged, k=k, combine=combine, tol=tol),
     )
     values, residuals, std, order = _combine(result, k, combine)
-    lam1 = abs(float(values[0])) if values.size else 0.0
-    converged = residuals <= tol * max(lam1, np.finfo(np.float64).tiny)
+    converged = _converged_mask(values, residuals, tol)
     num_converged = int(np.sum(converged))
     _report_convergence(num_converged, k, result.num_steps, tol, strict)
     vectors = None

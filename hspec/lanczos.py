@@ -154,7 +154,13 @@ def _check_finite(alpha: np.ndarray, j: int) -> None:
         )
 
 
-def _python_loop(matvec, v0, m, key, basis, progress):
+def _python_loop(matvec, v0, m, key, basis, progress, min_steps=None, stop=None, check_every=None):
+    """Drive the step from Python; with ``stop``, end early once ``stop(alphas, betas)`` says so.
+
+    Buffers are sized for m steps; from ``min_steps`` on, every ``check_every`` steps the coefficients
+    so far are handed to ``stop`` (a Lanczos run truncated at j steps is exactly a j-step run).
+    Returns the basis and coefficients truncated to the steps taken.
+    """
     S, n = v0.shape
     dtype = v0.dtype
     on_host = basis == "host"
@@ -162,12 +168,13 @@ def _python_loop(matvec, v0, m, key, basis, progress):
     V = zeros((S, m, n), dtype)
     alphas, betas = zeros((S, m), dtype), zeros((S, m), dtype)
     v = v0
-    steps = range(m)
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        steps = tqdm(steps, desc="Lanczos", unit="step")
-    for j in steps:
+        bar = tqdm(total=m if stop is None else min_steps, desc="Lanczos", unit="step", leave=False)
+    taken = m
+    for j in range(m):
         w = matvec(v)
         if on_host:
             v = _host_step(V, alphas, betas, v, w, j, key)
@@ -176,9 +183,19 @@ def _python_loop(matvec, v0, m, key, basis, progress):
             V, alphas, betas, v = _jitted_step(V, alphas, betas, v, w, j, key, rows=_rows_bucket(j, m))
             if j % 16 == 0 or j == m - 1:  # a host sync every few steps keeps dispatch asynchronous
                 _check_finite(np.asarray(alphas[:, j]), j)
-    if not on_host:
-        _check_finite(np.asarray(alphas).ravel(), m - 1)
-    return np.asarray(V), np.asarray(alphas), np.asarray(betas)
+        if bar is not None:
+            if stop is not None and j + 1 > bar.total:
+                bar.total = min(m, bar.total + check_every)
+            bar.update(1)
+        if stop is not None and j + 1 >= min_steps and (j + 1 - min_steps) % check_every == 0:
+            if stop(np.asarray(alphas[:, : j + 1]), np.asarray(betas[:, : j + 1])):
+                taken = j + 1
+                break
+    if bar is not None:
+        bar.close()
+    alphas, betas = np.asarray(alphas)[:, :taken], np.asarray(betas)[:, :taken]
+    _check_finite(alphas.ravel(), taken - 1)
+    return np.asarray(V[:, :taken]), alphas, betas
 
 
 @partial(jax.jit, static_argnames=("pure_matvec", "m"))
@@ -257,6 +274,9 @@ def lanczos(
     basis: str = "device",
     return_vectors: bool = False,
     progress: bool = False,
+    max_steps: int | None = None,
+    stop=None,
+    check_every: int | None = None,
 ) -> LanczosResult:
     """Run ``num_steps`` Lanczos steps with full reorthogonalisation from ``num_starts`` random starts.
 
@@ -272,6 +292,9 @@ def lanczos(
       basis: ``"device"`` or ``"host"`` (device memory independent of m).
       return_vectors: also return the Ritz vectors (costs S·m·n host memory).
       progress: show a tqdm bar (python loop).
+      max_steps: grow the Krylov space beyond ``num_steps`` up to ``max_steps`` until
+        ``stop(alphas, betas) -> bool`` (given the ``[S, j]`` coefficients so far) returns True; checked
+        every ``check_every`` steps (default: a tenth of num_steps, at least 10). Python loop only.
 
     Returns:
       :class:`LanczosResult` with the tridiagonal coefficients, Ritz values, residual bounds and weights.
@@ -282,6 +305,11 @@ def lanczos(
     if n <= 0:
         raise ValueError("give dim=n when operator is a plain callable")
     m = _clamp_steps(num_steps, n)
+    grow = max_steps is not None and stop is not None and max_steps > m
+    if grow:
+        m_max = min(int(max_steps), n)
+        check_every = check_every or max(10, m // 10)
+        loop = "python" if loop in ("auto", "fori") else loop
     if num_starts < 1:
         raise ValueError(f"num_starts must be >= 1, got {num_starts}")
     loop = _pick_loop(loop, basis)
@@ -297,9 +325,12 @@ def lanczos(
         _check_finite(alphas_h.ravel(), m - 1)
         V, alphas, betas = np.asarray(V), alphas_h, np.asarray(betas)
     else:
-        V, alphas, betas = _python_loop(matvec, v0, m, k_restart, basis, progress)
+        if grow:
+            V, alphas, betas = _python_loop(matvec, v0, m_max, k_restart, basis, progress, m, stop, check_every)
+        else:
+            V, alphas, betas = _python_loop(matvec, v0, m, k_restart, basis, progress)
     values, residuals, weights, vectors = _ritz(alphas, betas, V, return_vectors)
-    return LanczosResult(alphas, betas, values, residuals, weights, vectors, m, loop)
+    return LanczosResult(alphas, betas, values, residuals, weights, vectors, int(alphas.shape[1]), loop)
 
 
 @dataclasses.dataclass(frozen=True)

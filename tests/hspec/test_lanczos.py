@@ -119,3 +119,19 @@ def test_convergence_warning_and_strict(x64):
         hspec.top_eigenvalues(quadratic, params, 30, key=jax.random.key(0), num_steps=32, tol=1e-10)
     with pytest.raises(hspec.NotConvergedError, match="Increase num_steps"):
         hspec.top_eigenvalues(quadratic, params, 30, key=jax.random.key(0), num_steps=32, tol=1e-10, strict=True)
+
+
+def test_growing_run_stops_when_top_k_converged(x64):
+    """max_steps grows the Krylov space until the top k converge; the result equals a fixed run of that length."""
+    lam = 1.0 / np.arange(1, 201)
+    a = jnp.asarray(prescribed_matrix(lam, seed=10))
+
+    def quadratic(p):
+        return 0.5 * p["x"] @ a @ p["x"]
+
+    params = {"x": jnp.zeros(200)}
+    grown = hspec.top_eigenvalues(quadratic, params, 30, key=jax.random.key(0), num_steps=32, max_steps=200, tol=1e-10)
+    assert grown.num_converged == 30 and 32 < grown.num_steps < 200
+    fixed = hspec.top_eigenvalues(quadratic, params, 30, key=jax.random.key(0), num_steps=grown.num_steps, tol=1e-10)
+    np.testing.assert_allclose(grown.eigenvalues, fixed.eigenvalues, atol=1e-13)
+    np.testing.assert_allclose(grown.eigenvalues, lam[:30], rtol=1e-9)
