@@ -86,10 +86,11 @@ def spectrum_report(
     batches = hessian_batches(np.asarray(x), np.asarray(y), batch_size)
     key_lanczos, key_trace = jax.random.split(jax.random.key(seed))
     t0 = time.perf_counter()
-    steps = lanczos_steps if lanczos_steps is not None else hspec.default_num_steps(k, 10**12)
+    if max_lanczos_steps is None:
+        max_lanczos_steps = 4 * (lanczos_steps or hspec.default_num_steps(k, 10**12))
     top = hspec.top_eigenvalues(
-        loss_fn, params, k, key=key_lanczos, num_steps=steps, batches=batches, tol=tol, strict=strict,
-        progress=progress, max_steps=max_lanczos_steps if max_lanczos_steps is not None else 4 * steps,
+        loss_fn, params, k, key=key_lanczos, num_steps=lanczos_steps, batches=batches, tol=tol,
+        strict=strict, progress=progress, max_steps=max_lanczos_steps,
     )
     t1 = time.perf_counter()
     trace = hspec.hutchinson_trace(loss_fn, params, key=key_trace, num_samples=trace_samples, batches=batches)
