@@ -82,6 +82,7 @@ class Config:
     k: int = 100
     hessian_samples: int = 1000
     lanczos_steps: int | None = None  # None: max(3k, k + 100), see the module docstring
+    max_lanczos_steps: int | None = None  # grow the Krylov space up to this until the top k converge (None: 4x)
     hessian_batch_size: int = 1000
     trace_samples: int = 20
     spectrum_epochs: tuple[int, ...] = ()  # spectra also after these epochs
@@ -93,7 +94,7 @@ class Config:
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 # Fields that change the trained network; on --resume they must match the stored run.
-SPECTRUM_FIELDS = ("k", "hessian_samples", "lanczos_steps", "hessian_batch_size", "trace_samples",
+SPECTRUM_FIELDS = ("k", "hessian_samples", "lanczos_steps", "max_lanczos_steps", "hessian_batch_size", "trace_samples",
                    "spectrum_epochs", "init_control", "data_dir", "keep_checkpoints")
 
 
@@ -278,6 +279,7 @@ def _validate_data(cfg: Config) -> None:
     _require(cfg.train_size is None or cfg.train_size >= 1,
              f"train_size must be a positive integer or none (full set), got {cfg.train_size}")
     _require(0.0 <= cfg.label_noise <= 1.0, f"label_noise must lie in [0, 1], got {cfg.label_noise}")
+    _require(not (cfg.augment and cfg.dataset == "avila"), "augment (flip + crop) needs images; avila is tabular")
     _require(not (cfg.random_labels and cfg.label_noise > 0),
              "random_labels and label_noise are exclusive; set label_noise=0 with random_labels=true")
 
@@ -326,6 +328,8 @@ def _validate_spectrum(cfg: Config) -> None:
     _require(cfg.hessian_samples >= 1, f"hessian_samples must be >= 1, got {cfg.hessian_samples}")
     _require(cfg.hessian_batch_size >= 1, f"hessian_batch_size must be >= 1, got {cfg.hessian_batch_size}")
     _require(cfg.trace_samples >= 1, f"trace_samples must be >= 1, got {cfg.trace_samples}")
+    _require(cfg.max_lanczos_steps is None or cfg.lanczos_steps is None or cfg.max_lanczos_steps >= cfg.lanczos_steps,
+             f"max_lanczos_steps ({cfg.max_lanczos_steps}) must be >= lanczos_steps ({cfg.lanczos_steps})")
     _require(cfg.lanczos_steps is None or cfg.lanczos_steps > cfg.k,
              f"lanczos_steps ({cfg.lanczos_steps}) must exceed k ({cfg.k}); leave it unset for max(3k, k + 100)")
     rank = cfg.hessian_samples * (NUM_CLASSES[cfg.dataset] - 1)

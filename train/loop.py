@@ -78,7 +78,7 @@ def merge(graphdef: Any, params: Any, rest: Any) -> nnx.Module:
     Returns:
         The model.
     """
-    return nnx.merge(graphdef, params, rest)
+    return nnx.merge(graphdef, params, rest, copy=True)
 
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
@@ -196,7 +196,7 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation,
     """
 
     def loss_fn(params, rest, x, y):
-        model = nnx.merge(fm.train_def, params, rest)
+        model = nnx.merge(fm.train_def, params, rest, copy=True)  # fresh Variables: BatchNorm mutates them under the trace
         logits = model(x)
         # BatchNorm updated its statistics in place on the merged copy; carry them out of the step.
         _, _, new_rest = nnx.split(model, nnx.Param, ...)
@@ -227,7 +227,7 @@ def make_eval_step(fm: FunctionalModel) -> Callable:
 
     @jax.jit
     def eval_step(params, rest, x, y):
-        logits = nnx.merge(fm.eval_def, params, rest)(x)
+        logits = nnx.merge(fm.eval_def, params, rest, copy=True)(x)
         return cross_entropy(logits, y).sum(), jnp.sum(jnp.argmax(logits, -1) == y)
 
     return eval_step

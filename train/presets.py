@@ -90,7 +90,7 @@ def _build() -> dict[str, tuple[str, Config]]:
     p["lenet-mnist-random-labels"] = ("LeNet-5, MNIST, SGD, every label random, 50 epochs",
                                       _lenet("mnist", "sgd", random_labels=True))
     tiny = dict(dataset="mnist", train_size=512, epochs=1, k=10, hessian_samples=128, lanczos_steps=40,
-                hessian_batch_size=128, trace_samples=4, batch_size=64, learning_rate=0.05)
+                hessian_batch_size=128, trace_samples=4, batch_size=64)
     p["tiny-fcn-mnist"] = ("tests: FCN 2x16 on 512 MNIST examples, 1 epoch, K=10",
                            Config(**dict(tiny, model="fcn", depth=2, width=16, activation="relu")))
     p["tiny-fcn-mnist-2epochs"] = ("tests: as tiny-fcn-mnist for 2 epochs with a spectrum after epoch 1",

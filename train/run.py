@@ -338,7 +338,7 @@ def spectrum_results(ctx: Context, state: loop.TrainState, metrics: dict, *, epo
         checkpoint: the checkpoint the state came from, recorded.
         title: plot title.
         out_dir: where results.json and spectrum.png go.
-        progress: unused by the computation; kept for symmetry with training (bars come from hspec).
+        progress: show the Lanczos progress bar.
 
     Returns:
         The results dict written.
@@ -347,22 +347,39 @@ def spectrum_results(ctx: Context, state: loop.TrainState, metrics: dict, *, epo
 
     cfg = ctx.cfg
     model = loop.merge(ctx.fm.eval_def, state.params, state.rest)
-    hx, hy, hidx = ctx.hessian
+    hx, hy, _ = ctx.hessian
     t0 = time.perf_counter()
     report = spectrum.spectrum_report(model, hx, hy, k=cfg.k, lanczos_steps=cfg.lanczos_steps, seed=cfg.seed,
-                                      batch_size=cfg.hessian_batch_size, trace_samples=cfg.trace_samples, strict=True)
+                                      max_lanczos_steps=cfg.max_lanczos_steps, batch_size=cfg.hessian_batch_size,
+                                      trace_samples=cfg.trace_samples, strict=True, progress=progress)
     results = {
         "setting": setting(cfg, epoch=epoch, step=step, trained=epoch > 0),
         "fit": report["fit"], "verdict": report["verdict"], "spectrum": report["spectrum"],
         "sharpness": report["sharpness"], "eigengap_fit": report.get("eigengap_fit"),
         "metrics": {k: metrics[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
         "timing": dict(report.get("timing") or {}, spectrum_total_s=time.perf_counter() - t0),
-        "hessian_sample": {"size": len(hidx), "seed": cfg.seed, "indices": hidx},
+        "hessian_sample": _hessian_record(ctx),
+        "data": _data_record(ctx.ds),
         "num_params": ctx.num_params, "checkpoint": checkpoint, "hspec_version": _hspec_version(),
     }
     write_json(out_dir / RESULTS, results)
     spectrum.plot_spectrum(report, str(out_dir / PLOT), title)
     return results
+
+
+def _hessian_record(ctx: Context) -> dict[str, Any]:
+    """The recorded Hessian sample: its size, seed and indices (into the run's and the full training set)."""
+    idx = np.asarray(ctx.hessian[2])
+    full = ctx.ds.train_indices
+    return {"size": int(len(idx)), "seed": ctx.cfg.seed, "indices": idx,
+            "dataset_indices": None if full is None else np.asarray(full)[idx]}
+
+
+def _data_record(ds: Any) -> dict[str, Any]:
+    """Where the data came from and what the options did to it."""
+    noise = None if ds.y_train_clean is None else float(np.mean(ds.y_train != ds.y_train_clean))
+    return {"source": ds.source, "num_train": int(len(ds.y_train)), "num_test": int(len(ds.y_test)),
+            "realised_label_noise": noise}
 
 
 def _targets(cfg: Config, out: Path, num_epochs: int) -> list[tuple[str, int, Path]]:
@@ -372,12 +389,13 @@ def _targets(cfg: Config, out: Path, num_epochs: int) -> list[tuple[str, int, Pa
     return targets + [("final", num_epochs, out)]
 
 
-def run_spectra(ctx: Context, out: Path, *, echo: Callable = print) -> list[tuple[str, dict]]:
+def run_spectra(ctx: Context, out: Path, *, progress: bool = True, echo: Callable = print) -> list[tuple[str, dict]]:
     """Compute each missing spectrum of a run from its checkpoints (existing results.json are kept).
 
     Args:
         ctx: the run's context.
         out: the run directory.
+        progress: show the Lanczos progress bars.
         echo: where progress lines go.
 
     Returns:
@@ -390,11 +408,12 @@ def run_spectra(ctx: Context, out: Path, *, echo: Callable = print) -> list[tupl
             continue
         path = ckpt.epoch_path(ckpt.checkpoint_dir(out), epoch)
         state, meta = ckpt.restore(path, ctx.template)
-        echo(f"spectrum of {label} (epoch {epoch}): top {ctx.cfg.k} of {ctx.cfg.lanczos_steps} Lanczos steps "
+        echo(f"spectrum at epoch {epoch} ({label}): top {ctx.cfg.k} of {ctx.cfg.lanczos_steps} Lanczos steps "
              f"on {ctx.cfg.hessian_samples} samples, {ctx.num_params} parameters")
         try:
             res = spectrum_results(ctx, loop.TrainState(*state), meta["metrics"][-1], epoch=epoch, step=meta["step"],
-                                   checkpoint=str(path), title=f"{ctx.cfg.preset}: {label}", out_dir=where)
+                                   checkpoint=str(path), title=f"{ctx.cfg.preset}: {label}", out_dir=where,
+                                   progress=progress)
         except Exception as err:
             raise RuntimeError(f"the spectrum of {label} (epoch {epoch}) failed: {err}. The checkpoints are kept: "
                                "finish with --resume (spectrum fields such as lanczos_steps or k may be changed "
@@ -464,7 +483,7 @@ def train_run(cfg: Config, out: str | os.PathLike, *, resume: bool = False, prog
          f"({len(ctx.ds.y_train)} examples), {ctx.cfg.optimizer} lr {ctx.cfg.learning_rate:g}, "
          f"{ctx.num_epochs} epochs x {ctx.steps_per_epoch} steps -> {out_path}")
     train_epochs(ctx, out_path, resume=resume, progress=progress, echo=echo)
-    rows = run_spectra(ctx, out_path, echo=echo)
+    rows = run_spectra(ctx, out_path, progress=progress, echo=echo)
     table = verdict_table(rows)
     (out_path / "table.txt").write_text(table + "\n")
     echo(table)

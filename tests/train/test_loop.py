@@ -1,0 +1,181 @@
+"""The functional loop: model shapes, one step against the stateful NNX model, eval, epochs, every preset."""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from train import config as C
+from train import loop, models, optim, presets
+
+SHAPES = {"mnist": ((28, 28, 1), 10), "fashion_mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10),
+          "cifar100": ((32, 32, 3), 100), "avila": ((10,), 12)}
+
+
+def _batch(shape, n=4, classes=10, seed=0):
+    """Random inputs of a shape and labels cycling through the classes."""
+    x = np.array(jax.random.normal(jax.random.key(seed), (n, *shape)), np.float32)
+    return x, np.arange(n, dtype=np.int32) % classes
+
+
+@pytest.mark.parametrize("name,kwargs,shape,classes,params", [
+    ("lenet5", {}, (28, 28, 1), 10, 61_706),  # METHOD.md §5
+    ("lenet5", {}, (32, 32, 3), 10, 62_006),  # METHOD.md §5
+    ("fcn", {"depth": 2, "width": 100}, (28, 28, 1), 10, 784 * 100 + 100 + 100 * 100 + 100 + 100 * 10 + 10),
+    ("fcn", {"depth": 2, "width": 100}, (10,), 12, 10 * 100 + 100 + 100 * 100 + 100 + 100 * 12 + 12),
+    ("linear", {"depth": 1, "width": 7, "activation": None}, (28, 28, 1), 10, 784 * 7 + 7 + 7 * 10 + 10),
+])
+def test_model_shapes_and_parameter_counts(name, kwargs, shape, classes, params):
+    model = models.build(name, num_classes=classes, input_shape=shape, rngs=nnx.Rngs(0), **kwargs)
+    assert models.count_params(model) == params
+    fm, p, rest = loop.split_model(model)
+    x, _ = _batch(shape, 3, classes)
+    chex.assert_shape(loop.merge(fm.eval_def, p, rest)(x), (3, classes))
+
+
+@pytest.mark.slow
+def test_resnet18_shape_and_parameter_count():
+    model = models.build("resnet18", num_classes=10, input_shape=(32, 32, 3), rngs=nnx.Rngs(0))
+    assert models.count_params(model) == 11_173_962  # the CIFAR ResNet18 of kuangliu/pytorch-cifar
+    fm, p, rest = loop.split_model(model)
+    chex.assert_shape(loop.merge(fm.eval_def, p, rest)(_batch((32, 32, 3), 2)[0]), (2, 10))
+
+
+@pytest.mark.parametrize("name,kwargs,shape", [
+    ("lenet5", {}, (28, 28, 1)),
+    ("fcn", {"depth": 2, "width": 16}, (28, 28, 1)),
+])
+def test_one_step_matches_sgd_on_the_stateful_model(name, kwargs, shape):
+    # PyTorch SGD with coupled weight decay from zero momentum: θ1 = θ0 − η (∇L(θ0) + wd θ0).
+    lr, wd = 0.1, 5e-4
+    model = models.build(name, num_classes=10, input_shape=shape, rngs=nnx.Rngs(3), **kwargs)
+    x, y = _batch(shape, 8)
+
+    def loss(m):
+        return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+    grads = nnx.grad(loss)(model)  # the stateful NNX path, independent of the split/merge step
+    expected = jax.tree.map(lambda p, g: p - lr * (g + wd * p), nnx.state(model, nnx.Param), grads)
+    fm, params, rest = loop.split_model(model)
+    tx = optim.get("sgd", learning_rate=lr, weight_decay=wd)
+    state, step_loss, correct = loop.make_train_step(fm, tx)(loop.TrainState(params, rest, tx.init(params)),
+                                                             x, y, jax.random.key(0))
+    chex.assert_trees_all_close(state.params, expected, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(step_loss, loss(model), rtol=1e-6)
+    model.train()
+    assert int(correct) == int(np.sum(np.argmax(np.asarray(model(x)), -1) == y))
+
+
+def test_batchnorm_statistics_leave_the_step():
+    model = models.build("linear", num_classes=10, input_shape=(6,), depth=2, width=5, batchnorm=True,
+                         activation="relu", rngs=nnx.Rngs(0))
+    x, y = _batch((6,), 16)
+    fm, params, rest = loop.split_model(model)
+    before = [np.array(a) for a in jax.tree.leaves(rest)]  # the stateful call below updates these in place
+    tx = optim.get("vanilla_sgd", learning_rate=0.0, weight_decay=0.0)
+    state, _, _ = loop.make_train_step(fm, tx)(loop.TrainState(params, rest, tx.init(params)), x, y, jax.random.key(0))
+    # The stateful model in training mode updates its running statistics in place: same values.
+    model.train()
+    model(x)
+    expected = nnx.split(model, nnx.Param, ...)[2]
+    chex.assert_trees_all_close(state.rest, expected, rtol=1e-6)
+    assert not any(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.rest), before))
+
+
+def test_evaluate_is_mean_cross_entropy_and_accuracy_in_eval_mode():
+    model = models.build("linear", num_classes=4, input_shape=(3,), depth=1, width=5, batchnorm=True,
+                         rngs=nnx.Rngs(1))
+    x, y = _batch((3,), 2500, classes=4, seed=5)
+    fm, params, rest = loop.split_model(model)
+    loss, acc = loop.evaluate(loop.make_eval_step(fm), params, rest, x, y, batch_size=1000)
+    model.eval()
+    logits = np.asarray(model(x), np.float64)
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    np.testing.assert_allclose(loss, -np.mean(logp[np.arange(len(y)), y]), rtol=1e-5)
+    assert acc == np.mean(np.argmax(logits, 1) == y)
+
+
+def test_epoch_metrics_are_the_example_weighted_means():
+    # With a zero learning rate the parameters never move, so the epoch's running metrics must equal one
+    # evaluation over the same examples (no BatchNorm: train and eval mode agree). 70 = 32 + 32 + 6.
+    model = models.build("fcn", num_classes=10, input_shape=(5,), depth=1, width=8, rngs=nnx.Rngs(0))
+    x, y = _batch((5,), 70, seed=2)
+    fm, params, rest = loop.split_model(model)
+    tx = optax.sgd(0.0)
+    batches = ((x[i:i + 32], y[i:i + 32]) for i in range(0, 70, 32))
+    _, stats = loop.train_epoch(loop.make_train_step(fm, tx), loop.TrainState(params, rest, tx.init(params)), batches,
+                                key=jax.random.key(0), epoch=1, first_step=0, num_steps=3)
+    loss, acc = loop.evaluate(loop.make_eval_step(fm), params, rest, x, y)
+    assert stats["steps"] == 3 and stats["train_acc"] == acc
+    np.testing.assert_allclose(stats["train_loss"], loss, rtol=1e-6)
+
+
+def test_a_nan_batch_names_its_epoch_and_step():
+    model = models.build("fcn", num_classes=10, input_shape=(5,), depth=1, width=8, rngs=nnx.Rngs(0))
+    x, y = _batch((5,), 40)
+    x[24] = np.nan  # batch 3 of size 8
+    fm, params, rest = loop.split_model(model)
+    tx = optax.sgd(0.1)
+    batches = ((x[i:i + 8], y[i:i + 8]) for i in range(0, 40, 8))
+    with pytest.raises(loop.NonFiniteLossError) as err:
+        loop.train_epoch(loop.make_train_step(fm, tx), loop.TrainState(params, rest, tx.init(params)), batches,
+                         key=jax.random.key(0), epoch=4, first_step=100, num_steps=5)
+    assert (err.value.epoch, err.value.step) == (4, 103)
+    assert "epoch 4, step 103" in str(err.value) and "learning_rate" in str(err.value)
+
+
+def test_max_steps_cuts_the_epoch_and_the_lr_is_readable():
+    model = models.build("fcn", num_classes=10, input_shape=(5,), depth=1, width=8, rngs=nnx.Rngs(0))
+    x, y = _batch((5,), 40)
+    fm, params, rest = loop.split_model(model)
+    tx = optim.get("sgd", learning_rate=loop.lr_schedule(0.1, [2], 0.1), weight_decay=0.0)
+    batches = ((x[i:i + 8], y[i:i + 8]) for i in range(0, 40, 8))
+    state, stats = loop.train_epoch(loop.make_train_step(fm, tx), loop.TrainState(params, rest, tx.init(params)),
+                                    batches, key=jax.random.key(0), epoch=1, first_step=0, num_steps=3)
+    assert stats["steps"] == 3
+    np.testing.assert_allclose(loop.current_lr(state.opt_state), 0.01, rtol=1e-6)  # step 2 ran at 0.1 × 0.1
+    assert loop.current_lr(optax.sgd(0.1).init(params)) is None
+
+
+def _signature(cfg):
+    """What a preset's one step depends on: model, its options, input shape and optimizer."""
+    return (cfg.model, tuple(sorted(C.model_kwargs(cfg).items())), SHAPES[cfg.dataset], cfg.optimizer)
+
+
+_SEEN: dict = {}
+
+
+# The ResNet18 step takes ~10-30 s to compile on 2 CPU cores.
+PRESET_PARAMS = [pytest.param(n, marks=pytest.mark.slow) if presets.get(n).model == "resnet18" else n
+                 for n in presets.names()]
+
+
+@pytest.mark.parametrize("name", PRESET_PARAMS)
+def test_every_preset_builds_and_takes_one_step(name):
+    cfg = C.resolve(presets.get(name))
+    shape, classes = SHAPES[cfg.dataset]
+    sig = _signature(cfg)
+    if sig in _SEEN:  # batch/size/noise variants share their step with an earlier preset
+        assert _SEEN[sig]
+        return
+    model = models.build(cfg.model, num_classes=classes, input_shape=shape, rngs=nnx.Rngs(0), **C.model_kwargs(cfg))
+    fm, params, rest = loop.split_model(model)
+    bounds = loop.drop_boundaries(epochs=cfg.epochs, max_steps=cfg.max_steps, spe=10,
+                                  fractions=cfg.lr_drop_fractions, drop_epochs=cfg.lr_drop_epochs)
+    tx = optim.get(cfg.optimizer, learning_rate=loop.lr_schedule(cfg.learning_rate, bounds, cfg.lr_drop_factor),
+                   weight_decay=cfg.weight_decay)
+    x, y = _batch(shape, 2, classes)
+    step = loop.make_train_step(fm, tx)
+    # LeNet's 33 preset combinations share every op shape: run them op by op, which compiles each op
+    # once, instead of compiling 33 whole steps (the other models have few presets each).
+    with jax.disable_jit(cfg.model == "lenet5"):
+        state, loss, _ = step(loop.TrainState(params, rest, tx.init(params)), x, y, jax.random.key(0))
+    assert np.isfinite(float(loss))
+    changed = [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params))]
+    assert all(changed)
+    _SEEN[sig] = True
