@@ -149,7 +149,8 @@ def top_eigenvalues(
       params: parameter pytree θ.
       k: how many eigenvalues.
       key: PRNG key of the start vectors.
-      num_steps: Lanczos steps m; default :func:`default_num_steps` (max(3k, k+100), at most n).
+      num_steps: Lanczos steps m. Default: :func:`default_num_steps` (max(3k, k+100), at most n), and
+        then growing up to 4x that (``max_steps``) until the top k have converged.
       batches: optional sequence of batches; the Hessian is of the sample-weighted mean loss.
       wrt: parameter subset (regex on leaf paths, callable, or bool pytree); the rest is held fixed.
       num_starts: independent starts run together; ``combine`` says how their Ritz values are merged:
@@ -170,7 +171,11 @@ def top_eigenvalues(
     op = checked_operator(loss_fn, params, batches=batches, wrt=wrt, method=method)
     if k < 1 or k > op.dim:
         raise ValueError(f"k={k} must be between 1 and the number of parameters n={op.dim}")
-    m = num_steps if num_steps is not None else default_num_steps(k, op.dim)
+    if num_steps is None:
+        # Defaults: start at max(3k, k+100) steps and keep going, up to 4x that, until the top k converge.
+        num_steps = default_num_steps(k, op.dim)
+        max_steps = max_steps if max_steps is not None else min(op.dim, 4 * num_steps)
+    m = num_steps
     available = min(m, op.dim) * (num_starts if combine == "pool" else 1)
     if k > available:
         raise ValueError(f"k={k} is larger than the Ritz values available (num_steps={m} x num_starts={num_starts})")
