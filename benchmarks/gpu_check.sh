@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# One GPU session's checks (device tool): the benchmarks, then hspec's correctness tests on the GPU.
+# Expects MNIST under $HSPEC_DATA_DIR (the device run copies it into .devdata, which is not committed).
+set -uo pipefail
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD HSPEC_DATA_DIR=${HSPEC_DATA_DIR:-$PWD/.devdata}
+PY=${PY:-python3}
+nvidia-smi -L
+$PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
+echo "== hspec benchmarks"
+timeout 190 $PY -W ignore benchmarks/hspec_bench.py --sections top1000,hvp,eigsh,memory,compile
+echo "== convolution implementations on the GPU"
+timeout 45 $PY benchmarks/conv_cpu.py --repeats 5
+echo "== hspec tests on the GPU (float64 accuracy tests included)"
+timeout 90 $PY -m pytest -q -x -p no:cacheprovider tests/hspec/test_hvp.py tests/hspec/test_lanczos.py tests/hspec/test_drivers.py -k "not imports_no_training" 2>&1 | tail -4
