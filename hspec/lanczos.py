@@ -131,8 +131,10 @@ def _host_step(V, alphas, betas, v, w, j, key):
     alphas[:, j] = np.sum(v_h * w_h, axis=-1)
     V[:, j] = v_h
     basis = V[:, : j + 1]
+    w_h = w_h.copy()
     for _ in range(2):
-        w_h = w_h - np.einsum("srn,sr->sn", basis, np.einsum("srn,sn->sr", basis, w_h))
+        for s in range(w_h.shape[0]):  # matrix-vector products through BLAS
+            w_h[s] -= (basis[s] @ w_h[s]) @ basis[s]
     scale = np.max(np.abs(alphas), axis=-1) + np.max(np.abs(betas), axis=-1)
     beta, v_next = _next_vector(jnp.asarray(basis), jnp.asarray(w_h), key, j, jnp.asarray(scale))
     betas[:, j] = np.asarray(beta)
