@@ -1,0 +1,187 @@
+"""`python -m train`: listing, overrides, clear errors, a full tiny run checked against a dense Hessian,
+the spectrum of a saved checkpoint, and a run killed with SIGKILL then resumed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from train import checkpoint as ckpt
+from train import loop, presets, run
+from train.__main__ import main
+
+REPO = Path(__file__).resolve().parents[2]
+SETTING_KEYS = {"dataset", "model", "depth", "width", "optimizer", "batch_size", "epochs", "train_size", "labels",
+                "label_noise", "trained", "seed", "k", "hessian_samples", "lanczos_steps"}
+FIT_KEYS = {"beta", "sigma", "s", "d_ks", "d_crit", "is_power_law", "k"}
+METRIC_KEYS = {"train_loss", "train_acc", "test_loss", "test_acc"}
+
+
+def _cli(capsys, *args) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit status, stdout, stderr)."""
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_list_presets(capsys):
+    rc, out, _ = _cli(capsys, "--list-presets")
+    assert rc == 0
+    listed = [line.split()[0] for line in out.splitlines()]
+    assert listed == presets.names()
+
+
+def test_overrides_in_all_three_spellings(capsys):
+    rc, out, _ = _cli(capsys, "--show-config", "--preset", "tiny-fcn-mnist", "k=7", "--set", "seed=3",
+                      "--batch-size", "32", "--spectrum-epochs=1")
+    cfg = json.loads(out)
+    assert rc == 0 and (cfg["k"], cfg["seed"], cfg["batch_size"], cfg["spectrum_epochs"]) == (7, 3, 32, [1])
+    assert cfg["preset"] == "tiny-fcn-mnist" and cfg["width"] == 16
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--preset", "nope"], ["unknown preset 'nope'", "tiny-fcn-mnist", "lenet-mnist-sgd"]),
+    (["--show-config", "epoch=3"], ["unknown config field 'epoch'", "did you mean 'epochs'", "hessian_samples"]),
+    (["--show-config", "--colour", "red"], ["unknown config field 'colour'", "learning_rate"]),
+    (["--show-config", "k=ten"], ["'k' expects int", "'ten'"]),
+    (["--show-config", "--preset", "tiny-fcn-mnist", "depth=1.5"], ["'depth' expects int or None", "'1.5'"]),
+    (["--show-config", "stray"], ["'stray' is not of the form key=value"]),
+])
+def test_bad_input_is_one_clear_line(capsys, args, fragments):
+    rc, _, err = _cli(capsys, *args)
+    assert rc == 2 and err.startswith("error: ") and "Traceback" not in err
+    for f in fragments:
+        assert f in err
+
+
+def test_data_dependent_errors(capsys, tmp_path, data_dir):
+    base = ["--preset", "tiny-fcn-mnist", "--no-progress", "--data-dir", data_dir]
+    rc, _, err = _cli(capsys, *base, "--out", tmp_path / "a", "batch_size=1000")
+    assert rc == 2 and "batch_size=1000 exceeds the 512 training examples" in err
+    # FCN 784-2-10 has 784*2 + 2 + 2*10 + 10 = 1600 parameters.
+    rc, _, err = _cli(capsys, *base, "--out", tmp_path / "b", "depth=1", "width=2", "hessian_samples=512", "k=2000",
+                      "lanczos_steps=none")
+    assert rc == 2 and "k=2000 exceeds the model's 1600 parameters" in err
+    rc, _, err = _cli(capsys, "--preset", "tiny-fcn-mnist", "--data-dir", tmp_path / "empty", "--out", tmp_path / "c")
+    assert rc == 2 and "mnist" in err and "Traceback" not in err
+    (tmp_path / "file").write_text("x")
+    rc, _, err = _cli(capsys, *base, "--out", tmp_path / "file" / "sub")
+    assert rc == 2 and "cannot write to the output directory" in err
+    rc, _, err = _cli(capsys, *base, "--out", tmp_path / "d", "--resume")
+    assert rc == 2 and "holds no checkpoint to resume from" in err
+
+
+def _dense_hessian_eigenvalues(out: Path, data_dir) -> tuple[np.ndarray, float]:
+    """Eigenvalues (descending) and trace of the float64 dense Hessian of the final network on the
+    recorded Hessian sample, computed with jax.hessian on a raveled parameter vector."""
+    from jax.flatten_util import ravel_pytree
+
+    from train import config as C
+    from train import data
+
+    res = json.loads((out / "results.json").read_text())
+    cfg = C.load_json(str(out / "config.json"))
+    ctx = run.build_context(cfg)
+    state, _ = ckpt.restore(res["checkpoint"], ctx.template)
+    ds = data.apply_options(data.load("mnist", data_dir), train_size=cfg.train_size, seed=cfg.seed)
+    idx = np.asarray(res["hessian_sample"]["indices"])
+    x, y = ds.x_train[idx].astype(np.float64), ds.y_train[idx]
+    with jax.enable_x64():
+        params64 = jax.tree.map(lambda a: np.asarray(a, np.float64), state[0])
+        flat, unravel = ravel_pytree(params64)
+
+        def loss(v):
+            model = loop.merge(ctx.fm.eval_def, unravel(v), state[1])
+            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+        h = np.asarray(jax.hessian(loss)(flat))
+    return np.linalg.eigvalsh(h)[::-1], float(np.trace(h))
+
+
+def test_tiny_run_writes_every_field_and_matches_the_dense_hessian(capsys, tmp_path, data_dir):
+    out = tmp_path / "run"
+    rc, stdout, err = _cli(capsys, "--preset", "tiny-fcn-mnist-2epochs", "--out", out, "--data-dir", data_dir,
+                           "--no-progress", "depth=1", "width=4")
+    assert rc == 0, err
+    assert "verdict" in stdout and "init" in stdout and "final" in stdout  # the printed table
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["lanczos_steps"] == 40 and cfg["learning_rate"] == 0.1 and cfg["width"] == 4
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0, 1, 2]
+    for where, epoch, trained in ((out, 2, True), (out / "init", 0, False), (out / "epochs" / "1", 1, True)):
+        res = json.loads((where / "results.json").read_text())
+        assert SETTING_KEYS <= set(res["setting"]) and FIT_KEYS <= set(res["fit"])
+        assert METRIC_KEYS <= set(res["metrics"]) and {"lambda_max", "trace"} <= set(res["sharpness"])
+        assert {"verdict", "eigengap_fit", "timing", "hspec_version", "spectrum"} <= set(res)
+        s = res["setting"]
+        assert (s["trained"], s["epochs"], s["labels"], s["train_size"], s["k"]) == (trained, epoch, "clean", 512, 10)
+        assert res["metrics"] == {k: metrics[epoch][k] for k in METRIC_KEYS}
+        eig = np.asarray(res["spectrum"]["eigenvalues"])
+        assert len(eig) == 10 and np.all(np.diff(eig) <= 0)
+        assert (where / "spectrum.png").stat().st_size > 1000
+        if eig[-1] > 0:  # the fit, recomputed from the written eigenvalues (METHOD.md §3)
+            beta = 1 + 10 / np.sum(np.log(eig / eig[-1]))
+            np.testing.assert_allclose(res["fit"]["beta"], beta, rtol=1e-9)
+            np.testing.assert_allclose(res["fit"]["d_crit"], 1.36 / math.sqrt(10), rtol=1e-12)
+    final = json.loads((out / "results.json").read_text())
+    dense, trace = _dense_hessian_eigenvalues(out, data_dir)
+    np.testing.assert_allclose(final["spectrum"]["eigenvalues"], dense[:10], rtol=2e-4, atol=1e-6)
+    np.testing.assert_allclose(final["sharpness"]["lambda_max"], dense[0], rtol=2e-4)
+    assert abs(final["sharpness"]["trace"] - trace) <= 5 * final["sharpness"]["trace_stderr"] + 1e-3 * abs(trace)
+
+    # The same command works on any saved checkpoint; it never overwrites, and corruption is named.
+    rc, _, err = _cli(capsys, "spectrum", "--checkpoint", out, "--epoch", "1", "--out", tmp_path / "s1")
+    assert rc == 0, err
+    again = json.loads((tmp_path / "s1" / "results.json").read_text())
+    ref = json.loads((out / "epochs" / "1" / "results.json").read_text())
+    assert again["spectrum"]["eigenvalues"] == ref["spectrum"]["eigenvalues"] and again["setting"] == ref["setting"]
+    rc, _, err = _cli(capsys, "spectrum", "--checkpoint", out, "--epoch", "1", "--out", tmp_path / "s1")
+    assert rc == 2 and "not overwritten" in err
+    rc, _, err = _cli(capsys, "spectrum", "--checkpoint", out, "--epoch", "1", "epochs=9")
+    assert rc == 2 and "can change only" in err
+    rc, _, err = _cli(capsys, "--preset", "tiny-fcn-mnist-2epochs", "--out", out, "--data-dir", data_dir)
+    assert rc == 2 and "already holds a run" in err
+    rc, _, err = _cli(capsys, "--out", out, "--resume", "seed=5")
+    assert rc == 2 and "seed: run has 0, asked 5" in err
+    meta_file = out / "checkpoints" / "epoch_00001" / "meta" / "metadata"
+    meta_file.write_text(meta_file.read_text().replace('"digest": "', '"digest": "0'))
+    rc, _, err = _cli(capsys, "spectrum", "--checkpoint", out / "checkpoints" / "epoch_00001", "--out", tmp_path / "s2")
+    assert rc == 2 and "epoch_00001 is corrupted" in err
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(capsys, tmp_path, data_dir):
+    args = ["--preset", "tiny-fcn-mnist", "--data-dir", data_dir, "--no-progress", "epochs=15", "init_control=false"]
+    killed = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "train", *map(str, args), "--out", str(killed)], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not ckpt.epoch_path(killed / "checkpoints", 2).exists():
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no checkpoint after 120 s"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = ckpt.list_epochs(killed / "checkpoints")
+    assert done[-1] < 15 and not (killed / "results.json").exists(), "the run ended before it could be killed"
+
+    rc, _, err = _cli(capsys, "--out", killed, "--resume", "--no-progress")
+    assert rc == 0, err
+    rc, _, err = _cli(capsys, *args, "--out", tmp_path / "straight")
+    assert rc == 0, err
+    digest = [ckpt.read_meta(ckpt.epoch_path(d / "checkpoints", 15))["digest"] for d in (killed, tmp_path / "straight")]
+    assert digest[0] == digest[1]
+    res = [json.loads((d / "results.json").read_text()) for d in (killed, tmp_path / "straight")]
+    assert res[0]["spectrum"]["eigenvalues"] == res[1]["spectrum"]["eigenvalues"]
+    assert res[0]["metrics"] == res[1]["metrics"]
