@@ -1,1 +1,1 @@
-"""Training suite for Tang et al. (ICML 2025): data, models, optimizers, the loop, presets and the `python -m train` CLI."""
+"""Training suite for Tang et al. (ICML 2025): data, models, optimizers, loop, presets, the `python -m train` CLI."""

@@ -160,7 +160,8 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
         with open(meta_file) as f:
             return json.load(f)
     except (OSError, ValueError) as err:
-        raise CorruptCheckpointError(_corrupt_message(path, f"its metadata {meta_file} is unreadable ({err})")) from None
+        reason = f"its metadata {meta_file} is unreadable ({err})"
+        raise CorruptCheckpointError(_corrupt_message(path, reason)) from None
 
 
 def _corrupt_message(path: str | os.PathLike, reason: str) -> str:
@@ -201,9 +202,11 @@ def restore(path: str | os.PathLike, template: Any) -> tuple[Any, dict[str, Any]
             restored = ckptr.restore(path.absolute(), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         arrays = [np.asarray(restored["state"][k]) for k in sorted(abstract)]
     except Exception as err:  # orbax/tensorstore raise many types for damaged files
-        raise CorruptCheckpointError(_corrupt_message(path, f"orbax could not read it ({type(err).__name__}: {err})")) from None
+        reason = f"orbax could not read it ({type(err).__name__}: {err})"
+        raise CorruptCheckpointError(_corrupt_message(path, reason)) from None
     if tree_digest(arrays) != meta.get("digest"):
-        raise CorruptCheckpointError(_corrupt_message(path, "the arrays' sha256 differs from the digest saved with them"))
+        reason = "the arrays' sha256 differs from the digest saved with them"
+        raise CorruptCheckpointError(_corrupt_message(path, reason))
     out = [jax.random.wrap_key_data(a, impl=jax.random.key_impl(t)) if _is_key(t) else jax.numpy.asarray(a)
            for a, t in zip(arrays, leaves)]
     return jax.tree.unflatten(treedef, out), meta

@@ -279,6 +279,12 @@ def _validate_data(cfg: Config) -> None:
     _require(cfg.train_size is None or cfg.train_size >= 1,
              f"train_size must be a positive integer or none (full set), got {cfg.train_size}")
     _require(0.0 <= cfg.label_noise <= 1.0, f"label_noise must lie in [0, 1], got {cfg.label_noise}")
+    if cfg.train_size is not None:
+        _require(cfg.batch_size <= cfg.train_size,
+                 f"batch_size={cfg.batch_size} exceeds train_size={cfg.train_size}; use batch_size <= {cfg.train_size}")
+        _require(cfg.hessian_samples <= cfg.train_size,
+                 f"hessian_samples={cfg.hessian_samples} exceeds train_size={cfg.train_size}: the Hessian sample is "
+                 f"drawn from the training set; use hessian_samples <= {cfg.train_size}")
     _require(not (cfg.augment and cfg.dataset == "avila"), "augment (flip + crop) needs images; avila is tabular")
     _require(not (cfg.random_labels and cfg.label_noise > 0),
              "random_labels and label_noise are exclusive; set label_noise=0 with random_labels=true")

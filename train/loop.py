@@ -196,7 +196,8 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation,
     """
 
     def loss_fn(params, rest, x, y):
-        model = nnx.merge(fm.train_def, params, rest, copy=True)  # fresh Variables: BatchNorm mutates them under the trace
+        # Fresh Variables (copy=True): BatchNorm mutates them, which NNX allows only inside this trace.
+        model = nnx.merge(fm.train_def, params, rest, copy=True)
         logits = model(x)
         # BatchNorm updated its statistics in place on the merged copy; carry them out of the step.
         _, _, new_rest = nnx.split(model, nnx.Param, ...)

@@ -77,13 +77,15 @@ def _build() -> dict[str, tuple[str, Config]]:
                       Config(**dict(_PAPER, dataset="avila", model="fcn", depth=2, width=100, activation="relu",
                                     optimizer="sgd", learning_rate=0.1, epochs=50, k=50)))
     for b in BATCH_SIZES:
-        p[f"lenet-mnist-batch{b}"] = (f"LeNet-5, MNIST, SGD, batch {b}, 50 epochs", _lenet("mnist", "sgd", batch_size=b))
+        p[f"lenet-mnist-batch{b}"] = (f"LeNet-5, MNIST, SGD, batch {b}, 50 epochs",
+                                      _lenet("mnist", "sgd", batch_size=b))
         p[f"lenet-mnist-iters1000-batch{b}"] = (
             f"LeNet-5, MNIST, SGD, batch {b}, 1000 iterations (lr drops at 40%/80% of them)",
             _lenet("mnist", "sgd", batch_size=b, epochs=None, max_steps=1000))
     for n in TRAIN_SIZES:
-        p[f"lenet-mnist-n{n}"] = (f"LeNet-5, MNIST, SGD, {n}-example training subset (seeded), 50 epochs",
-                                  _lenet("mnist", "sgd", train_size=n))
+        p[f"lenet-mnist-n{n}"] = (f"LeNet-5, MNIST, SGD, {n}-example training subset (seeded), 50 epochs, "
+                                  f"Hessian on {min(n, 1000)} of them",
+                                  _lenet("mnist", "sgd", train_size=n, hessian_samples=min(n, 1000)))
     for pct in (40, 80):
         p[f"lenet-mnist-noise{pct}"] = (f"LeNet-5, MNIST, SGD, {pct}% symmetric label noise, 50 epochs",
                                         _lenet("mnist", "sgd", label_noise=pct / 100))

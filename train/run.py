@@ -105,6 +105,10 @@ def build_context(cfg: Config) -> Context:
     fm, params, rest = loop.split_model(model)
     spe = loop.steps_per_epoch(n, cfg.batch_size, cfg.drop_last)
     num_epochs, total = loop.plan(cfg.epochs, cfg.max_steps, spe)
+    late = [e for e in cfg.spectrum_epochs if e > num_epochs]
+    if late:
+        raise ConfigError(f"spectrum_epochs {late} lie beyond the run's {num_epochs} epochs "
+                          f"({total} steps of {spe} per epoch)")
     bounds = loop.drop_boundaries(epochs=cfg.epochs, max_steps=cfg.max_steps, spe=spe,
                                   fractions=cfg.lr_drop_fractions, drop_epochs=cfg.lr_drop_epochs)
     tx = optim.get(cfg.optimizer, learning_rate=loop.lr_schedule(cfg.learning_rate, bounds, cfg.lr_drop_factor),
@@ -153,9 +157,10 @@ def prepare_out_dir(out: str | os.PathLike, *, resume: bool) -> Path:
             (with resume) it holds none.
     """
     path = ensure_writable(out)
-    has_run = (path / "config.json").exists() or bool(ckpt.list_epochs(ckpt.checkpoint_dir(path)))
+    # A directory without checkpoints holds nothing a new run could lose (at most a config.json).
+    has_run = bool(ckpt.list_epochs(ckpt.checkpoint_dir(path)))
     if has_run and not resume:
-        raise OutputDirError(f"{path} already holds a run (config.json or checkpoints); continue it with --resume, "
+        raise OutputDirError(f"{path} already holds a run (checkpoints); continue it with --resume, "
                              "or choose another --out. Nothing there is overwritten")
     if resume and not ckpt.list_epochs(ckpt.checkpoint_dir(path)):
         raise OutputDirError(f"--resume: {path} holds no checkpoint to resume from; run without --resume")
@@ -275,7 +280,8 @@ def train_epochs(ctx: Context, out: Path, *, resume: bool, progress: bool, echo:
         batches = data.batches(ctx.ds.x_train, ctx.ds.y_train, cfg.batch_size, perm, drop_last=cfg.drop_last)
         try:
             state, stats = loop.train_epoch(step_fn, state, batches, key=aug_key, epoch=epoch, first_step=step,
-                                            num_steps=min(ctx.steps_per_epoch, ctx.total_steps - step), progress=progress)
+                                            num_steps=min(ctx.steps_per_epoch, ctx.total_steps - step),
+                                            progress=progress)
         except loop.NonFiniteLossError as err:
             raise loop.NonFiniteLossError(err.epoch, err.step, err.loss, _last_checkpoint(out)) from None
         step += stats["steps"]
@@ -407,6 +413,10 @@ def run_spectra(ctx: Context, out: Path, *, progress: bool = True, echo: Callabl
             rows.append((label, json.loads((where / RESULTS).read_text())))
             continue
         path = ckpt.epoch_path(ckpt.checkpoint_dir(out), epoch)
+        if not path.is_dir():
+            raise ckpt.CheckpointError(
+                f"no checkpoint of epoch {epoch} in {out} (kept: {ckpt.list_epochs(ckpt.checkpoint_dir(out))}): a "
+                "spectrum epoch must be in spectrum_epochs before training reaches it, when its checkpoint is kept")
         state, meta = ckpt.restore(path, ctx.template)
         echo(f"spectrum at epoch {epoch} ({label}): top {ctx.cfg.k} of {ctx.cfg.lanczos_steps} Lanczos steps "
              f"on {ctx.cfg.hessian_samples} samples, {ctx.num_params} parameters")
@@ -438,7 +448,8 @@ def verdict_table(rows: list[tuple[str, dict]]) -> str:
     Returns:
         The table as text.
     """
-    head = f"{'network':<10} {'K':>5} {'d_KS':>7} {'d_c':>7} {'s':>7} {'lambda_max':>11} {'Tr(H)':>11} {'test acc':>8}  verdict"
+    head = (f"{'network':<10} {'K':>5} {'d_KS':>7} {'d_c':>7} {'s':>7} {'lambda_max':>11} {'Tr(H)':>11} "
+            f"{'test acc':>8}  verdict")
     lines = [head, "-" * len(head)]
     for label, r in rows:
         fit, sh = r.get("fit") or {}, r.get("sharpness") or {}
@@ -497,7 +508,8 @@ def _find_checkpoint(path: Path, epoch: int | None) -> Path:
     ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     epochs = ckpt.list_epochs(ckpt_dir)
     if not epochs:
-        raise ckpt.CheckpointError(f"no checkpoint found at {path}: give a run directory or a checkpoints/epoch_N directory")
+        raise ckpt.CheckpointError(f"no checkpoint found at {path}: give a run directory or its "
+                                   "checkpoints/epoch_N directory")
     if epoch is None:
         return ckpt.epoch_path(ckpt_dir, epochs[-1])
     if epoch not in epochs:

@@ -153,7 +153,8 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path, tiny_cfg):
     resumed = _train(cfg, tmp_path / "resumed", resume=True)
     _assert_trees_equal(resumed, straight)
     assert _metrics(tmp_path / "resumed") == _metrics(tmp_path / "straight")
-    digests = [ckpt.read_meta(ckpt.epoch_path(tmp_path / d / "checkpoints", 3))["digest"] for d in ("resumed", "straight")]
+    digests = [ckpt.read_meta(ckpt.epoch_path(tmp_path / d / "checkpoints", 3))["digest"]
+               for d in ("resumed", "straight")]
     assert digests[0] == digests[1]
 
 

@@ -75,6 +75,9 @@ def test_assignment_without_equals_is_an_error():
     ({"hessian_samples": 20, "k": 100}, "Gauss-Newton rank by 180"),
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"model": "resnet18"}, "CIFAR"),
+    ({"train_size": 600}, "hessian_samples=1000 exceeds train_size=600"),
+    ({"train_size": 100, "hessian_samples": 100}, "batch_size=128 exceeds train_size=100"),
+    ({"dataset": "avila", "model": "fcn", "depth": 1, "width": 4, "augment": True}, "augment"),
 ])
 def test_validation_names_the_problem(changes, fragment):
     with pytest.raises(C.ConfigError, match=fragment.replace("(", r"\(").replace(".", r"\.")):
@@ -149,7 +152,7 @@ def test_presets_carry_the_papers_hyperparameters():
     it = presets.get("lenet-mnist-iters1000-batch512")
     assert (it.epochs, it.max_steps, it.batch_size) == (None, 1000, 512)
     assert presets.get("lenet-mnist-noise80").label_noise == 0.8
-    assert presets.get("lenet-mnist-n600").train_size == 600
+    assert presets.get("lenet-mnist-n600").train_size == 600 and presets.get("lenet-mnist-n600").hessian_samples == 600
     assert C.resolve(presets.get("lenet-cifar10-pnm")).learning_rate == 1.0
 
 
@@ -162,12 +165,14 @@ def test_unknown_preset_lists_valid_ones():
 
 def test_drop_boundaries_follow_the_paper():
     # 50 epochs of 469 steps: drops after epochs 20 and 40 (40% and 80%).
-    assert loop.drop_boundaries(epochs=50, max_steps=None, spe=469, fractions=(0.4, 0.8), drop_epochs=()) == [9380, 18760]
+    drops = loop.drop_boundaries(epochs=50, max_steps=None, spe=469, fractions=(0.4, 0.8), drop_epochs=())
+    assert drops == [9380, 18760]
     # CIFAR-10: explicit epochs 80 and 160.
     assert loop.drop_boundaries(epochs=200, max_steps=None, spe=391, fractions=(0.4, 0.8),
                                 drop_epochs=(80, 160)) == [80 * 391, 160 * 391]
     # 1000 iterations: at steps 400 and 800.
-    assert loop.drop_boundaries(epochs=None, max_steps=1000, spe=469, fractions=(0.4, 0.8), drop_epochs=()) == [400, 800]
+    drops = loop.drop_boundaries(epochs=None, max_steps=1000, spe=469, fractions=(0.4, 0.8), drop_epochs=())
+    assert drops == [400, 800]
     # 3 epochs: round(1.2) = 1, round(2.4) = 2.
     assert loop.drop_boundaries(epochs=3, max_steps=None, spe=10, fractions=(0.4, 0.8), drop_epochs=()) == [10, 20]
 
