@@ -68,7 +68,10 @@ def test_bad_input_is_one_clear_line(capsys, args, fragments):
 def test_data_dependent_errors(capsys, tmp_path, data_dir):
     base = ["--preset", "tiny-fcn-mnist", "--no-progress", "--data-dir", data_dir]
     rc, _, err = _cli(capsys, *base, "--out", tmp_path / "a", "batch_size=1000")
-    assert rc == 2 and "batch_size=1000 exceeds the 512 training examples" in err
+    assert rc == 2 and "batch_size=1000 exceeds train_size=512" in err
+    # The full Avila training split has 10,430 rows (SOURCES.md); only loading the data can tell.
+    rc, _, err = _cli(capsys, *base, "--out", tmp_path / "a", "dataset=avila", "train_size=none", "batch_size=20000")
+    assert rc == 2 and "batch_size=20000 exceeds the 10430 training examples of avila" in err
     # FCN 784-2-10 has 784*2 + 2 + 2*10 + 10 = 1600 parameters.
     rc, _, err = _cli(capsys, *base, "--out", tmp_path / "b", "depth=1", "width=2", "hessian_samples=512", "k=2000",
                       "lanczos_steps=none")
