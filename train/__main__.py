@@ -38,7 +38,7 @@ EPILOG = """examples:
 
 def _train_parser() -> argparse.ArgumentParser:
     """The parser of the training command."""
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m train", description="\n\n".join(__doc__.split("\n\n")[1:]),
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help="a preset name (default: 'default'; see --list-presets)")
     p.add_argument("--out", help="output directory (default: runs/<preset>)")
@@ -47,7 +47,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable); 'key=value' positionals work too")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
-    p.add_argument("--show-config", action="store_true", help="print the resolved-as-far-as-possible config and exit")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the resolved config (before the model's size clamps lanczos_steps) and exit")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return p
@@ -117,7 +118,7 @@ def _main_train(argv: list[str]) -> int:
         return 0
     cfg = _config_from_args(args, extra)
     if args.show_config:
-        print(json.dumps(config_lib.to_dict(config_lib.validate(cfg)), indent=1))
+        print(json.dumps(config_lib.to_dict(config_lib.resolve(cfg)), indent=1))
         return 0
     if args.resume and not args.out:
         args.out = os.path.join("runs", cfg.preset)
