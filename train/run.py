@@ -250,6 +250,15 @@ def _epoch_line(r: dict, num_epochs: int) -> str:
             f"test loss {r['test_loss']:.4f} acc {100 * r['test_acc']:.2f}%  lr {r['lr']:.3g}  {r['time_s']:.1f} s")
 
 
+def _epoch_record(ctx: Context, eval_step: Callable, state: loop.TrainState, stats: dict, *, epoch: int, step: int,
+                  t0: float) -> dict:
+    """The metrics.jsonl record of an epoch: its running train metrics, a test evaluation, the rate, the time."""
+    te_loss, te_acc = loop.evaluate(eval_step, state.params, state.rest, ctx.ds.x_test, ctx.ds.y_test)
+    return {"epoch": epoch, "step": step, "lr": loop.current_lr(state.opt_state), "train_loss": stats["train_loss"],
+            "train_acc": stats["train_acc"], "test_loss": te_loss, "test_acc": te_acc, "train_metrics": "running mean",
+            "time_s": time.perf_counter() - t0}
+
+
 def train_epochs(ctx: Context, out: Path, *, resume: bool, progress: bool, echo: Callable = print) -> loop.TrainState:
     """Train from the initialisation or the newest checkpoint to the end, checkpointing as configured.
 
@@ -285,10 +294,7 @@ def train_epochs(ctx: Context, out: Path, *, resume: bool, progress: bool, echo:
         except loop.NonFiniteLossError as err:
             raise loop.NonFiniteLossError(err.epoch, err.step, err.loss, _last_checkpoint(out)) from None
         step += stats["steps"]
-        te_loss, te_acc = loop.evaluate(eval_step, state.params, state.rest, ctx.ds.x_test, ctx.ds.y_test)
-        record = {"epoch": epoch, "step": step, "lr": loop.current_lr(state.opt_state),
-                  "train_loss": stats["train_loss"], "train_acc": stats["train_acc"], "test_loss": te_loss,
-                  "test_acc": te_acc, "train_metrics": "running mean", "time_s": time.perf_counter() - t0}
+        record = _epoch_record(ctx, eval_step, state, stats, epoch=epoch, step=step, t0=t0)
         history = history + [record]
         with open(out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(_jsonable(record)) + "\n")
@@ -303,7 +309,7 @@ def _labels(cfg: Config) -> str:
     return "random" if cfg.random_labels else "noisy" if cfg.label_noise > 0 else "clean"
 
 
-def setting(cfg: Config, *, epoch: int, step: int, trained: bool) -> dict[str, Any]:
+def setting(cfg: Config, *, epoch: int, step: int, trained: bool, lanczos_steps: int | None = None) -> dict[str, Any]:
     """The flat `setting` dict of a results.json.
 
     Args:
@@ -311,6 +317,8 @@ def setting(cfg: Config, *, epoch: int, step: int, trained: bool) -> dict[str, A
         epoch: epochs trained at the measured state (0 at initialisation).
         step: optimizer steps taken.
         trained: False for the control at initialisation.
+        lanczos_steps: the Lanczos steps actually taken (the Krylov space grows past cfg.lanczos_steps
+            until the top k converge); default cfg.lanczos_steps.
 
     Returns:
         The dict (dataset, model, depth, width, optimizer, batch_size, epochs, train_size, labels,
@@ -321,7 +329,9 @@ def setting(cfg: Config, *, epoch: int, step: int, trained: bool) -> dict[str, A
             "learning_rate": cfg.learning_rate, "weight_decay": cfg.weight_decay, "batch_size": cfg.batch_size,
             "epochs": epoch, "step": step, "train_size": cfg.train_size, "labels": _labels(cfg),
             "label_noise": cfg.label_noise, "trained": trained, "seed": cfg.seed, "k": cfg.k,
-            "hessian_samples": cfg.hessian_samples, "lanczos_steps": cfg.lanczos_steps}
+            "hessian_samples": cfg.hessian_samples,
+            "lanczos_steps": cfg.lanczos_steps if lanczos_steps is None else lanczos_steps,
+            "lanczos_steps_requested": cfg.lanczos_steps}
 
 
 def _hspec_version() -> str:
@@ -359,7 +369,8 @@ def spectrum_results(ctx: Context, state: loop.TrainState, metrics: dict, *, epo
                                       max_lanczos_steps=cfg.max_lanczos_steps, batch_size=cfg.hessian_batch_size,
                                       trace_samples=cfg.trace_samples, strict=True, progress=progress)
     results = {
-        "setting": setting(cfg, epoch=epoch, step=step, trained=epoch > 0),
+        "setting": setting(cfg, epoch=epoch, step=step, trained=epoch > 0,
+                           lanczos_steps=report["spectrum"].get("lanczos_steps")),
         "fit": report["fit"], "verdict": report["verdict"], "spectrum": report["spectrum"],
         "sharpness": report["sharpness"], "eigengap_fit": report.get("eigengap_fit"),
         "metrics": {k: metrics[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},

@@ -129,6 +129,7 @@ def test_tiny_run_writes_every_field_and_matches_the_dense_hessian(capsys, tmp_p
         assert {"verdict", "eigengap_fit", "timing", "hspec_version", "spectrum"} <= set(res)
         s = res["setting"]
         assert (s["trained"], s["epochs"], s["labels"], s["train_size"], s["k"]) == (trained, epoch, "clean", 512, 10)
+        assert s["lanczos_steps"] == res["spectrum"]["lanczos_steps"] >= s["lanczos_steps_requested"] == 40
         assert res["metrics"] == {k: metrics[epoch][k] for k in METRIC_KEYS}
         eig = np.asarray(res["spectrum"]["eigenvalues"])
         assert len(eig) == 10 and np.all(np.diff(eig) <= 0)
