@@ -1,14 +1,20 @@
-"""Shared layers: a 2-D convolution with a fast CPU form, max-pooling, and PyTorch-style initialisers.
+"""Shared layers: a 2-D convolution with fast CPU forms, max-pooling, and PyTorch-style initialisers.
 
-XLA's CPU convolution is slow in the backward pass (FINDINGS.md: a LeNet-5 gradient on 1000 MNIST
-images took 0.27 s against 0.004 s for an MLP of the same size). `conv2d` therefore has two
+XLA's CPU convolution is slow, above all in the backward pass (FINDINGS.md: a LeNet-5 gradient on 1000
+MNIST images took 0.27 s against 0.004 s for an MLP of the same size). `conv2d` therefore has three
 interchangeable implementations over the same parameters (kernel HWIO, bias (O,)):
 
-- "xla":    `lax.conv_general_dilated`, the right choice on GPU/TPU;
+- "xla":    `lax.conv_general_dilated`; the right choice on GPU/TPU and for wide layers.
 - "slices": im2col written as kh*kw shifted slices concatenated on the channel axis, then one matmul.
-            Every piece (slice, concatenate, dot) has cheap, well-vectorised transposes on CPU.
+- "banded": one matmul per output row against a banded matrix. For kernel row i, the map from an
+            input row (W*C_in values) to an output row (W_out*C_out values) is a banded matrix built
+            from k[i] by a gather; stacking the kh input rows each output row needs gives
+            y_rows = rows @ band with band of shape (kh*W*C_in, W_out*C_out). It spends W/kw times
+            the convolution's FLOPs, but as one well-shaped GEMM (LeNet: K = 140 and 420) instead of
+            a convolution with 1 or 6 input channels, and its transposes are a GEMM, slices and a
+            scatter-add into the small kernel; so it suits narrow, small-channel layers only.
 
-and `max_pool2d` two as well:
+and `max_pool2d` two:
 
 - "reduce_window": `lax.reduce_window` (its gradient is `select_and_scatter`, slow on CPU);
 - "reshape":       a reshape to (N, H/k, k, W/k, k, C) and a max over the window axes.
@@ -19,8 +25,12 @@ equally among the tied elements (JAX's rule for `max`). After a ReLU the common 
 where the ReLU derivative is 0 anyway, so gradients and Hessian-vector products of ReLU networks
 agree; networks that pool plateaus of equal non-zero values would not.
 
-"auto" picks "slices"/"reshape" when `jax.default_backend()` is "cpu" and "xla"/"reduce_window"
-otherwise, decided once at construction (benchmarks/conv_cpu.py measures the ratio).
+"auto": off CPU, "xla" and "reduce_window". On CPU, "reshape" pooling, and per layer "banded" when its
+band matrix is small and not too sparse (BANDED_MAX_ENTRIES, BANDED_MAX_WIDTH_PER_TAP; both LeNet-5
+convolutions qualify), else "xla". The
+backend is read once, when a layer is built; the per-layer choice is made from static shapes at
+trace time. benchmarks/conv_cpu.py measures each choice against "xla" + "reduce_window"; "slices" is
+kept as an option because it measured faster than "xla" on some machines and slower on others.
 """
 
 from __future__ import annotations
@@ -31,29 +41,73 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax import lax
 
-CONV_IMPLS = ("xla", "slices")
+CONV_IMPLS = ("xla", "slices", "banded")
+# "auto" on CPU uses "banded" only for small bands that are not too sparse: the band has W^2 C_in C_out
+# kh / s_w entries, of which a fraction kw / W is non-zero (the FLOP overhead). Both LeNet-5 layers
+# (MNIST: 23,520 and 67,200 entries, W/kw = 5.6 and 2.8; CIFAR: 80,640 and 67,200) qualify; wide
+# ResNet layers do not. Measured on LeNet-5 only; other layers keep XLA's convolution.
+BANDED_MAX_ENTRIES = 1 << 18
+BANDED_MAX_WIDTH_PER_TAP = 7.0
 POOL_IMPLS = ("reduce_window", "reshape")
 
 Padding = int | str | Sequence[int] | Sequence[tuple[int, int]]
 
 
-def resolve_conv_impl(impl: str) -> str:
-    """Resolve a convolution implementation name, mapping "auto" to the backend's fast one.
+def check_conv_impl(impl: str) -> str:
+    """Validate a convolution implementation name.
 
     Args:
-      impl: "xla", "slices" or "auto".
+      impl: "xla", "slices", "banded" or "auto".
 
     Returns:
-      "xla" or "slices".
+      impl, unchanged.
     """
-    if impl == "auto":
-        return "slices" if jax.default_backend() == "cpu" else "xla"
-    if impl not in CONV_IMPLS:
+    if impl != "auto" and impl not in CONV_IMPLS:
         raise ValueError(f"conv_impl must be one of {CONV_IMPLS + ('auto',)}, got {impl!r}")
     return impl
+
+
+def band_entries(width: int, kernel_shape: Sequence[int], stride: int, pads_w: tuple[int, int]) -> int:
+    """Number of entries of the "banded" implementation's matrix (kh*W*C_in by W_out*C_out).
+
+    Args:
+      width: input width W (unpadded).
+      kernel_shape: (kh, kw, C_in, C_out).
+      stride: horizontal stride.
+      pads_w: (left, right) zero padding.
+
+    Returns:
+      The entry count.
+    """
+    kh, kw, cin, cout = kernel_shape
+    wo = (width + pads_w[0] + pads_w[1] - kw) // stride + 1
+    return kh * width * cin * wo * cout
+
+
+def choose_conv_impl(impl: str, backend: str, width: int, kernel_shape: Sequence[int], stride: int,
+                     pads_w: tuple[int, int]) -> str:
+    """The implementation a layer uses: `impl` itself, or for "auto" the backend's and shape's choice.
+
+    Args:
+      impl: "xla", "slices", "banded" or "auto".
+      backend: the JAX backend the layer was built for ("cpu", "gpu", "tpu").
+      width: input width W.
+      kernel_shape: (kh, kw, C_in, C_out).
+      stride: horizontal stride.
+      pads_w: (left, right) zero padding.
+
+    Returns:
+      "xla", "slices" or "banded".
+    """
+    if check_conv_impl(impl) != "auto":
+        return impl
+    small = band_entries(width, kernel_shape, stride, pads_w) <= BANDED_MAX_ENTRIES
+    dense_enough = width / kernel_shape[1] <= BANDED_MAX_WIDTH_PER_TAP
+    return "banded" if backend == "cpu" and small and dense_enough else "xla"
 
 
 def resolve_pool_impl(impl: str) -> str:
@@ -167,6 +221,49 @@ def conv2d_slices(x: jax.Array, kernel: jax.Array, *, strides=(1, 1), pads=((0, 
     return y.reshape(n, ho, wo, cout)
 
 
+def _band_index(width: int, kw: int, stride: int, pad_left: int, wo: int) -> np.ndarray:
+    """J[a, p] = the kernel column linking input column a to output column p, or kw where none does."""
+    j = np.arange(width)[:, None] + pad_left - stride * np.arange(wo)[None, :]
+    return np.where((j >= 0) & (j < kw), j, kw)
+
+
+def conv2d_banded(x: jax.Array, kernel: jax.Array, *, strides=(1, 1), pads=((0, 0), (0, 0)), precision=None) -> jax.Array:
+    """Cross-correlate NHWC inputs with an HWIO kernel as one matmul with a banded matrix (no bias).
+
+    band[(i, a, c), (p, o)] = kernel[i, a + left - s_w p, c, o] when that column index lies in [0, kw),
+    else 0; it is gathered from the kernel with a zero slot appended (exact on every backend, unlike a
+    product with a 0/1 matrix under reduced matmul precision). Horizontal zero padding is folded into
+    the band; vertical padding is applied to the input.
+
+    Args:
+      x: (N, H, W, C_in) inputs.
+      kernel: (kh, kw, C_in, C_out).
+      strides: (sh, sw).
+      pads: ((top, bottom), (left, right)) zero padding.
+      precision: passed to the matmul.
+
+    Returns:
+      (N, H_out, W_out, C_out).
+    """
+    kh, kw, cin, cout = kernel.shape
+    sh, sw = strides
+    (top, bottom), (left, right) = pads
+    if top or bottom:
+        x = jnp.pad(x, ((0, 0), (top, bottom), (0, 0), (0, 0)))
+    n, h, w, _ = x.shape
+    ho, wo = (h - kh) // sh + 1, (w + left + right - kw) // sw + 1
+    if ho < 1 or wo < 1:
+        raise ValueError(f"kernel {kh}x{kw} is larger than the padded input")
+    kz = jnp.concatenate([kernel, jnp.zeros((kh, 1, cin, cout), kernel.dtype)], axis=1)
+    band = kz[:, _band_index(w, kw, sw, left, wo)]  # (kh, W, W_out, C_in, C_out)
+    band = band.transpose(0, 1, 3, 2, 4).reshape(kh * w * cin, wo * cout)
+    xr = x.reshape(n, h, w * cin)
+    rows = [xr[:, i : i + sh * (ho - 1) + 1 : sh, :] for i in range(kh)]
+    rows = rows[0] if kh == 1 else jnp.concatenate(rows, axis=-1)  # (N, H_out, kh*W*C_in)
+    y = jnp.matmul(rows.reshape(n * ho, kh * w * cin), band, precision=precision)
+    return y.reshape(n, ho, wo, cout)
+
+
 def conv2d(
     x: jax.Array,
     kernel: jax.Array,
@@ -176,6 +273,7 @@ def conv2d(
     padding: Padding = 0,
     impl: str = "xla",
     precision: Any = None,
+    backend: str | None = None,
 ) -> jax.Array:
     """2-D cross-correlation (PyTorch's Conv2d / XLA's convolution) on NHWC inputs, HWIO kernels.
 
@@ -185,8 +283,9 @@ def conv2d(
       bias: optional (C_out,) bias.
       strides: an int or (sh, sw).
       padding: zero padding: int, (ph, pw), ((t, b), (l, r)), "SAME" or "VALID".
-      impl: "xla", "slices" or "auto" (see the module docstring).
+      impl: "xla", "slices", "banded" or "auto" (see the module docstring).
       precision: matmul/convolution precision (None follows `jax.default_matmul_precision`).
+      backend: the backend "auto" decides for (None: `jax.default_backend()` now).
 
     Returns:
       (N, H_out, W_out, C_out) with H_out = (H + t + b - kh) // sh + 1, likewise W_out.
@@ -197,7 +296,8 @@ def conv2d(
         raise ValueError(f"input has {x.shape[-1]} channels but the kernel expects {kernel.shape[2]} (HWIO layout)")
     strides = _pair(strides, "strides")
     pads = normalize_padding(padding, kernel.shape[:2], strides, x.shape[1:3])
-    fn = conv2d_slices if resolve_conv_impl(impl) == "slices" else conv2d_xla
+    impl = choose_conv_impl(impl, backend or jax.default_backend(), x.shape[2], kernel.shape, strides[1], pads[1])
+    fn = {"xla": conv2d_xla, "slices": conv2d_slices, "banded": conv2d_banded}[impl]
     y = fn(x, kernel, strides=strides, pads=pads, precision=precision)
     return y if bias is None else y + bias
 
@@ -312,7 +412,8 @@ class Conv2D(nnx.Module):
           strides: an int or (sh, sw).
           padding: int, (ph, pw), ((t, b), (l, r)), "SAME" or "VALID".
           use_bias: whether to add a bias.
-          conv_impl: "xla", "slices" or "auto" (resolved now, from `jax.default_backend()`).
+          conv_impl: "xla", "slices", "banded" or "auto" ("auto" reads `jax.default_backend()` now and
+            picks per input shape when called; see the module docstring).
           init: "torch" (U(+-1/sqrt(fan_in)) for kernel and bias) or "flax" (lecun_normal, zero bias).
           rngs: NNX random streams.
         """
@@ -334,9 +435,11 @@ class Conv2D(nnx.Module):
         )
         if self.padding not in ("SAME", "VALID") and isinstance(self.padding, str):
             raise ValueError(f"padding string must be 'SAME' or 'VALID', got {padding!r}")
-        self.conv_impl = resolve_conv_impl(conv_impl)
+        self.conv_impl = check_conv_impl(conv_impl)
+        self.backend = jax.default_backend()
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Apply the convolution to (N, H, W, C_in) inputs; returns (N, H_out, W_out, C_out)."""
         bias = None if self.bias is None else self.bias[...]
-        return conv2d(x, self.kernel[...], bias, strides=self.strides, padding=self.padding, impl=self.conv_impl)
+        return conv2d(x, self.kernel[...], bias, strides=self.strides, padding=self.padding, impl=self.conv_impl,
+                      backend=self.backend)

@@ -40,7 +40,7 @@ class LeNet5(nnx.Module):
           num_classes: width of the last layer.
           input_shape: (H, W, C) of one image.
           conv1_padding: zero padding of the first convolution; None picks 2 on 28x28, else 0.
-          conv_impl: "xla", "slices" or "auto" (see train.models.layers).
+          conv_impl: "xla", "slices", "banded" or "auto" (see train.models.layers).
           pool_impl: "reduce_window", "reshape" or "auto".
           init: "torch" (PyTorch's default init, as the paper's code) or "flax".
           rngs: NNX random streams.

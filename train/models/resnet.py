@@ -78,7 +78,7 @@ class ResNet18(nnx.Module):
         Args:
           num_classes: width of the last layer.
           input_shape: (H, W, C) of one image.
-          conv_impl: "xla", "slices" or "auto" (see train.models.layers).
+          conv_impl: "xla", "slices", "banded" or "auto" (see train.models.layers).
           init: "torch" (PyTorch's default init) or "flax".
           rngs: NNX random streams.
         """
