@@ -108,7 +108,7 @@ def _dense_hessian_eigenvalues(out: Path, data_dir) -> tuple[np.ndarray, float]:
             model = loop.merge(ctx.fm.eval_def, unravel(v), state[1])
             return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
-        h = np.asarray(jax.hessian(loss)(flat))
+        h = np.asarray(jax.jit(jax.hessian(loss))(flat))
     return np.linalg.eigvalsh(h)[::-1], float(np.trace(h))
 
 
