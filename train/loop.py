@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
@@ -321,18 +320,3 @@ def train_epoch(step: Callable, state: TrainState, batches: Iterator[tuple[np.nd
         _check_window(window, epoch)
     return state, {"train_loss": float(loss_sum) / seen, "train_acc": int(correct) / seen, "steps": s - first_step}
 
-
-def timed(fn: Callable, *args, **kwargs) -> tuple[Any, float]:
-    """Call `fn` and return (its result, wall seconds).
-
-    Args:
-        fn: the callable.
-        *args: its positional arguments.
-        **kwargs: its keyword arguments.
-
-    Returns:
-        (result, seconds).
-    """
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0
