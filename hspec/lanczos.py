@@ -149,68 +149,68 @@ def _rows_bucket(j: int, m: int) -> int:
 
 def _check_finite(alpha: np.ndarray, j: int) -> None:
     if not np.all(np.isfinite(alpha)):
+        bad = int(np.argmin(np.all(np.isfinite(np.atleast_2d(alpha)), axis=0))) if np.ndim(alpha) > 1 else 0
         raise NonFiniteError(
-            f"Hessian-vector product is not finite at Lanczos step {j} (alpha={alpha}). The loss or its "
-            "derivatives overflow at these parameters: check the loss for NaN/inf (e.g. log of 0), or run in "
-            "float64 (jax.config.update('jax_enable_x64', True))."
+            f"Hessian-vector product is not finite at Lanczos step {j + bad}. The loss or its derivatives "
+            "overflow at these parameters: check the loss for NaN/inf (e.g. log of 0), or run in float64 "
+            "(jax.config.update('jax_enable_x64', True))."
         )
 
 
-def _python_loop(matvec, v0, m, key, basis, progress, min_steps=None, stop=None, check_every=None):
-    """Drive the step from Python; with ``stop``, end early once ``stop(alphas, betas)`` says so.
+@partial(jax.jit, static_argnames=("pure_matvec",), donate_argnums=(2, 3, 4))
+def _run_steps(pure_matvec, args, V, alphas, betas, v, key, j0, j1):
+    """Steps j0..j1-1 in one compiled ``fori_loop`` (dynamic bounds: one program for every chunk)."""
 
-    Buffers are sized for m steps; from ``min_steps`` on, every ``check_every`` steps the coefficients
-    so far are handed to ``stop`` (a Lanczos run truncated at j steps is exactly a j-step run).
+    def body(j, state):
+        V, alphas, betas, v = state
+        return _step_update(V, alphas, betas, v, pure_matvec(args, v), j, key, V.shape[1])
+
+    return jax.lax.fori_loop(j0, j1, body, (V, alphas, betas, v))
+
+
+def _advance_python(matvec, state, key, j0, j1, on_host):
+    """Steps j0..j1-1 driven from Python: one jitted step each, the Krylov buffers donated."""
+    V, alphas, betas, v = state
+    m = V.shape[1]
+    for j in range(j0, j1):
+        w = matvec(v)
+        if on_host:
+            v = _host_step(V, alphas, betas, v, w, j, key)
+        else:
+            V, alphas, betas, v = _jitted_step(V, alphas, betas, v, w, j, key, rows=_rows_bucket(j, m))
+    return V, alphas, betas, v
+
+
+def _drive(advance, state, m_total, first, stop, check_every, progress):
+    """Run ``first`` steps, then (with ``stop``) chunks of ``check_every`` until ``stop`` or ``m_total``.
+
+    A Lanczos run truncated at j steps is exactly a j-step run, so growing costs nothing extra.
     Returns the basis and coefficients truncated to the steps taken.
     """
-    S, n = v0.shape
-    dtype = v0.dtype
-    on_host = basis == "host"
-    zeros = np.zeros if on_host else jnp.zeros
-    V = zeros((S, m, n), dtype)
-    alphas, betas = zeros((S, m), dtype), zeros((S, m), dtype)
-    v = v0
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=m if stop is None else min_steps, desc="Lanczos", unit="step", leave=False)
-    taken = m
-    for j in range(m):
-        w = matvec(v)
-        if on_host:
-            v = _host_step(V, alphas, betas, v, w, j, key)
-            _check_finite(alphas[:, j], j)
-        else:
-            V, alphas, betas, v = _jitted_step(V, alphas, betas, v, w, j, key, rows=_rows_bucket(j, m))
-            if j % 16 == 0 or j == m - 1:  # a host sync every few steps keeps dispatch asynchronous
-                _check_finite(np.asarray(alphas[:, j]), j)
+        bar = tqdm(total=first, desc="Lanczos", unit="step", leave=False)
+    j = 0
+    while True:
+        j_end = first if j == 0 else min(m_total, j + check_every)
         if bar is not None:
-            if stop is not None and j + 1 > bar.total:
-                bar.total = min(m, bar.total + check_every)
-            bar.update(1)
-        if stop is not None and j + 1 >= min_steps and (j + 1 - min_steps) % check_every == 0:
-            if stop(np.asarray(alphas[:, : j + 1]), np.asarray(betas[:, : j + 1])):
-                taken = j + 1
-                break
+            bar.total = max(bar.total, j_end)
+        # Advance in slices so that the bar moves and a non-finite product is caught early.
+        for lo in range(j, j_end, 16 if bar is not None else j_end - j):
+            hi = min(j_end, lo + 16) if bar is not None else j_end
+            state = advance(state, lo, hi)
+            _check_finite(np.asarray(state[1][:, lo:hi]), lo)
+            if bar is not None:
+                bar.update(hi - lo)
+        j = j_end
+        if stop is None or j >= m_total or stop(np.asarray(state[1][:, :j]), np.asarray(state[2][:, :j])):
+            break
     if bar is not None:
         bar.close()
-    alphas, betas = np.asarray(alphas)[:, :taken], np.asarray(betas)[:, :taken]
-    _check_finite(alphas.ravel(), taken - 1)
-    return np.asarray(V[:, :taken]), alphas, betas
-
-
-@partial(jax.jit, static_argnames=("pure_matvec", "m"))
-def _fori_loop(pure_matvec, args, v0, key, m):
-    S, n = v0.shape
-    init = (jnp.zeros((S, m, n), v0.dtype), jnp.zeros((S, m), v0.dtype), jnp.zeros((S, m), v0.dtype), v0)
-
-    def body(j, state):
-        V, alphas, betas, v = state
-        return _step_update(V, alphas, betas, v, pure_matvec(args, v), j, key, m)
-
-    V, alphas, betas, _ = jax.lax.fori_loop(0, m, body, init)
-    return V, alphas, betas
+    V, alphas, betas, _ = state
+    return np.asarray(V[:, :j]), np.asarray(alphas[:, :j]), np.asarray(betas[:, :j])
 
 
 def tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -296,7 +296,8 @@ def lanczos(
       progress: show a tqdm bar (python loop).
       max_steps: grow the Krylov space beyond ``num_steps`` up to ``max_steps`` until
         ``stop(alphas, betas) -> bool`` (given the ``[S, j]`` coefficients so far) returns True; checked
-        every ``check_every`` steps (default: a tenth of num_steps, at least 10). Python loop only.
+        every ``check_every`` steps (default: a tenth of num_steps, at least 10). Buffers are sized for
+        ``max_steps`` from the start.
 
     Returns:
       :class:`LanczosResult` with the tridiagonal coefficients, Ritz values, residual bounds and weights.
@@ -307,30 +308,27 @@ def lanczos(
     if n <= 0:
         raise ValueError("give dim=n when operator is a plain callable")
     m = _clamp_steps(num_steps, n)
-    grow = max_steps is not None and stop is not None and max_steps > m
-    if grow:
-        m_max = min(int(max_steps), n)
-        check_every = check_every or max(10, m // 10)
-        loop = "python" if loop in ("auto", "fori") else loop
     if num_starts < 1:
         raise ValueError(f"num_starts must be >= 1, got {num_starts}")
+    grow = max_steps is not None and stop is not None and max_steps > m
+    m_total = min(int(max_steps), n) if grow else m
+    check_every = check_every or max(10, m // 10)
     loop = _pick_loop(loop, basis)
     k_start, k_restart = jax.random.split(key)
     v0 = start_vectors(k_start, num_starts, n, dtype, start)
+    on_host = basis == "host"
+    zeros = np.zeros if on_host else jnp.zeros
+    state = (zeros((num_starts, m_total, n), dtype), zeros((num_starts, m_total), dtype),
+             zeros((num_starts, m_total), dtype), v0)
     if loop == "fori":
         pure = getattr(operator, "pure_matvec", None)
         args = getattr(operator, "args", None)
         if pure is None:  # a plain callable: it closes over its own arrays
             pure, args = _ClosedMatvec(matvec), ()
-        V, alphas, betas = _fori_loop(pure, args, v0, k_restart, m)
-        alphas_h = np.asarray(alphas)
-        _check_finite(alphas_h.ravel(), m - 1)
-        V, alphas, betas = np.asarray(V), alphas_h, np.asarray(betas)
+        advance = lambda st, j0, j1: _run_steps(pure, args, *st, k_restart, j0, j1)  # noqa: E731
     else:
-        if grow:
-            V, alphas, betas = _python_loop(matvec, v0, m_max, k_restart, basis, progress, m, stop, check_every)
-        else:
-            V, alphas, betas = _python_loop(matvec, v0, m, k_restart, basis, progress)
+        advance = lambda st, j0, j1: _advance_python(matvec, st, k_restart, j0, j1, on_host)  # noqa: E731
+    V, alphas, betas = _drive(advance, state, m_total, m, stop if grow else None, check_every, progress)
     values, residuals, weights, vectors = _ritz(alphas, betas, V, return_vectors)
     return LanczosResult(alphas, betas, values, residuals, weights, vectors, int(alphas.shape[1]), loop)
 

@@ -11,6 +11,9 @@ SCRIPT = textwrap.dedent(
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import NamedSharding, PartitionSpec as P
     import hspec
+    # XLA:CPU with 4 fake devices on 2 busy cores: two collective programs in flight at once starved
+    # the all-reduce rendezvous once here (a 40 s "may be stuck" abort). Synchronous dispatch avoids it.
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     from tests.hspec.conftest import mlp_loss, mlp_params
     assert jax.device_count() == 4, jax.devices()
     mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
