@@ -8,7 +8,6 @@ __all__ = ["plot_rank_eigenvalue", "plot_density"]
 
 
 def _axes(ax):
-    import matplotlib
 
     if ax is not None:
         return ax.figure, ax

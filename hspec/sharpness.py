@@ -6,7 +6,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from hspec._checks import check_finite_vector, check_same_structure, checked_operator
 

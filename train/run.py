@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from flax import nnx
 
 from train import checkpoint as ckpt
 from train import config as config_lib
@@ -526,6 +527,26 @@ def _find_checkpoint(path: Path, epoch: int | None) -> Path:
     if epoch not in epochs:
         raise ckpt.CheckpointError(f"no checkpoint for epoch {epoch} in {ckpt_dir}; kept epochs: {epochs}")
     return ckpt.epoch_path(ckpt_dir, epoch)
+
+
+def load_model(path: str | os.PathLike, *, epoch: int | None = None) -> tuple[nnx.Module, Context]:
+    """The trained network of a saved run, in evaluation mode, and its run context.
+
+    Args:
+        path: a run directory (its newest checkpoint, or `epoch`) or a `checkpoints/epoch_N` directory.
+        epoch: which epoch of a run directory.
+
+    Returns:
+        (model, ctx): an NNX model with the checkpoint's parameters and BatchNorm statistics, and the
+        Context (config, data, the recorded Hessian sample `ctx.hessian`).
+    """
+    where = _find_checkpoint(Path(path), epoch)
+    ctx = build_context(config_lib.from_dict(ckpt.read_meta(where)["config"]))
+    state, _ = ckpt.restore(where, ctx.template)
+    state = loop.TrainState(*state)
+    model = loop.merge(ctx.fm.eval_def, state.params, state.rest)
+    model.eval()
+    return model, ctx
 
 
 def spectrum_of_checkpoint(path: str | os.PathLike, *, epoch: int | None = None, out: str | os.PathLike | None = None,

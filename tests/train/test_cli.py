@@ -21,7 +21,7 @@ from train import checkpoint as ckpt
 from train import loop, presets, run
 from train.__main__ import main
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 SETTING_KEYS = {"dataset", "model", "depth", "width", "optimizer", "batch_size", "epochs", "train_size", "labels",
                 "label_noise", "trained", "seed", "k", "hessian_samples", "lanczos_steps"}
 FIT_KEYS = {"beta", "sigma", "s", "d_ks", "d_crit", "is_power_law", "k"}

@@ -2,11 +2,9 @@
 the paper's data options, batching, CIFAR augmentation, the Hessian sample and the character corpus."""
 
 import gzip
-import os
 import pickle
 import struct
 import time
-from pathlib import Path
 from unittest import mock
 
 import chex
@@ -17,18 +15,9 @@ import pytest
 
 from train import data
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import find_data_dir
 
-
-def shared_data_dir():
-    """HSPEC_DATA_DIR, else ../shared/data next to the repository, else None."""
-    for d in (os.environ.get("HSPEC_DATA_DIR"), REPO.parent / "shared" / "data"):
-        if d and Path(d).is_dir():
-            return Path(d)
-    return None
-
-
-SHARED = shared_data_dir()
+SHARED = find_data_dir()
 needs_shared = pytest.mark.skipif(SHARED is None, reason="shared data not found: set HSPEC_DATA_DIR or provide ../shared/data")
 
 

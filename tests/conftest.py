@@ -1,0 +1,26 @@
+"""Fixtures shared by every test package: where the real data lies."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def find_data_dir() -> Path | None:
+    """The data root: env HSPEC_DATA_DIR, else ../shared/data beside the repository; None if absent."""
+    env = os.environ.get("HSPEC_DATA_DIR")
+    path = Path(env) if env else REPO.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The data root holding MNIST; skips the test (saying why) when it is absent."""
+    path = find_data_dir()
+    if path is None or not (path / "mnist").is_dir():
+        pytest.skip("MNIST not found: set HSPEC_DATA_DIR to a data root with mnist/ (see shared/data/SOURCES.md)")
+    return path
