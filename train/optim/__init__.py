@@ -4,7 +4,7 @@ Aliases (factories returning `optax.GradientTransformation`): `sgd`, `vanilla_sg
 `amsgrad`, `yogi`, `radam`, `adabound`, `diffgrad`, `adai`, `pnm`, `lookahead`. The custom ones are
 chains built on `scale_by_<name>` transforms with NamedTuple states. The registry (`get`, `NAMES`,
 `describe`, `paper_learning_rate`, `paper_hyperparams`) is what the training presets use; `get`
-wraps each optimizer in `optax.inject_hyperparams`. See TABLE.md for defaults, references and every
+wraps each optimizer in `optax.inject_hyperparams`. See the README (Optimizers) for defaults, references and every
 difference from optax.
 """
 
