@@ -118,7 +118,7 @@ def section_eigsh(data_dir, k=20, tol=1e-6):
         loss, params = user_loss(name, x, y)
         op = hspec.hessian_operator(loss, params)
         # Lanczos grows until the top k converge (a truncated run is an exact shorter run). Timed on a
-        # second call (compiled, as eigsh's HVP is), checking convergence every 5 steps.
+        # second call (compiled, as eigsh's HVP is); convergence is checked every 10 steps.
         run = lambda: hspec.top_eigenvalues(loss, params, k, key=jax.random.key(1), num_steps=k + 10,  # noqa: E731
                                             max_steps=600, tol=tol)
         run()
