@@ -125,20 +125,37 @@ def _step_update(V, alphas, betas, v, w, j, key, rows):
 _jitted_step = jax.jit(_step_update, static_argnames=("rows",), donate_argnums=(0, 1, 2))
 
 
+def _host_orthogonalize(basis: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Host version of :func:`_orthogonalize`: Gram-Schmidt twice, matrix-vector products through BLAS."""
+    w = w.copy()
+    for _ in range(2):
+        for s in range(w.shape[0]):
+            w[s] -= (basis[s] @ w[s]) @ basis[s]
+    return w
+
+
 def _host_step(V, alphas, betas, v, w, j, key):
-    """The same step with the basis in host memory (device memory independent of m)."""
+    """The same step with the basis in host memory: the device holds only the current vectors.
+
+    Only the operator application runs on the device; the basis never goes back to it.
+    """
     v_h, w_h = np.asarray(v), np.asarray(w)
     alphas[:, j] = np.sum(v_h * w_h, axis=-1)
     V[:, j] = v_h
     basis = V[:, : j + 1]
-    w_h = w_h.copy()
-    for _ in range(2):
-        for s in range(w_h.shape[0]):  # matrix-vector products through BLAS
-            w_h[s] -= (basis[s] @ w_h[s]) @ basis[s]
+    w_h = _host_orthogonalize(basis, w_h)
+    beta = np.linalg.norm(w_h, axis=-1)
     scale = np.max(np.abs(alphas), axis=-1) + np.max(np.abs(betas), axis=-1)
-    beta, v_next = _next_vector(jnp.asarray(basis), jnp.asarray(w_h), key, j, jnp.asarray(scale))
-    betas[:, j] = np.asarray(beta)
-    return v_next
+    broke = beta <= 100.0 * np.finfo(w_h.dtype).eps * np.maximum(scale, np.finfo(w_h.dtype).tiny)
+    if broke.any():  # same restart rule as the device step: a random vector orthogonal to the basis
+        fresh = np.asarray(jax.random.normal(jax.random.fold_in(key, j), w_h.shape, w_h.dtype))
+        fresh = _host_orthogonalize(basis, fresh)
+        fresh /= np.maximum(np.linalg.norm(fresh, axis=-1, keepdims=True), np.finfo(w_h.dtype).tiny)
+        w_h = np.where(broke[:, None], fresh, w_h / np.where(broke, 1.0, beta)[:, None])
+    else:
+        w_h = w_h / beta[:, None]
+    betas[:, j] = np.where(broke, 0.0, beta)
+    return jnp.asarray(w_h)
 
 
 def _rows_bucket(j: int, m: int) -> int:

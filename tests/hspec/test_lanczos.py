@@ -47,8 +47,9 @@ def test_rank_deficient_operator_breakdown(x64):
     """Rank 5 < m = 20: Lanczos breaks down, restarts, and still gives exact eigenvalues."""
     lam = np.concatenate([[5.0, 4.0, 3.0, 2.0, 1.0], np.zeros(45)])
     a = np.diag(lam)  # exactly rank 5, so that the breakdown is exact too
-    for loop in ["python", "fori"]:
-        res = hspec.lanczos(matrix_operator(a), 20, key=jax.random.key(3), dim=50, dtype=jnp.float64, loop=loop)
+    for loop, basis in [("python", "device"), ("fori", "device"), ("python", "host")]:
+        res = hspec.lanczos(matrix_operator(a), 20, key=jax.random.key(3), dim=50, dtype=jnp.float64, loop=loop,
+                            basis=basis)
         assert np.all(np.isfinite(res.ritz_values)) and np.all(np.isfinite(res.residuals))
         np.testing.assert_allclose(res.ritz_values[0][:5], lam[:5], atol=1e-10)
         np.testing.assert_allclose(res.ritz_values[0][5:], 0.0, atol=1e-10)
