@@ -136,7 +136,7 @@ def top_eigenvalues(
     strict: bool = False,
     method: str = "linearize",
     loop: str = "auto",
-    basis: str = "device",
+    basis: str = "auto",
     start: str = "rademacher",
     return_vectors: bool = False,
     progress: bool = False,

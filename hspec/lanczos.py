@@ -7,13 +7,16 @@ symmetric tridiagonal eigenproblem, solved on the host in float64.
 
 Two loop forms, picked per backend (``loop="auto"``):
 
-* ``"python"``: one jitted orthogonalisation step driven from Python, the Krylov buffers donated and
-  kept on the device. On XLA:CPU, convolution gradients inside ``lax.fori_loop`` ran 6-10x slower than
-  at the top level of a jit (FINDINGS.md, trap 1), so this is the CPU default.
+* ``"python"``: one step at a time driven from Python (a jitted step with the Krylov buffers donated
+  and kept on the device, or the host-basis step). FINDINGS.md (trap 1) measured XLA:CPU convolution
+  gradients inside ``lax.fori_loop`` 6-10x slower than at the top level; with train.models' banded
+  convolution both forms cost the same (LeNet-5: 1.00 and 0.95 gradients per step), and the host
+  basis makes this the CPU default.
 * ``"fori"``: the whole loop compiled as one ``lax.fori_loop`` (no per-step dispatch); default on GPU/TPU.
 
-A memory-bounded form, ``basis="host"``, keeps the basis in host memory and orthogonalises there, so
-that device memory does not grow with m (python loop only).
+A memory-bounded form, ``basis="host"``, keeps the basis in host memory and orthogonalises there
+with BLAS, so that device memory does not grow with m (python loop only). It is the CPU default,
+where it is also the fastest form.
 
 Breakdown (an invariant Krylov subspace, e.g. an operator of rank r < m) restarts from a random
 vector orthogonal to the basis and records β = 0, which decouples the tridiagonal matrix exactly.
@@ -265,19 +268,27 @@ def _ritz(alphas, betas, V, return_vectors):
     )
 
 
-def _pick_loop(loop: str, basis: str) -> str:
+def _pick_loop(loop: str, basis: str) -> tuple[str, str]:
+    """Resolve "auto" loop and basis choices per backend, by measurement (benchmarks/RESULTS.md).
+
+    On CPU the basis lives in host memory anyway, and BLAS matrix-vector products orthogonalise 5x
+    faster there than the compiled step did (MLP, m=1000: 13 s against 69 s); elsewhere the basis
+    stays on the device and the whole loop is one ``fori_loop``.
+    """
     if loop not in ("auto", "python", "fori"):
         raise ValueError(f"loop must be 'auto', 'python' or 'fori', got {loop!r}")
-    if basis not in ("device", "host"):
-        raise ValueError(f"basis must be 'device' or 'host', got {basis!r}")
+    if basis not in ("auto", "device", "host"):
+        raise ValueError(f"basis must be 'auto', 'device' or 'host', got {basis!r}")
+    cpu = jax.default_backend() == "cpu"
+    if basis == "auto":
+        basis = "host" if cpu and loop != "fori" else "device"
     if basis == "host":
         if loop == "fori":
             raise ValueError("basis='host' needs loop='python' (the basis leaves the device between steps)")
-        return "python"
+        return "python", basis
     if loop == "auto":
-        # Measured: on XLA:CPU conv backward passes inside fori_loop run 6-10x slower (FINDINGS.md).
-        return "python" if jax.default_backend() == "cpu" else "fori"
-    return loop
+        loop = "python" if cpu else "fori"
+    return loop, basis
 
 
 def lanczos(
@@ -290,7 +301,7 @@ def lanczos(
     dim: int | None = None,
     dtype=None,
     loop: str = "auto",
-    basis: str = "device",
+    basis: str = "auto",
     return_vectors: bool = False,
     progress: bool = False,
     max_steps: int | None = None,
@@ -308,7 +319,8 @@ def lanczos(
       start: ``"rademacher"`` or ``"gaussian"`` start vectors (normalised).
       dim, dtype: size and dtype of the vectors when ``operator`` is a plain callable.
       loop: ``"auto"``, ``"python"`` or ``"fori"`` (see the module docstring).
-      basis: ``"device"`` or ``"host"`` (device memory independent of m).
+      basis: ``"auto"`` (host on CPU, device elsewhere), ``"device"`` or ``"host"`` (device memory
+        independent of m: only the current vectors live on the device).
       return_vectors: also return the Ritz vectors (costs S·m·n host memory).
       progress: show a tqdm bar (python loop).
       max_steps: grow the Krylov space beyond ``num_steps`` up to ``max_steps`` until
@@ -330,7 +342,7 @@ def lanczos(
     grow = max_steps is not None and stop is not None and max_steps > m
     m_total = min(int(max_steps), n) if grow else m
     check_every = check_every or max(10, m // 10)
-    loop = _pick_loop(loop, basis)
+    loop, basis = _pick_loop(loop, basis)
     k_start, k_restart = jax.random.split(key)
     v0 = start_vectors(k_start, num_starts, n, dtype, start)
     on_host = basis == "host"
