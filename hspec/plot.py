@@ -32,7 +32,9 @@ def plot_rank_eigenvalue(eigenvalues, fit=None, *, path=None, ax=None, title=Non
     Args:
       eigenvalues: values (sorted descending inside); non-positive ones cannot be drawn on log axes and
         are counted in the legend.
-      fit: optional :class:`hspec.PowerLawFit`; draws λ_k = λ_1 k^-ŝ and the verdict.
+      fit: optional :class:`hspec.PowerLawFit`; draws the rank curve the fitted density implies,
+        λ_k = λ_K (K/k)^ŝ (rank k ≈ K·P(λ' ≥ λ) with P from the fit, anchored at the cutoff λ_K), and
+        the verdict.
       path: write a PNG there (and close the figure); otherwise return the figure.
       ax: draw into existing axes. title: axes title. label: legend label of the data.
 
@@ -47,7 +49,7 @@ def plot_rank_eigenvalue(eigenvalues, fit=None, *, path=None, ax=None, title=Non
     ax.loglog(ranks, positive, ".", ms=3, label=label + (f" ({dropped} non-positive not shown)" if dropped else ""))
     if fit is not None:
         k = np.arange(1, fit.k + 1)
-        ax.loglog(k, positive[0] * k ** (-fit.s), "-", lw=1.2,
+        ax.loglog(k, fit.xmin * (fit.k / k) ** fit.s, "-", lw=1.2,
                   label=f"power law s={fit.s:.3f}, d_KS={fit.d_ks:.4f} (d_c={fit.d_crit:.4f})")
         ax.text(0.03, 0.04, "power law" if fit.is_power_law else "no power law", transform=ax.transAxes,
                 fontsize=10, color="tab:green" if fit.is_power_law else "tab:red")
