@@ -24,6 +24,7 @@ vector orthogonal to the basis and records β = 0, which decouples the tridiagon
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 from functools import partial
@@ -159,6 +160,20 @@ def _host_step(V, alphas, betas, v, w, j, key):
         w_h = w_h / beta[:, None]
     betas[:, j] = np.where(broke, 0.0, beta)
     return jnp.asarray(w_h)
+
+
+def _single_threaded_blas(active: bool):
+    """Host BLAS limited to one thread while the host basis is orthogonalised.
+
+    Multi-threaded OpenBLAS matrix-vector products contend with XLA's own CPU threads between the
+    operator applications: measured on LeNet-5 (m <= 80), 1.49-1.71 gradients per step with BLAS
+    threads against 0.84 with one.
+    """
+    if not active:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
 
 
 def _rows_bucket(j: int, m: int) -> int:
@@ -357,7 +372,8 @@ def lanczos(
         advance = lambda st, j0, j1: _run_steps(pure, args, *st, k_restart, j0, j1)  # noqa: E731
     else:
         advance = lambda st, j0, j1: _advance_python(matvec, st, k_restart, j0, j1, on_host)  # noqa: E731
-    V, alphas, betas = _drive(advance, state, m_total, m, stop if grow else None, check_every, progress)
+    with _single_threaded_blas(on_host):
+        V, alphas, betas = _drive(advance, state, m_total, m, stop if grow else None, check_every, progress)
     values, residuals, weights, vectors = _ritz(alphas, betas, V, return_vectors)
     return LanczosResult(alphas, betas, values, residuals, weights, vectors, int(alphas.shape[1]), loop)
 
