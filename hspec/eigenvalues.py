@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from hspec._checks import checked_operator
-from hspec.lanczos import LanczosResult, lanczos, tridiagonal_eigh
+from hspec.lanczos import LanczosResult, lanczos, ritz_decomposition
 
 __all__ = ["TopEigenvalues", "NotConvergedError", "NotConvergedWarning", "top_eigenvalues", "default_num_steps"]
 
@@ -74,16 +74,16 @@ def default_num_steps(k: int, dim: int) -> int:
     return min(dim, max(3 * k, k + 100))
 
 
-def _combine(result: LanczosResult, k: int, combine: str):
+def _combine(ritz_values: np.ndarray, residuals: np.ndarray, k: int, combine: str):
     """Top k over the starts: pooled (merge, sort, take k) or the mean of each start's sorted top k."""
     if combine == "pool":
-        order = np.argsort(-result.ritz_values.ravel(), kind="stable")[:k]
-        return result.ritz_values.ravel()[order], result.residuals.ravel()[order], None, order
+        order = np.argsort(-ritz_values.ravel(), kind="stable")[:k]
+        return ritz_values.ravel()[order], residuals.ravel()[order], None, order
     if combine == "mean":
         return (
-            result.ritz_values[:, :k].mean(axis=0),
-            result.residuals[:, :k].max(axis=0),
-            result.ritz_values[:, :k].std(axis=0, ddof=1) if result.ritz_values.shape[0] > 1 else None,
+            ritz_values[:, :k].mean(axis=0),
+            residuals[:, :k].max(axis=0),
+            ritz_values[:, :k].std(axis=0, ddof=1) if ritz_values.shape[0] > 1 else None,
             None,
         )
     raise ValueError(f"combine must be 'pool' or 'mean', got {combine!r}")
@@ -99,13 +99,8 @@ def _enough_converged(alphas: np.ndarray, betas: np.ndarray, *, k: int, combine:
     """Stop rule of a growing run: have the top k Ritz values of the run so far converged?"""
     if alphas.shape[1] < k and combine == "mean":
         return False
-    values, residuals = [], []
-    for a, b in zip(alphas, betas):
-        theta, y = tridiagonal_eigh(a, b[:-1])
-        values.append(theta)
-        residuals.append(np.abs(float(b[-1]) * y[-1]))
-    partial_result = LanczosResult(alphas, betas, np.stack(values), np.stack(residuals), None, None, alphas.shape[1], "")
-    top, res, _, _ = _combine(partial_result, k, combine)
+    values, residuals, _, _ = ritz_decomposition(alphas, betas)
+    top, res, _, _ = _combine(values, residuals, k, combine)
     return top.size >= k and bool(np.all(_converged_mask(top, res, tol)))
 
 
@@ -184,7 +179,7 @@ def top_eigenvalues(
         return_vectors=return_vectors, progress=progress, max_steps=max_steps,
         stop=partial(_enough_converged, k=k, combine=combine, tol=tol),
     )
-    values, residuals, std, order = _combine(result, k, combine)
+    values, residuals, std, order = _combine(result.ritz_values, result.residuals, k, combine)
     converged = _converged_mask(values, residuals, tol)
     num_converged = int(np.sum(converged))
     _report_convergence(num_converged, k, result.num_steps, tol, strict)

@@ -178,7 +178,6 @@ class _Programs:
     linearize: Callable  # (consts, sel, fixed, batch) -> linear map Partial, jitted
     apply_linear: Callable  # (f_jvp, v_flat[S, n]) -> Hv_flat[S, n], jitted
     apply_jvp: Callable  # (consts, sel, fixed, batch, v_flat[S, n]) -> Hv_flat[S, n], jitted
-    unravel: Callable
 
 
 _PROGRAM_CACHE: dict = {}
@@ -225,7 +224,6 @@ def _build_programs(pure_loss, selected) -> _Programs:
         linearize=jax.jit(linearize),
         apply_linear=jax.jit(apply_linear),
         apply_jvp=jax.jit(apply_jvp),
-        unravel=unravel,
     )
 
 

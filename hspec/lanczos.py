@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-__all__ = ["LanczosResult", "lanczos", "tridiagonal_eigh", "start_vectors"]
+__all__ = ["LanczosResult", "lanczos", "ritz_decomposition", "tridiagonal_eigh", "start_vectors"]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -104,9 +104,14 @@ def _next_vector(basis, w, key, j, scale):
     beta = jnp.linalg.norm(w, axis=-1)
     eps = jnp.finfo(w.dtype).eps
     broke = beta <= 100.0 * eps * jnp.maximum(scale, jnp.finfo(w.dtype).tiny)
-    fresh = jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype)
-    fresh = _orthogonalize(basis, fresh)
-    fresh = fresh / jnp.maximum(jnp.linalg.norm(fresh, axis=-1, keepdims=True), jnp.finfo(w.dtype).tiny)
+
+    def restart(_):
+        fresh = jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype)
+        fresh = _orthogonalize(basis, fresh)
+        return fresh / jnp.maximum(jnp.linalg.norm(fresh, axis=-1, keepdims=True), jnp.finfo(w.dtype).tiny)
+
+    # The restart vector costs two more passes over the basis: compute it only when some start broke down.
+    fresh = jax.lax.cond(jnp.any(broke), restart, lambda _: jnp.zeros_like(w), None)
     safe_beta = jnp.where(broke, 1.0, beta)
     v_next = jnp.where(broke[:, None], fresh, w / safe_beta[:, None])
     return jnp.where(broke, 0.0, beta), v_next
@@ -141,11 +146,12 @@ def _host_orthogonalize(basis: np.ndarray, w: np.ndarray) -> np.ndarray:
 def _host_step(V, alphas, betas, v, w, j, key):
     """The same step with the basis in host memory: the device holds only the current vectors.
 
-    Only the operator application runs on the device; the basis never goes back to it.
+    Only the operator application runs on the device; the basis never goes back to it. v_j is read
+    from the basis (stored there by the previous step), so only w crosses from the device each step.
     """
-    v_h, w_h = np.asarray(v), np.asarray(w)
+    del v  # its host copy is V[:, j]
+    v_h, w_h = V[:, j], np.asarray(w)
     alphas[:, j] = np.sum(v_h * w_h, axis=-1)
-    V[:, j] = v_h
     basis = V[:, : j + 1]
     w_h = _host_orthogonalize(basis, w_h)
     beta = np.linalg.norm(w_h, axis=-1)
@@ -159,6 +165,8 @@ def _host_step(V, alphas, betas, v, w, j, key):
     else:
         w_h = w_h / beta[:, None]
     betas[:, j] = np.where(broke, 0.0, beta)
+    if j + 1 < V.shape[1]:
+        V[:, j + 1] = w_h
     return jnp.asarray(w_h)
 
 
@@ -166,8 +174,8 @@ def _single_threaded_blas(active: bool):
     """Host BLAS limited to one thread while the host basis is orthogonalised.
 
     Multi-threaded OpenBLAS matrix-vector products contend with XLA's own CPU threads between the
-    operator applications: measured on LeNet-5 (m <= 80), 1.49-1.71 gradients per step with BLAS
-    threads against 0.84 with one.
+    operator applications: LeNet-5 Lanczos steps cost 1.60-1.62 gradients with BLAS threads and
+    0.77-0.92 with one (benchmarks/RESULTS.md, runs 3 and 5).
     """
     if not active:
         return contextlib.nullcontext()
@@ -265,7 +273,17 @@ def tridiagonal_eigh(alphas: np.ndarray, betas: np.ndarray) -> tuple[np.ndarray,
     return values[::-1].copy(), vectors[:, ::-1].copy()
 
 
-def _ritz(alphas, betas, V, return_vectors):
+def ritz_decomposition(alphas, betas, V=None, return_vectors=False):
+    """Ritz values, residual bounds |β_m y_{m,i}|, quadrature weights (and vectors) of each start's T.
+
+    Args:
+      alphas, betas: ``[S, m]`` Lanczos coefficients (``betas[:, -1]`` is the residual coupling).
+      V: ``[S, m, n]`` basis, needed only with ``return_vectors``.
+      return_vectors: also return the Ritz vectors ``[S, m, n]``.
+
+    Returns:
+      ``(values, residuals, weights, vectors or None)``, values descending per start.
+    """
     S, m = alphas.shape
     values, residuals, weights, vecs = [], [], [], []
     for s in range(S):
@@ -286,8 +304,8 @@ def _ritz(alphas, betas, V, return_vectors):
 def _pick_loop(loop: str, basis: str) -> tuple[str, str]:
     """Resolve "auto" loop and basis choices per backend, by measurement (benchmarks/RESULTS.md).
 
-    On CPU the basis lives in host memory anyway, and BLAS matrix-vector products orthogonalise 5x
-    faster there than the compiled step did (MLP, m=1000: 13 s against 69 s); elsewhere the basis
+    On CPU the basis lives in host memory anyway, and BLAS matrix-vector products orthogonalise 4x
+    faster there than the compiled step did (MLP, m=1000: 17 s against 72 s); elsewhere the basis
     stays on the device and the whole loop is one ``fori_loop``.
     """
     if loop not in ("auto", "python", "fori"):
@@ -364,6 +382,8 @@ def lanczos(
     zeros = np.zeros if on_host else jnp.zeros
     state = (zeros((num_starts, m_total, n), dtype), zeros((num_starts, m_total), dtype),
              zeros((num_starts, m_total), dtype), v0)
+    if on_host:
+        state[0][:, 0] = np.asarray(v0)  # the host step reads v_j from the basis
     if loop == "fori":
         pure = getattr(operator, "pure_matvec", None)
         args = getattr(operator, "args", None)
@@ -374,7 +394,7 @@ def lanczos(
         advance = lambda st, j0, j1: _advance_python(matvec, st, k_restart, j0, j1, on_host)  # noqa: E731
     with _single_threaded_blas(on_host):
         V, alphas, betas = _drive(advance, state, m_total, m, stop if grow else None, check_every, progress)
-    values, residuals, weights, vectors = _ritz(alphas, betas, V, return_vectors)
+    values, residuals, weights, vectors = ritz_decomposition(alphas, betas, V, return_vectors)
     return LanczosResult(alphas, betas, values, residuals, weights, vectors, int(alphas.shape[1]), loop)
 
 

@@ -7,6 +7,7 @@ evaluation mode and without weight decay (METHOD.md §1), computed by hspec thro
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -70,8 +71,8 @@ def spectrum_report(
       seed: seeds the Lanczos start vector and the trace probes.
       max_lanczos_steps: keep stepping past ``lanczos_steps`` until the top k converge, up to this many
         steps (default 4x lanczos_steps). Randomly initialised networks have clustered top eigenvalues
-        and need far more steps than trained ones (measured: LeNet-5 at init, K=100, 300 steps: 65
-        converged).
+        and need more steps than trained ones (the default run: 450 steps at initialisation against 300
+        after training, benchmarks/RESULTS.md).
       batch_size: the sample is processed in batches of this size (sample-weighted; same Hessian).
       trace_samples: Hutchinson probes for Tr(H).
       strict: raise when fewer than k Ritz values converged (the pipeline's default).
@@ -131,7 +132,6 @@ def plot_spectrum(report: dict, path: str, title: str | None = None) -> None:
     """Write the rank-eigenvalue PNG (log-log) with the fitted power law and the verdict."""
     eigenvalues = np.asarray(report["spectrum"]["eigenvalues"])
     fit = report["fit"]
-    fit_obj = hspec.PowerLawFit(**{k: fit[k] for k in (
-        "beta", "sigma", "s", "d_ks", "d_crit", "is_power_law", "k", "xmin", "significance", "lsq_slope", "num_dropped")}
-    ) if fit.get("d_ks") is not None else None
+    fields = [f.name for f in dataclasses.fields(hspec.PowerLawFit)]
+    fit_obj = hspec.PowerLawFit(**{name: fit[name] for name in fields}) if fit.get("d_ks") is not None else None
     hspec.plot.plot_rank_eigenvalue(eigenvalues, fit_obj, path=path, title=title or report["verdict"])
