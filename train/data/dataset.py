@@ -1,9 +1,15 @@
-"""The Dataset record, the missing-data error, and standardisation statistics."""
+"""The Dataset record, the data errors, where data lives, and standardisation statistics."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gzip
 import os
+import pickle
+import struct
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +17,51 @@ import numpy as np
 ENV_DATA_DIR = "HSPEC_DATA_DIR"
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataError(Exception):
+    """Base of the data errors: the message names the file or URL, the problem and the fix.
+
+    A command-line tool can catch this one class and print the message without a traceback.
+    """
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
     """A data set is neither in the local data directory nor prepared for tfds; the message says what to do."""
+
+
+class DownloadError(DataNotFoundError):
+    """A missing file could not be downloaded: no network, a refusing or silent server, or a checksum mismatch
+    (the download is then deleted). Still a DataNotFoundError: the data remain missing."""
+
+
+class DataCorruptError(DataError, ValueError):
+    """A data file already in the user's directory cannot be read (truncated, damaged, wrong format).
+
+    Such a file is never deleted for the user: the message names it and says to delete or replace it. A
+    ValueError too, because the readers raised ValueError for malformed files before this class existed.
+    """
+
+
+REDOWNLOAD = "Delete it and run again to download it afresh, or put a good copy in its place."
+# What reading a damaged file raises (gzip: EOFError when cut short, BadGzipFile or zlib.error when garbled).
+# Not OSError as a whole: a permission error is not a damaged file.
+_DAMAGE = (EOFError, ValueError, zlib.error, gzip.BadGzipFile, zipfile.BadZipFile, pickle.UnpicklingError,
+           struct.error)
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, fix: str = REDOWNLOAD):
+    """Turn the errors of reading a damaged data file into a DataCorruptError that names it and the fix.
+
+    Args:
+      path: the file being read.
+      fix: the sentence that says what to do.
+    """
+    try:
+        yield
+    except DataCorruptError:
+        raise
+    except _DAMAGE as err:
+        raise DataCorruptError(f"{path} is damaged or incomplete ({type(err).__name__}: {err}). {fix}") from err
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -63,19 +112,31 @@ class Dataset:
         return int(self.x_test.shape[0])
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
-    """The local data root: the argument, else the environment variable HSPEC_DATA_DIR, else None.
+def default_data_dir() -> Path:
+    """The per-user cache directory for data: $XDG_CACHE_HOME/hspec/data, else ~/.cache/hspec/data.
+
+    Returns:
+      The directory as a Path (it may not exist yet).
+    """
+    cache = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG spec says to ignore a relative XDG_CACHE_HOME.
+    base = Path(cache) if cache and os.path.isabs(cache) else Path("~/.cache").expanduser()
+    return base / "hspec" / "data"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The local data root: the argument, else HSPEC_DATA_DIR, else the per-user cache directory.
 
     Args:
       data_dir: an explicit directory (e.g. from --data-dir), or None.
 
     Returns:
-      The directory as a Path, or None when neither is set (tfds is then the only source).
+      The directory as a Path (it may not exist yet; missing data are downloaded into it).
     """
     if data_dir is not None and str(data_dir) != "":
         return Path(data_dir).expanduser()
     env = os.environ.get(ENV_DATA_DIR, "")
-    return Path(env).expanduser() if env else None
+    return Path(env).expanduser() if env else default_data_dir()
 
 
 def uint8_channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,10 @@
 """Character-level tiny Shakespeare, as nanoGPT's shakespeare_char prepares it.
 
-Local layout: `tinyshakespeare/input.txt` under the data root (--data-dir or HSPEC_DATA_DIR), the file
-of karpathy/char-rnn (1,115,394 characters, 65 distinct). The vocabulary is the sorted set of its
-characters; the first 90% of the encoded text is the training split, the rest validation.
+Local layout: `tinyshakespeare/input.txt` under the data root (--data-dir, else HSPEC_DATA_DIR, else
+~/.cache/hspec/data), the file of karpathy/char-rnn (1,115,394 characters, 65 distinct). When it is absent it
+is downloaded there, checked against the sha256 in tensorflow-datasets' tiny_shakespeare checksum list (the
+same file). The vocabulary is the sorted set of its characters; the first 90% of the encoded text is the
+training split, the rest validation.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
-from train.data.dataset import ENV_DATA_DIR, DataNotFoundError, resolve_data_dir
+from train.data.dataset import ENV_DATA_DIR, DataNotFoundError, reading, resolve_data_dir
+from train.data.download import DEFAULT_TIMEOUT, ENV_MIRROR, Checksum, fetch
 
 SHAKESPEARE_FILE = "tinyshakespeare/input.txt"
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -95,24 +99,43 @@ def char_corpus(text: str, source: str = "") -> CharCorpus:
     return CharCorpus(text=text, vocab=vocab, train=ids[:n], val=ids[n:], source=source)
 
 
-def load_shakespeare(data_dir: str | os.PathLike | None = None) -> CharCorpus:
-    """Load character-level tiny Shakespeare from `<data root>/tinyshakespeare/input.txt`.
+def load_shakespeare(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    mirror: str | None = None,
+    checksums: Mapping[str, Checksum] | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+) -> CharCorpus:
+    """Load character-level tiny Shakespeare from `<data root>/tinyshakespeare/input.txt`, downloading it if absent.
 
     Args:
-      data_dir: local data root; None falls back to HSPEC_DATA_DIR.
+      data_dir: local data root; None falls back to HSPEC_DATA_DIR, then to ~/.cache/hspec/data.
+      download: whether to download the file when it is absent.
+      mirror: base URL replacing raw.githubusercontent.com (None: HSPEC_DATA_MIRROR if set).
+      checksums: URL -> Checksum replacing tensorflow-datasets' list.
+      timeout: seconds the download waits for a connection and for each read.
+      progress: show a download progress bar.
 
     Returns:
       The CharCorpus (65 characters, 1,003,854 training and 111,540 validation tokens for the standard file).
 
     Raises:
-      DataNotFoundError: the file is absent (there is no tfds fallback: tfds's tiny_shakespeare splits differ).
+      DataNotFoundError: the file is absent and downloading is disabled (there is no tfds fallback:
+        tfds's tiny_shakespeare splits differ); DownloadError (a subclass) when the download failed.
+      DataCorruptError: the file is not UTF-8 text.
     """
     root = resolve_data_dir(data_dir)
-    path = None if root is None else root / SHAKESPEARE_FILE
-    if path is None or not path.is_file():
-        where = f"not found at {path}" if path is not None else f"no data directory given (--data-dir or {ENV_DATA_DIR})"
+    path = root / SHAKESPEARE_FILE
+    if not path.is_file() and download:
+        fetch("tinyshakespeare", root, mirror=mirror, checksums=checksums, timeout=timeout, progress=progress)
+    if not path.is_file():
         raise DataNotFoundError(
-            f"tiny Shakespeare: {where}. Set --data-dir/{ENV_DATA_DIR} to a directory containing "
-            f"{SHAKESPEARE_FILE} (download it from {SHAKESPEARE_URL})."
+            f"tiny Shakespeare: not found at {path}. Set --data-dir/{ENV_DATA_DIR} to a directory containing "
+            f"{SHAKESPEARE_FILE} (download it from {SHAKESPEARE_URL}), or allow the download into it (download=True; "
+            f"network or {ENV_MIRROR} needed; disabled here)."
         )
-    return char_corpus(path.read_text(encoding="utf-8"), source=str(path))
+    with reading(path):
+        text = path.read_text(encoding="utf-8")
+    return char_corpus(text, source=str(path))
