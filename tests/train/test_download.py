@@ -10,6 +10,7 @@ import functools
 import hashlib
 import http.server
 import io
+import os
 import socket
 import tarfile
 import threading
@@ -61,7 +62,8 @@ def serve(directory):
             pass  # keep the test output to the test's own
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(directory)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    # A short poll interval: shutdown() waits for one poll.
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", requests
@@ -91,6 +93,12 @@ def sha256(path) -> str:
 
 def files_under(root) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in Path(root).rglob("*"))
+
+
+def umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # ------------------------------------------------------------------------------- checksum lists
@@ -139,6 +147,8 @@ def test_mnist_download_matches_the_shared_files_and_happens_once(tmp_path):
         assert files_under(root) == ["mnist"] + sorted(f"mnist/{f}" for f in SHARED_MNIST)
         for f, (size, digest) in SHARED_MNIST.items():
             assert (root / "mnist" / f).stat().st_size == size and sha256(root / "mnist" / f) == digest
+            # Readable as any file the user writes (the umask's permissions), not private like a temp file.
+            assert (root / "mnist" / f).stat().st_mode & 0o777 == 0o666 & ~umask()
         again = data.load("mnist", root, allow_tfds=False, mirror=base, checksums=MNIST_TABLE, progress=False)
         assert len(requests) == 4  # the second run downloads nothing
         # A file lost later is fetched alone.
@@ -253,7 +263,8 @@ def _tar(path, members):
 @needs_shared
 def test_cifar10_binary_archive_download_matches_the_npz(tmp_path):
     with np.load(SHARED / "cifar10" / "cifar10_subset.npz") as z:
-        x_train, y_train, x_test, y_test, names = (z[k] for k in ("x_train", "y_train", "x_test", "y_test", "label_names"))
+        x_train, y_train, x_test, y_test = (z[k] for k in ("x_train", "y_train", "x_test", "y_test"))
+        names = z["label_names"]
     top = "cifar-10-batches-bin"
     members = {f"{top}/data_batch_{i + 1}.bin": _cifar_rows(x_train[800 * i: 800 * (i + 1)],
                                                            y_train[800 * i: 800 * (i + 1)]).tobytes() for i in range(5)}
@@ -274,6 +285,7 @@ def test_cifar10_binary_archive_download_matches_the_npz(tmp_path):
     assert requests == ["/cifar10/cifar-10-binary.tar.gz"]
     # The downloaded archive is gone once extracted; the folder holds exactly the archive's files.
     assert files_under(root) == ["cifar10", f"cifar10/{top}"] + sorted(f"cifar10/{m}" for m in members)
+    assert (root / "cifar10" / top).stat().st_mode & 0o777 == 0o777 & ~umask()
     ref = data.load("cifar10", SHARED)
     for field in ("x_train", "y_train", "x_test", "y_test", "mean", "std"):
         np.testing.assert_array_equal(getattr(ds, field), getattr(ref, field), err_msg=field)

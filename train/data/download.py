@@ -35,10 +35,10 @@ import os
 import posixpath
 import shutil
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
@@ -190,17 +190,28 @@ def _stream(url: str, out: BinaryIO, *, timeout: float, progress: bool, label: s
             raise DownloadError(f"{url}: no answer within {timeout:g} s") from None
         raise DownloadError(f"{url}: cannot connect ({err.reason})") from None
     except TimeoutError:
-        raise DownloadError(f"{url}: no answer within {timeout:g} s (after {n} bytes)") from None
+        after = f" (after {n} of its bytes)" if n else ""
+        raise DownloadError(f"{url}: no answer within {timeout:g} s{after}") from None
     except (OSError, http.client.HTTPException) as err:
         raise DownloadError(f"{url}: the download failed after {n} bytes ({type(err).__name__}: {err})") from None
     return n, sha.hexdigest()
 
 
+def _part_name(folder: Path, name: str) -> Path:
+    """A fresh hidden name beside `folder/name` for a file or folder still being written."""
+    return folder / f".{name}.{uuid.uuid4().hex[:12]}.part"
+
+
 def _temp_beside(dest: Path) -> tuple[int, str]:
-    """A new temporary file in dest's folder (created if need be), so that the final rename is atomic."""
+    """A new temporary file in dest's folder (created if need be), so that the final rename is atomic.
+
+    Not tempfile.mkstemp: its files are private (0600), and the data directory may be shared; os.open
+    with 0o666 gives the permissions the user's umask asks for.
+    """
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        tmp = _part_name(dest.parent, dest.name)
+        return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), str(tmp)
     except OSError as err:
         raise DownloadError(f"cannot write into {dest.parent} ({err.strerror or err})") from None
 
@@ -228,7 +239,10 @@ def download_file(url: str, dest: str | os.PathLike, expected: Checksum, *, time
     fd, tmp = _temp_beside(dest)
     try:
         with os.fdopen(fd, "wb") as out:
-            n, digest = _stream(url, out, timeout=timeout, progress=progress, label=dest.name, size=expected.size)
+            label = f"{dest.parent.name}/{dest.name}"
+            n, digest = _stream(url, out, timeout=timeout, progress=progress, label=label, size=expected.size)
+            out.flush()
+            os.fsync(out.fileno())  # the bytes are on disk before the name says the file is complete
         if digest != expected.sha256.lower() or (expected.size is not None and n != expected.size):
             raise DownloadError(
                 f"{url}: the download does not match its checksum: got {n} bytes with sha256 {digest}, expected "
@@ -273,8 +287,9 @@ def extract_archive(archive: str | os.PathLike, folder: str | os.PathLike, top: 
         nothing is left in `folder`.
     """
     archive, folder = Path(archive), Path(folder)
+    tmp = _part_name(folder, top)
     try:
-        tmp = Path(tempfile.mkdtemp(dir=folder, prefix=f".{top}.", suffix=".part"))
+        tmp.mkdir()  # not tempfile.mkdtemp, whose 0700 would become the extracted folder's permissions
     except OSError as err:
         raise DownloadError(f"cannot extract {archive} into {folder} ({err.strerror or err})") from None
     try:

@@ -216,7 +216,8 @@ def _read_names(path: Path, k: int) -> tuple[str, ...] | None:
     """Class names, one per line, from an archive's text file; None if absent or not k names."""
     if not path.is_file():
         return None
-    names = tuple(line.strip() for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip())
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    names = tuple(line.strip() for line in lines if line.strip())
     return names if len(names) == k else None
 
 
@@ -400,7 +401,8 @@ def _expected_files(name: str) -> str:
 
 def not_found_message(name: str, root: Path, tfds_data_dir, allow_tfds: bool, download: bool = False) -> str:
     """The DataNotFoundError message: where we looked and the ways to provide the data."""
-    msg = f"{name}: not found in {root}. Set --data-dir/{ENV_DATA_DIR} to a directory containing {_expected_files(name)}"
+    msg = (f"{name}: not found in {root}. Set --data-dir/{ENV_DATA_DIR} to a directory containing "
+           f"{_expected_files(name)}")
     if name in SOURCES and not download:
         msg += f", or allow the download into it (download=True; network or {ENV_MIRROR} needed; disabled here)"
     if name in TFDS_NAMES:
