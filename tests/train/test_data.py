@@ -144,24 +144,119 @@ def test_missing_data_error_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.delenv("HSPEC_DATA_DIR", raising=False)
     t = time.perf_counter()
     with pytest.raises(data.DataNotFoundError) as err:
-        data.load("mnist", tmp_path, tfds_data_dir=tmp_path / "tfds")
+        data.load("mnist", tmp_path, tfds_data_dir=tmp_path / "tfds", download=False)
     assert time.perf_counter() - t < 20  # no offline download retries
     msg = str(err.value)
-    assert isinstance(err.value, FileNotFoundError)
+    assert isinstance(err.value, FileNotFoundError) and isinstance(err.value, data.DataError)
     for part in ("HSPEC_DATA_DIR", "mnist/train-images-idx3-ubyte.gz", "pip install 'hspec[tfds-prepare]'",
-                 "tfds.builder('mnist').download_and_prepare(file_format='array_record')", str(tmp_path)):
+                 "tfds.builder('mnist').download_and_prepare(file_format='array_record')", str(tmp_path),
+                 "allow the download into it (download=True; network or HSPEC_DATA_MIRROR needed; disabled here)"):
         assert part in msg, part
     with pytest.raises(data.DataNotFoundError, match="no tfds version"):
         data.load("avila", tmp_path)
     with pytest.raises(data.DataNotFoundError, match="tinyshakespeare/input.txt"):
-        data.load_shakespeare(tmp_path)
+        data.load_shakespeare(tmp_path, download=False)
     with pytest.raises(ValueError, match="valid names"):
         data.load("svhn", tmp_path)
+    assert list(tmp_path.iterdir()) == []  # looking created nothing
+
+
+def test_data_directory_defaults_to_the_user_cache(tmp_path, monkeypatch):
+    monkeypatch.delenv("HSPEC_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.resolve_data_dir() == tmp_path / "xdg" / "hspec" / "data"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # the XDG spec says to ignore a relative path
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.resolve_data_dir() == tmp_path / "home" / ".cache" / "hspec" / "data"
+    monkeypatch.setenv("HSPEC_DATA_DIR", str(tmp_path / "env"))
+    assert data.resolve_data_dir() == tmp_path / "env"
+    assert data.resolve_data_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+def test_tfds_probe_prints_no_absl_warning(tmp_path, monkeypatch, caplog, capfd):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    import logging
+
+    monkeypatch.delenv("HSPEC_DATA_DIR", raising=False)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    # The probe alone warns (so this test can fail) ...
+    with caplog.at_level(logging.WARNING):
+        tfds.builder("mnist", data_dir=str(tmp_path / "tfds")).is_prepared()
+    assert any("has no dataset_info.json" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    capfd.readouterr()
+    # ... and our load, which probes the same way, does not.
+    with caplog.at_level(logging.WARNING), pytest.raises(data.DataNotFoundError):
+        data.load("mnist", tmp_path, tfds_data_dir=tmp_path / "tfds", download=False)
+    assert [r.getMessage() for r in caplog.records if r.name == "absl"] == []
+    assert "dataset_info.json" not in capfd.readouterr().err
+    assert absl.level == level
+
+
+# --------------------------------------------------------------------------------- damaged files
+def _tiny_mnist(root, n=5):
+    """A tiny MNIST layout under root/mnist; returns the folder."""
+    rng = np.random.default_rng(2)
+    (root / "mnist").mkdir(parents=True)
+    for s in ("train", "t10k"):
+        _write_idx(root / "mnist" / f"{s}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        _write_idx(root / "mnist" / f"{s}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    return root / "mnist"
+
+
+@pytest.mark.parametrize("damage, what", [
+    (lambda b: b[: len(b) // 2], "EOFError: Compressed file ended before the end-of-stream marker was reached"),
+    (lambda b: b"not gzip at all", "BadGzipFile: Not a gzipped file (b'no')"),
+    (lambda b: gzip.compress(b"\x00\x00\x08\x01" + struct.pack(">I", 9) + bytes(5)),
+     "ValueError: the header says (9,) but the file holds 5 values"),
+])
+def test_damaged_local_file_is_named_and_kept(tmp_path, damage, what):
+    folder = _tiny_mnist(tmp_path)
+    path = folder / "train-labels-idx1-ubyte.gz"
+    path.write_bytes(damage(path.read_bytes()))
+    before = path.read_bytes()
+    with pytest.raises(data.DataCorruptError) as err:
+        # A refusing mirror: the damaged file must not be replaced by a download either.
+        data.load("mnist", tmp_path, allow_tfds=False, mirror="http://127.0.0.1:9")
+    assert str(err.value) == (f"{path} is damaged or incomplete ({what}). Delete it and run again to download it "
+                              f"afresh, or put a good copy in its place.")
+    assert isinstance(err.value, data.DataError) and not isinstance(err.value, FileNotFoundError)
+    assert path.read_bytes() == before  # never deleted or rewritten for the user
+
+
+def test_damaged_cifar_binary_and_text_files(tmp_path):
+    folder = tmp_path / "cifar10" / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    row = np.zeros(3073, np.uint8).tobytes()
+    for f in [f"data_batch_{i}.bin" for i in range(1, 6)]:
+        (folder / f).write_bytes(row * 2)
+    with pytest.raises(data.DataCorruptError) as err:
+        data.load("cifar10", tmp_path, allow_tfds=False, download=False)
+    assert str(err.value) == (f"{folder} is incomplete: it lacks test_batch.bin. Delete the folder and run again to "
+                              f"download it afresh.")
+    (folder / "test_batch.bin").write_bytes(row + row[:100])
+    with pytest.raises(data.DataCorruptError) as err:
+        data.load("cifar10", tmp_path, allow_tfds=False, download=False)
+    assert str(err.value).startswith(f"{folder / 'test_batch.bin'} is damaged or incomplete: its 3173 bytes are "
+                                     f"not a whole number of 3073-byte CIFAR rows.")
+    (tmp_path / "tinyshakespeare").mkdir()
+    (tmp_path / "tinyshakespeare" / "input.txt").write_bytes(b"First \xff\xfe Citizen")
+    with pytest.raises(data.DataCorruptError, match=r"input.txt is damaged or incomplete \(UnicodeDecodeError"):
+        data.load_shakespeare(tmp_path, download=False)
+    (tmp_path / "cifar100").mkdir()
+    (tmp_path / "cifar100" / "cifar100.npz").write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(data.DataCorruptError) as err:
+        data.load("cifar100", tmp_path, allow_tfds=False, download=False)
+    assert str(err.value).startswith(f"{tmp_path / 'cifar100' / 'cifar100.npz'} is damaged or incomplete (")
+    assert str(err.value).endswith("Replace it with a good copy, or delete it to have the binary archive downloaded "
+                                   "instead.")
 
 
 def test_tfds_mock_path(tmp_path, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     monkeypatch.delenv("HSPEC_DATA_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # an empty default data directory: tfds is the source
     # mock_data serves fake examples but leaves is_prepared() False; pretend the data was prepared.
     with tfds.testing.mock_data(num_examples=6), \
             mock.patch.object(tfds.core.DatasetBuilder, "is_prepared", return_value=True):
