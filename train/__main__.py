@@ -27,6 +27,9 @@ import sys
 from train import config as config_lib
 from train import presets
 
+DATA_DIR_HELP = ("data directory (default: env HSPEC_DATA_DIR, else ~/.cache/hspec/data; missing MNIST, Fashion-MNIST "
+                 "and CIFAR files are downloaded there on first use, checked against tensorflow-datasets' "
+                 "checksums; HSPEC_DATA_MIRROR=<base URL> replaces the public hosts)")
 EPILOG = """examples:
   python -m train                                     the default 10-minute CPU run into runs/default
   python -m train --preset lenet-mnist-adam --out runs/adam --set epochs=5
@@ -42,7 +45,7 @@ def _train_parser() -> argparse.ArgumentParser:
                                 epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", help="a preset name (default: 'default'; see --list-presets)")
     p.add_argument("--out", help="output directory (default: runs/<preset>)")
-    p.add_argument("--data-dir", help="data directory (default: env HSPEC_DATA_DIR)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable); 'key=value' positionals work too")
@@ -61,7 +64,7 @@ def _spectrum_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a run directory or its checkpoints/epoch_N directory")
     p.add_argument("--epoch", type=int, help="which epoch of a run directory (default: the newest)")
     p.add_argument("--out", help="output directory (default: <run>/spectra/epoch_<N>)")
-    p.add_argument("--data-dir", help="data directory (default: the run's, or env HSPEC_DATA_DIR)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help=f"change a spectrum field: {', '.join(config_lib.SPECTRUM_FIELDS)}")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
@@ -152,27 +155,31 @@ def main(argv: list[str] | None = None) -> int:
     Returns:
         The exit status.
     """
-    from train.checkpoint import CheckpointError
-
     argv = sys.argv[1:] if argv is None else argv
     try:
         if argv and argv[0] == "spectrum":
             return _main_spectrum(argv[1:])
         return _main_train(argv)
-    except (config_lib.ConfigError, CheckpointError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except Exception as err:
-        from train.loop import NonFiniteLossError
-        from train.run import OutputDirError
+        status = _exit_status(err)
+        if status is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return status
 
-        if isinstance(err, OutputDirError):
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        if isinstance(err, NonFiniteLossError):
-            print(f"error: {err}", file=sys.stderr)
-            return 3
-        raise
+
+def _exit_status(err: Exception) -> int | None:
+    """2 for bad input (config, data, output directory, checkpoint), 3 for a non-finite loss, else None."""
+    from train.checkpoint import CheckpointError
+    from train.data.dataset import DataError
+    from train.loop import NonFiniteLossError
+    from train.rundir import OutputDirError
+
+    if isinstance(err, NonFiniteLossError):
+        return 3
+    if isinstance(err, (config_lib.ConfigError, CheckpointError, DataError, FileNotFoundError, OutputDirError)):
+        return 2
+    return None
 
 
 if __name__ == "__main__":

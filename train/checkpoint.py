@@ -34,6 +34,10 @@ class CheckpointError(RuntimeError):
     """A checkpoint cannot be written or does not match the run that reads it."""
 
 
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint could not be written (full disk, lost permissions); nothing of it is left behind."""
+
+
 class CorruptCheckpointError(CheckpointError):
     """A checkpoint on disk cannot be read or its contents changed since it was written."""
 
@@ -137,10 +141,34 @@ def save(ckpt_dir: str | os.PathLike, epoch: int, tree: Any, meta: dict[str, Any
     arrays = {f"leaf_{i:06d}": a for i, a in enumerate(leaves)}
     full_meta = dict(meta, epoch=epoch, digest=tree_digest(leaves), paths=_leaf_paths(tree), format=FORMAT)
     json.dumps(full_meta)  # fail before writing anything if meta is not JSON
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-        ckptr.save(path.absolute(), args=ocp.args.Composite(
-            state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(full_meta)))
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            ckptr.save(path.absolute(), args=ocp.args.Composite(
+                state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(full_meta)))
+    except Exception as err:  # orbax wraps the OSError in several layers; report the root cause once
+        _remove_partial(Path(ckpt_dir), path)
+        raise CheckpointWriteError(f"could not write checkpoint {path.name} in {Path(ckpt_dir)}: "
+                                   f"{_root_cause(err)}") from None
     return path
+
+
+def _root_cause(err: BaseException) -> str:
+    """The innermost exception of a chain, as 'Type: message' (e.g. the OSError of a full disk)."""
+    seen = set()
+    while (err.__cause__ or err.__context__) is not None and id(err) not in seen:
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    if isinstance(err, OSError) and err.strerror:
+        return f"{err.strerror} (errno {err.errno})"
+    return f"{type(err).__name__}: {err}"
+
+
+def _remove_partial(ckpt_dir: Path, path: Path) -> None:
+    """Delete what a failed save left: its temporary directory, or an incomplete final one."""
+    shutil.rmtree(path, ignore_errors=True)
+    for p in ckpt_dir.iterdir() if ckpt_dir.is_dir() else ():
+        if _TMP.match(p.name):
+            shutil.rmtree(p, ignore_errors=True)
 
 
 def read_meta(path: str | os.PathLike) -> dict[str, Any]:

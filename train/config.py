@@ -26,7 +26,8 @@ import types
 import typing
 from typing import Any, Mapping
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "avila")
+from train.catalog import DATASETS, NUM_CLASSES, OPTIMIZERS, PAPER_WEIGHT_DECAY
+
 MODELS = ("lenet5", "fcn", "resnet18", "linear")
 # Which config fields each model reads; a field set for a model that ignores it is an error, so that
 # an override never silently does nothing.
@@ -36,8 +37,6 @@ MODEL_FIELDS = {
     "fcn": ("depth", "width", "activation"),
     "linear": ("depth", "width", "activation", "batchnorm"),
 }
-# Classes per dataset, needed by the Hessian-sample rank rule before the data are loaded.
-NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "avila": 12}
 
 
 class ConfigError(ValueError):
@@ -69,7 +68,7 @@ class Config:
     # optimisation
     optimizer: str = "sgd"
     learning_rate: float | None = None  # None: the paper's rate, train.optim.paper_learning_rate
-    weight_decay: float = 5e-4
+    weight_decay: float = PAPER_WEIGHT_DECAY
     batch_size: int = 128
     epochs: int | None = 3
     max_steps: int | None = None  # stop after this many steps (fixed-iteration sweeps)
@@ -310,9 +309,7 @@ def _validate_model(cfg: Config) -> None:
 
 def _validate_optim(cfg: Config) -> None:
     """Checks of the optimisation fields."""
-    from train import optim  # lazily: the config module must import without JAX
-
-    _require(cfg.optimizer in optim.NAMES, f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(optim.NAMES)}")
+    _require(cfg.optimizer in OPTIMIZERS, f"unknown optimizer {cfg.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
     _require(cfg.learning_rate is None or cfg.learning_rate > 0, f"learning_rate must be > 0, got {cfg.learning_rate}")
     _require(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
     _require(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
@@ -330,19 +327,13 @@ def _validate_optim(cfg: Config) -> None:
 
 def _validate_spectrum(cfg: Config) -> None:
     """Checks of the spectrum fields, including the Hessian-sample rank rule."""
-    _require(cfg.k >= 1, f"k must be >= 1, got {cfg.k}")
+    _require(cfg.k >= 2, f"k must be >= 2 (a power-law fit needs at least two eigenvalues), got {cfg.k}")
     _require(cfg.hessian_samples >= 1, f"hessian_samples must be >= 1, got {cfg.hessian_samples}")
     _require(cfg.hessian_batch_size >= 1, f"hessian_batch_size must be >= 1, got {cfg.hessian_batch_size}")
-    _require(cfg.trace_samples >= 1, f"trace_samples must be >= 1, got {cfg.trace_samples}")
+    _require(cfg.trace_samples >= 2,
+             f"trace_samples must be >= 2 (the trace's standard error needs two probes), got {cfg.trace_samples}")
     _require(cfg.max_lanczos_steps is None or cfg.lanczos_steps is None or cfg.max_lanczos_steps >= cfg.lanczos_steps,
              f"max_lanczos_steps ({cfg.max_lanczos_steps}) must be >= lanczos_steps ({cfg.lanczos_steps})")
-    _require(cfg.lanczos_steps is None or cfg.lanczos_steps > cfg.k,
-             f"lanczos_steps ({cfg.lanczos_steps}) must exceed k ({cfg.k}); leave it unset for max(3k, k + 100)")
-    rank = cfg.hessian_samples * (NUM_CLASSES[cfg.dataset] - 1)
-    _require(rank >= 2 * cfg.k,
-             f"hessian_samples={cfg.hessian_samples} on {NUM_CLASSES[cfg.dataset]} classes bounds the "
-             f"Gauss-Newton rank by {rank}, too close to k={cfg.k}: use hessian_samples >= "
-             f"{math.ceil(2 * cfg.k / (NUM_CLASSES[cfg.dataset] - 1))} or a smaller k")
     if cfg.epochs is not None:
         late = [e for e in cfg.spectrum_epochs if not 1 <= e <= cfg.epochs]
         _require(not late, f"spectrum_epochs {late} lie outside 1..epochs={cfg.epochs}")
@@ -367,6 +358,27 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def check_against_model(cfg: Config, num_params: int) -> None:
+    """The spectrum fields against the model's size: K and the Lanczos steps first (the hard limit,
+    the number of parameters), then the Hessian sample's rank rule (see the module docstring).
+
+    Raises:
+        ConfigError: naming the limit and the fix.
+    """
+    _require(cfg.k <= num_params, f"k={cfg.k} exceeds the model's {num_params} parameters (the Hessian has "
+                                  f"{num_params} eigenvalues); use k <= {num_params}")
+    _require(cfg.lanczos_steps is None or cfg.lanczos_steps <= num_params,
+             f"lanczos_steps={cfg.lanczos_steps} exceeds the model's {num_params} parameters (the Krylov dimension "
+             f"cannot); use lanczos_steps <= {num_params} or leave it unset")
+    _require(cfg.lanczos_steps is None or cfg.lanczos_steps > cfg.k,
+             f"lanczos_steps ({cfg.lanczos_steps}) must exceed k ({cfg.k}); leave it unset for max(3k, k + 100)")
+    classes = NUM_CLASSES[cfg.dataset]
+    rank = cfg.hessian_samples * (classes - 1)
+    _require(rank >= 2 * cfg.k,
+             f"hessian_samples={cfg.hessian_samples} on {classes} classes bounds the Gauss-Newton rank by {rank}, "
+             f"too close to k={cfg.k}: use hessian_samples >= {math.ceil(2 * cfg.k / (classes - 1))} or a smaller k")
+
+
 def resolve(cfg: Config, num_params: int | None = None) -> Config:
     """Validate and fill the rule-valued fields (learning rate, Lanczos steps, augmentation, activation).
 
@@ -387,12 +399,12 @@ def resolve(cfg: Config, num_params: int | None = None) -> Config:
 
     steps = cfg.lanczos_steps
     if num_params is not None:
-        _require(cfg.k <= num_params, f"k={cfg.k} exceeds the model's {num_params} parameters; use k <= {num_params}")
-        _require(steps is None or steps <= num_params,
-                 f"lanczos_steps={steps} exceeds the model's {num_params} parameters (the Krylov dimension "
-                 f"cannot); use lanczos_steps <= {num_params} or leave it unset")
+        check_against_model(cfg, num_params)
     if steps is None:
-        steps = default_num_steps(cfg.k, num_params if num_params is not None else 2**62)
+        steps = default_num_steps(cfg.k, num_params)  # num_params None: no bound yet
+    _require(cfg.max_lanczos_steps is None or cfg.max_lanczos_steps >= steps,
+             f"max_lanczos_steps={cfg.max_lanczos_steps} is below the {steps} Lanczos steps the run starts with; "
+             f"use max_lanczos_steps >= {steps} or leave it unset (4x lanczos_steps)")
     lr = cfg.learning_rate
     if lr is None:
         lr = float(optim.paper_learning_rate(cfg.optimizer, cfg.dataset))

@@ -14,7 +14,29 @@ from flax import nnx
 
 from train.loop import cross_entropy
 
-__all__ = ["loss_fn_from_model", "hessian_batches"]
+__all__ = ["hessian_loss", "loss_fn_from_model", "hessian_batches"]
+
+
+def hessian_loss(eval_def: nnx.GraphDef, rest: nnx.State) -> Callable:
+    """The Hessian loss of a split model: mean cross-entropy in evaluation mode, no weight decay (METHOD.md §1).
+
+    The training pipeline holds its model split already (`train.loop.split_model`), so nothing is cloned
+    or split again here.
+
+    Args:
+      eval_def: the evaluation-mode graph definition (BatchNorm running statistics, no dropout).
+      rest: the non-parameter state (BatchNorm statistics), held fixed.
+
+    Returns:
+      ``loss_fn(params, (x, y))``, the mean cross-entropy of the model with parameters ``params``.
+    """
+
+    def loss_fn(p, batch):
+        x, y = batch
+        # Evaluation mode mutates nothing, so merging without a copy is safe under tracing.
+        return jnp.mean(cross_entropy(nnx.merge(eval_def, p, rest)(x), y))
+
+    return loss_fn
 
 
 def loss_fn_from_model(model: nnx.Module) -> tuple[Callable, nnx.State]:
@@ -32,13 +54,7 @@ def loss_fn_from_model(model: nnx.Module) -> tuple[Callable, nnx.State]:
     frozen = nnx.clone(model)
     frozen.eval()
     graphdef, params, rest = nnx.split(frozen, nnx.Param, ...)
-
-    def loss_fn(p, batch):
-        x, y = batch
-        # Evaluation mode mutates nothing, so merging without a copy is safe under tracing.
-        return jnp.mean(cross_entropy(nnx.merge(graphdef, p, rest)(x), y))
-
-    return loss_fn, params
+    return hessian_loss(graphdef, rest), params
 
 
 def hessian_batches(x, y, batch_size: int) -> list[tuple]:

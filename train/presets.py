@@ -16,10 +16,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
+from train.catalog import OPTIMIZERS, PAPER_WEIGHT_DECAY
 from train.config import Config, ConfigError
 
-OPTIMIZERS = ("sgd", "vanilla_sgd", "adam", "amsgrad", "adabound", "yogi", "radam", "diffgrad", "adai",
-              "pnm", "lookahead")
 _DATASET_SLUG = {"mnist": "mnist", "fashion_mnist": "fashion-mnist", "cifar10": "cifar10", "cifar100": "cifar100"}
 _PAPER_EPOCHS = {"mnist": 50, "fashion_mnist": 200, "cifar10": 200, "cifar100": 200}
 # The paper's CIFAR schedules name epochs; MNIST-like ones drop at 40% and 80% of training.
@@ -31,7 +30,7 @@ FCN_WIDTHS = (10, 20, 30, 40, 50, 60, 70, 80, 90, 100)
 # Checkpoint spectra of the reference run, METHOD.md §5 (50, the last epoch, is the final spectrum).
 REFERENCE_SPECTRUM_EPOCHS = (1, 2, 3, 10, 20, 30)
 
-_PAPER = dict(batch_size=128, weight_decay=5e-4, learning_rate=None, k=1000, hessian_samples=1000,
+_PAPER = dict(batch_size=128, weight_decay=PAPER_WEIGHT_DECAY, learning_rate=None, k=1000, hessian_samples=1000,
               lanczos_steps=None, init_control=True)
 
 

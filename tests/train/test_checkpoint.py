@@ -17,7 +17,7 @@ import pytest
 from flax import nnx
 
 from train import checkpoint as ckpt
-from train import loop, models, optim, run
+from train import driver, experiment, loop, models, optim, rundir
 
 
 def _state(seed: int) -> loop.TrainState:
@@ -131,9 +131,9 @@ def _train(cfg, out: Path, *, resume: bool = False, stop_at: int | None = None) 
         if stop_at is not None and line.startswith(f"epoch {stop_at}/"):
             raise _Stop()
 
-    ctx = run.build_context(cfg)
-    run.prepare_out_dir(out, resume=resume)
-    return run.train_epochs(ctx, out, resume=resume, progress=False, echo=echo)
+    exp = experiment.build_experiment(cfg)
+    rundir.ensure_writable(rundir.check_out_dir(out, resume=resume))
+    return driver.train(exp, out, resume=resume, progress=False, echo=echo)
 
 
 def _metrics(out: Path) -> list[dict]:
@@ -180,6 +180,6 @@ def test_non_finite_loss_stops_with_the_last_good_checkpoint_intact(tmp_path, ti
     assert err.value.epoch == 1 and 1 <= err.value.step < 8
     assert err.value.last_checkpoint == str(good) and str(good) in str(err.value)
     assert ckpt.list_epochs(tmp_path / "checkpoints") == [0]
-    ctx = run.build_context(cfg)
-    restored, _ = ckpt.restore(good, ctx.template)
-    _assert_trees_equal(loop.TrainState(*restored), ctx.template)
+    exp = experiment.build_experiment(cfg)
+    restored, _ = ckpt.restore(good, exp.template)
+    _assert_trees_equal(loop.TrainState(*restored), exp.template)

@@ -18,13 +18,14 @@ import optax
 import pytest
 
 from train import checkpoint as ckpt
-from train import loop, presets, run
+from train import experiment, keys, loop, presets
 from train.__main__ import main
 
 from tests.conftest import REPO
 SETTING_KEYS = {"dataset", "model", "depth", "width", "optimizer", "batch_size", "epochs", "train_size", "labels",
-                "label_noise", "trained", "seed", "k", "hessian_samples", "lanczos_steps"}
-FIT_KEYS = {"beta", "sigma", "s", "d_ks", "d_crit", "is_power_law", "k"}
+                "label_noise", "trained", "seed", "k", "hessian_samples", "lanczos_steps", "max_steps"}
+FIT_KEYS = {"beta", "sigma", "s", "d_ks", "d_crit", "is_power_law", "k", "xmin", "lsq_slope", "num_dropped",
+            "num_positive", "positive_fit", "significance"}
 METRIC_KEYS = {"train_loss", "train_acc", "test_loss", "test_acc"}
 
 
@@ -65,7 +66,8 @@ def test_bad_input_is_one_clear_line(capsys, args, fragments):
         assert f in err
 
 
-def test_data_dependent_errors(capsys, tmp_path, data_dir):
+def test_data_dependent_errors(capsys, tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("HSPEC_DATA_MIRROR", "http://127.0.0.1:9")  # a refusing host: no download here
     base = ["--preset", "tiny-fcn-mnist", "--no-progress", "--data-dir", data_dir]
     rc, _, err = _cli(capsys, *base, "--out", tmp_path / "a", "batch_size=1000")
     assert rc == 2 and "batch_size=1000 exceeds train_size=512" in err
@@ -76,13 +78,65 @@ def test_data_dependent_errors(capsys, tmp_path, data_dir):
     rc, _, err = _cli(capsys, *base, "--out", tmp_path / "b", "depth=1", "width=2", "hessian_samples=512", "k=2000",
                       "lanczos_steps=none")
     assert rc == 2 and "k=2000 exceeds the model's 1600 parameters" in err
+    (tmp_path / "empty").mkdir()
     rc, _, err = _cli(capsys, "--preset", "tiny-fcn-mnist", "--data-dir", tmp_path / "empty", "--out", tmp_path / "c")
     assert rc == 2 and "mnist" in err and "Traceback" not in err
+    assert not (tmp_path / "c").exists(), "a run that failed before it started left its --out directory behind"
     (tmp_path / "file").write_text("x")
     rc, _, err = _cli(capsys, *base, "--out", tmp_path / "file" / "sub")
     assert rc == 2 and "cannot write to the output directory" in err
     rc, _, err = _cli(capsys, *base, "--out", tmp_path / "d", "--resume")
     assert rc == 2 and "holds no checkpoint to resume from" in err
+
+
+@pytest.mark.parametrize("override,fragments", [
+    ("k=1", ["k must be >= 2"]),
+    ("trace_samples=1", ["trace_samples must be >= 2"]),
+    ("lanczos_steps=10", ["lanczos_steps (10) must exceed k (10)"]),
+    ("max_lanczos_steps=20", ["max_lanczos_steps (20) must be >= lanczos_steps (40)"]),
+    ("lanczos_steps=none max_lanczos_steps=50", ["max_lanczos_steps=50 is below the 110 Lanczos steps"]),
+    ("hessian_samples=600", ["hessian_samples=600 exceeds train_size=512"]),
+    ("spectrum_epochs=3", ["spectrum_epochs [3] lie outside 1..epochs=1"]),
+    # The tiny FCN has 784*16 + 16 + 16*16 + 16 + 16*10 + 10 = 13,002 parameters: the real limit comes first.
+    ("k=20000", ["k=20000 exceeds the model's 13002 parameters", "use k <= 13002"]),
+])
+def test_every_bad_spectrum_field_is_refused_before_training(capsys, tmp_path, data_dir, override, fragments):
+    out = tmp_path / "run"
+    rc, stdout, err = _cli(capsys, "--preset", "tiny-fcn-mnist", "--data-dir", data_dir, "--out", out,
+                           "--no-progress", *override.split())
+    assert rc == 2 and err.startswith("error: ") and "Traceback" not in err, err
+    for f in fragments:
+        assert f in err
+    assert "epoch 1/" not in stdout and not out.exists()
+    if override == "k=20000":
+        assert "Gauss-Newton" not in err and "lanczos_steps" not in err
+
+
+def test_full_disk_while_checkpointing_names_the_directory_and_resumes(capsys, tmp_path, data_dir, monkeypatch):
+    import errno
+
+    import orbax.checkpoint as ocp
+
+    out = tmp_path / "run"
+    real_save = ocp.Checkpointer.save
+
+    def full_disk_at_epoch_2(self, path, *args, **kwargs):
+        if str(path).endswith("epoch_00002"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, path, *args, **kwargs)
+
+    args = ["--preset", "tiny-fcn-mnist", "--data-dir", data_dir, "--no-progress", "epochs=3", "init_control=false"]
+    monkeypatch.setattr(ocp.Checkpointer, "save", full_disk_at_epoch_2)
+    rc, _, err = _cli(capsys, *args, "--out", out)
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    for fragment in ("No space left on device", str(out / "checkpoints"), "epoch_00001, is intact", "--resume"):
+        assert fragment in err
+    assert ckpt.list_epochs(out / "checkpoints") == [0, 1]
+    assert [p.name for p in (out / "checkpoints").iterdir() if "tmp" in p.name] == []
+    monkeypatch.setattr(ocp.Checkpointer, "save", real_save)
+    rc, _, err = _cli(capsys, "--out", out, "--resume", "--no-progress")
+    assert rc == 0, err
+    assert ckpt.list_epochs(out / "checkpoints")[-1] == 3 and (out / "results.json").exists()
 
 
 def _dense_hessian_eigenvalues(out: Path, data_dir) -> tuple[np.ndarray, float]:
@@ -95,9 +149,10 @@ def _dense_hessian_eigenvalues(out: Path, data_dir) -> tuple[np.ndarray, float]:
 
     res = json.loads((out / "results.json").read_text())
     cfg = C.load_json(str(out / "config.json"))
-    ctx = run.build_context(cfg)
-    state, _ = ckpt.restore(res["checkpoint"], ctx.template)
-    ds = data.apply_options(data.load("mnist", data_dir), train_size=cfg.train_size, seed=cfg.seed)
+    exp = experiment.build_experiment(cfg)
+    state, _ = ckpt.restore(res["checkpoint"], exp.template)
+    ds = data.apply_options(data.load("mnist", data_dir), train_size=cfg.train_size,
+                            key=keys.run_keys(cfg.seed).data_options)
     idx = np.asarray(res["hessian_sample"]["indices"])
     x, y = ds.x_train[idx].astype(np.float64), ds.y_train[idx]
     with jax.enable_x64():
@@ -105,11 +160,29 @@ def _dense_hessian_eigenvalues(out: Path, data_dir) -> tuple[np.ndarray, float]:
         flat, unravel = ravel_pytree(params64)
 
         def loss(v):
-            model = loop.merge(ctx.fm.eval_def, unravel(v), state[1])
+            model = loop.merge(exp.fm.eval_def, unravel(v), state[1])
             return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
         h = np.asarray(jax.jit(jax.hessian(loss))(flat))
     return np.linalg.eigvalsh(h)[::-1], float(np.trace(h))
+
+
+def _assert_fit_recomputes(fit: dict, verdict: str, eig: np.ndarray) -> None:
+    """The fit block, recomputed from the written eigenvalues (METHOD.md §3), on whichever path it took."""
+    k = len(eig)
+    np.testing.assert_allclose(fit["d_crit"], 1.36 / math.sqrt(k), rtol=1e-12)
+    positive = eig[eig > 0]
+    assert fit["num_positive"] == len(positive)
+    if len(positive) == k:  # defined: the MLE over all K
+        np.testing.assert_allclose(fit["beta"], 1 + k / np.sum(np.log(eig / eig[-1])), rtol=1e-9)
+        assert fit["positive_fit"] is None and fit["is_power_law"] == (fit["d_ks"] < fit["d_crit"])
+        return
+    # Undefined: the same keys, numbers null, no power law, the fit over the positive values beside it.
+    assert all(fit[key] is None for key in ("beta", "sigma", "s", "d_ks", "xmin", "lsq_slope"))
+    assert fit["is_power_law"] is False and verdict.startswith("no power law (non-positive eigenvalues")
+    if len(positive) >= 2:
+        want = 1 + len(positive) / np.sum(np.log(positive / positive[-1]))
+        np.testing.assert_allclose(fit["positive_fit"]["beta"], want, rtol=1e-9)
 
 
 def test_tiny_run_writes_every_field_and_matches_the_dense_hessian(capsys, tmp_path, data_dir):
@@ -124,7 +197,8 @@ def test_tiny_run_writes_every_field_and_matches_the_dense_hessian(capsys, tmp_p
     assert [m["epoch"] for m in metrics] == [0, 1, 2]
     for where, epoch, trained in ((out, 2, True), (out / "init", 0, False), (out / "epochs" / "1", 1, True)):
         res = json.loads((where / "results.json").read_text())
-        assert SETTING_KEYS <= set(res["setting"]) and FIT_KEYS <= set(res["fit"])
+        assert SETTING_KEYS <= set(res["setting"]) and FIT_KEYS == set(res["fit"])
+        assert res["schema_version"] == 2 and res["keys"]["streams"]["lanczos_start"] == 5
         assert METRIC_KEYS <= set(res["metrics"]) and {"lambda_max", "trace"} <= set(res["sharpness"])
         assert {"verdict", "eigengap_fit", "timing", "hspec_version", "spectrum"} <= set(res)
         s = res["setting"]
@@ -134,10 +208,7 @@ def test_tiny_run_writes_every_field_and_matches_the_dense_hessian(capsys, tmp_p
         eig = np.asarray(res["spectrum"]["eigenvalues"])
         assert len(eig) == 10 and np.all(np.diff(eig) <= 0)
         assert (where / "spectrum.png").stat().st_size > 1000
-        if eig[-1] > 0:  # the fit, recomputed from the written eigenvalues (METHOD.md §3)
-            beta = 1 + 10 / np.sum(np.log(eig / eig[-1]))
-            np.testing.assert_allclose(res["fit"]["beta"], beta, rtol=1e-9)
-            np.testing.assert_allclose(res["fit"]["d_crit"], 1.36 / math.sqrt(10), rtol=1e-12)
+        _assert_fit_recomputes(res["fit"], res["verdict"], eig)
     final = json.loads((out / "results.json").read_text())
     dense, trace = _dense_hessian_eigenvalues(out, data_dir)
     np.testing.assert_allclose(final["spectrum"]["eigenvalues"], dense[:10], rtol=2e-4, atol=1e-6)

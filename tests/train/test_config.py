@@ -71,8 +71,6 @@ def test_assignment_without_equals_is_an_error():
     ({"epochs": None}, "set epochs or max_steps"),
     ({"lr_drop_fractions": (0.4, 1.0)}, "strictly between 0 and 1"),
     ({"spectrum_epochs": (5,)}, "outside 1..epochs=3"),
-    ({"k": 10, "lanczos_steps": 10}, "must exceed k"),
-    ({"hessian_samples": 20, "k": 100}, "Gauss-Newton rank by 180"),
     ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"model": "resnet18"}, "CIFAR"),
     ({"train_size": 600}, "hessian_samples=1000 exceeds train_size=600"),
@@ -97,6 +95,17 @@ def test_resolve_applies_the_written_rules():
     assert C.resolve(C.Config()).augment is False
     assert C.resolve(C.Config(model="fcn", depth=1, width=5)).activation == "relu"
     assert C.resolve(C.Config(learning_rate=0.3)).learning_rate == 0.3
+
+
+@pytest.mark.parametrize("changes,fragment", [
+    ({"k": 10, "lanczos_steps": 10}, r"lanczos_steps \(10\) must exceed k \(10\)"),
+    ({"hessian_samples": 20, "k": 100}, "Gauss-Newton rank by 180"),
+    ({"k": 1}, "k must be >= 2"),
+    ({"trace_samples": 1}, "trace_samples must be >= 2"),
+])
+def test_spectrum_fields_are_checked_against_the_model(changes, fragment):
+    with pytest.raises(C.ConfigError, match=fragment):
+        C.resolve(dataclasses.replace(C.Config(), **changes), num_params=10**6)
 
 
 def test_resolve_rejects_k_or_steps_above_the_parameter_count():

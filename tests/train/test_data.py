@@ -281,7 +281,7 @@ def _toy(n=20000, k=10):
 
 def test_subset_is_deterministic_and_traceable():
     ds = _toy()
-    a, b, c = (data.apply_options(ds, train_size=600, seed=s) for s in (0, 0, 1))
+    a, b, c = (data.apply_options(ds, train_size=600, key=jax.random.key(s)) for s in (0, 0, 1))
     np.testing.assert_array_equal(a.train_indices, b.train_indices)
     assert not np.array_equal(a.train_indices, c.train_indices)
     assert len(np.unique(a.train_indices)) == 600 and a.num_train == 600
@@ -289,14 +289,14 @@ def test_subset_is_deterministic_and_traceable():
     np.testing.assert_array_equal(a.y_train, ds.y_train[a.train_indices])
     assert a.y_train_clean is None
     with pytest.raises(ValueError, match="between 1 and 20000"):
-        data.apply_options(ds, train_size=20001)
+        data.apply_options(ds, train_size=20001, key=jax.random.key(0))
 
 
 @pytest.mark.parametrize("p", [0.4, 0.8])
 def test_label_noise(p):
     n, k = 200_000, 10
     ds = _toy(n, k)
-    a = data.apply_options(ds, label_noise=p, seed=3)
+    a = data.apply_options(ds, label_noise=p, key=jax.random.key(3))
     changed = a.y_train != a.y_train_clean
     np.testing.assert_array_equal(a.y_train_clean, ds.y_train)
     # Realised fraction within 5 binomial standard deviations of p.
@@ -307,46 +307,47 @@ def test_label_noise(p):
     assert counts[0] == 0
     expected = changed.sum() / (k - 1)
     assert np.all(np.abs(counts[1:] - expected) < 5 * np.sqrt(expected))
-    np.testing.assert_array_equal(data.apply_options(ds, label_noise=p, seed=3).y_train, a.y_train)
-    assert not np.array_equal(data.apply_options(ds, label_noise=p, seed=4).y_train, a.y_train)
+    np.testing.assert_array_equal(data.apply_options(ds, label_noise=p, key=jax.random.key(3)).y_train, a.y_train)
+    assert not np.array_equal(data.apply_options(ds, label_noise=p, key=jax.random.key(4)).y_train, a.y_train)
     np.testing.assert_array_equal(a.x_train, ds.x_train)
 
 
 def test_random_labels_and_gaussian_inputs():
     n, k = 100_000, 10
     ds = _toy(n, k)
-    r = data.apply_options(ds, random_labels=True, seed=0)
+    r = data.apply_options(ds, random_labels=True, key=jax.random.key(0))
     assert abs(np.mean(r.y_train == ds.y_train) - 1 / k) < 5 * np.sqrt(0.09 / n)  # independent of the old labels
     counts = np.bincount(r.y_train, minlength=k)
     assert np.all(np.abs(counts - n / k) < 5 * np.sqrt(n / k))
-    g = data.apply_options(ds, gaussian_inputs=True, train_size=5000, seed=0)
+    g = data.apply_options(ds, gaussian_inputs=True, train_size=5000, key=jax.random.key(0))
     assert g.x_train.shape == (5000, 3) and g.x_train.dtype == np.float32
     assert abs(g.x_train.mean()) < 0.05 and abs(g.x_train.std() - 1) < 0.05
     assert g.y_train_clean is not None and np.mean(g.y_train == g.y_train_clean) < 0.2
     np.testing.assert_array_equal(g.x_test, ds.x_test)  # the test split is never changed
     with pytest.raises(ValueError, match="cannot be combined"):
-        data.apply_options(ds, label_noise=0.4, random_labels=True)
+        data.apply_options(ds, label_noise=0.4, random_labels=True, key=jax.random.key(0))
 
 
 def test_hessian_sample():
-    ds = data.apply_options(_toy(), train_size=3000, seed=0)
-    h = data.hessian_sample(ds, 1000, seed=0)
+    ds = data.apply_options(_toy(), train_size=3000, key=jax.random.key(0))
+    h = data.hessian_sample(ds, 1000, jax.random.key(0))
     x, y, idx = h
     assert len(np.unique(idx)) == 1000 and np.all(np.diff(idx) > 0)
     np.testing.assert_array_equal(x, ds.x_train[idx])
     np.testing.assert_array_equal(y, ds.y_train[idx])
-    np.testing.assert_array_equal(data.hessian_sample(ds, 1000, seed=0).indices, idx)
-    assert not np.array_equal(data.hessian_sample(ds, 1000, seed=1).indices, idx)
+    np.testing.assert_array_equal(data.hessian_sample(ds, 1000, jax.random.key(0)).indices, idx)
+    assert not np.array_equal(data.hessian_sample(ds, 1000, jax.random.key(1)).indices, idx)
 
 
 # -------------------------------------------------------------------------------------- batching
 def test_epoch_permutation_and_batches():
     n, bs = 1003, 128
-    p1, p1b, p2 = data.epoch_permutation(n, 5, 1), data.epoch_permutation(n, 5, 1), data.epoch_permutation(n, 5, 2)
+    k5 = jax.random.key(5)
+    p1, p1b, p2 = (data.epoch_permutation(n, k5, e) for e in (1, 1, 2))
     np.testing.assert_array_equal(np.sort(p1), np.arange(n))
     np.testing.assert_array_equal(p1, p1b)
     assert not np.array_equal(p1, p2)
-    assert not np.array_equal(p1, data.epoch_permutation(n, 6, 1))
+    assert not np.array_equal(p1, data.epoch_permutation(n, jax.random.key(6), 1))
     x, y = np.arange(n * 2).reshape(n, 2), np.arange(n)
     for drop_last, expected in ((False, 8), (True, 7)):
         got = list(data.batches(x, y, bs, p1, drop_last=drop_last))

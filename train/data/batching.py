@@ -1,7 +1,7 @@
-"""Epoch orders, minibatches and CIFAR augmentation, all deterministic from (seed, epoch) or a key.
+"""Epoch orders, minibatches and CIFAR augmentation, all deterministic from a key and (epoch or step).
 
 A run resumed at (epoch, step) sees exactly the batches an uninterrupted run would: the order of epoch
-e is `epoch_permutation(n, seed, e)` and `batches(..., start_step=s)` skips the first s batches.
+e is `epoch_permutation(n, key, e)` and `batches(..., start_step=s)` skips the first s batches.
 """
 
 from __future__ import annotations
@@ -14,21 +14,20 @@ import numpy as np
 from jax import lax
 
 
-def epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
+def epoch_permutation(num_examples: int, key: jax.Array, epoch: int) -> np.ndarray:
     """The order in which epoch `epoch` visits the training set.
 
     Args:
       num_examples: training-set size n.
-      seed: the run's integer seed.
+      key: the run's `data_order` stream (train.keys).
       epoch: epoch number (any int; the loop counts from 1).
 
     Returns:
-      A permutation of range(n) (numpy int64), from `fold_in(key(seed), epoch)`.
+      A permutation of range(n) (numpy int64), from `fold_in(key, epoch)`.
     """
     if num_examples < 1:
         raise ValueError(f"num_examples must be >= 1, got {num_examples}")
-    key = jax.random.fold_in(jax.random.key(seed), epoch)
-    return np.asarray(jax.random.permutation(key, num_examples)).astype(np.int64)
+    return np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)).astype(np.int64)
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:

@@ -1,6 +1,7 @@
 """The paper's data manipulations (training subsets, label noise, random labels, Gaussian inputs) and the
-fixed Hessian sample. All randomness comes from `jax.random` keys derived from an integer seed, so the
-same seed gives the same data on every machine; results are numpy arrays.
+fixed Hessian sample. All randomness comes from the `jax.random` key of its purpose (train.keys: the
+`data_options` and `hessian_sample` streams), so the same seed gives the same data on every machine;
+results are numpy arrays.
 """
 
 from __future__ import annotations
@@ -88,9 +89,9 @@ def apply_options(
     label_noise: float = 0.0,
     random_labels: bool = False,
     gaussian_inputs: bool = False,
-    seed: int = 0,
+    key: jax.Array,
 ) -> Dataset:
-    """Apply the paper's training-set manipulations, deterministically from `seed`.
+    """Apply the paper's training-set manipulations, deterministically from `key`.
 
     Order: subset first, then labels, then inputs. The subset draw does not depend on the other
     options, so runs that differ only in label noise train on the same examples. The test split is
@@ -103,7 +104,7 @@ def apply_options(
       random_labels: replace every training label by one uniform over all classes.
       gaussian_inputs: replace the training inputs by standard normal noise of the same shape, with
         random labels (implies random_labels).
-      seed: integer seed; keys are `split(key(seed), 3)` for subset, labels and inputs.
+      key: the run's `data_options` stream; `split(key, 3)` gives the subset, labels and inputs keys.
 
     Returns:
       A new Dataset; `y_train_clean` holds the labels before they were changed (None if unchanged),
@@ -113,7 +114,7 @@ def apply_options(
         raise ValueError("label_noise cannot be combined with random_labels or gaussian_inputs (those replace every label)")
     if (label_noise or random_labels or gaussian_inputs) and ds.y_train_clean is not None:
         raise ValueError("these training labels were already changed; apply label options to a freshly loaded Dataset")
-    k_subset, k_labels, k_inputs = jax.random.split(jax.random.key(seed), 3)
+    k_subset, k_labels, k_inputs = jax.random.split(key, 3)
     x, y, idx, clean = ds.x_train, ds.y_train, ds.train_indices, ds.y_train_clean
     idx = np.arange(len(y), dtype=np.int64) if idx is None else idx
     if train_size is not None and train_size != len(y):
@@ -129,16 +130,17 @@ def apply_options(
     return dataclasses.replace(ds, x_train=x, y_train=y, train_indices=idx, y_train_clean=clean)
 
 
-def hessian_sample(ds: Dataset, size: int, seed: int) -> HessianSample:
+def hessian_sample(ds: Dataset, size: int, key: jax.Array) -> HessianSample:
     """A fixed, deterministic subset of the training set (with its training labels) for the Hessian.
 
     Args:
       ds: the Dataset the network is trained on (after `apply_options`).
       size: number of examples (the paper uses 1000).
-      seed: integer seed; the draw uses `fold_in(key(seed), 1)` (a stream apply_options does not use).
+      key: the run's `hessian_sample` stream (used by nothing else: the sample is independent of the
+        epoch orders and of the data options).
 
     Returns:
       HessianSample(x, y, indices): indices are sorted rows of ds.x_train.
     """
-    idx = subset_indices(jax.random.fold_in(jax.random.key(seed), 1), len(ds.y_train), int(size))
+    idx = subset_indices(key, len(ds.y_train), int(size))
     return HessianSample(ds.x_train[idx], ds.y_train[idx], idx)

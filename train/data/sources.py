@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from train.catalog import DATASETS, NUM_CLASSES
 from train.data.dataset import (
     ENV_DATA_DIR,
     DataCorruptError,
@@ -53,7 +54,6 @@ from train.data.dataset import (
 )
 from train.data.download import DEFAULT_TIMEOUT, ENV_MIRROR, SOURCES, Checksum, fetch
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "cifar100", "avila")
 TFDS_NAMES = {"mnist": "mnist", "fashion_mnist": "fashion_mnist", "cifar10": "cifar10", "cifar100": "cifar100"}
 IDX_FILES = {
     "train_x": "train-images-idx3-ubyte",
@@ -78,7 +78,6 @@ CLASS_NAMES = {
     "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
     "avila": AVILA_CLASSES,
 }
-NUM_CLASSES = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "avila": 12}
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 

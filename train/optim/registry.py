@@ -16,6 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
+from train import catalog
 from train.optim.adabound import adabound
 from train.optim.adai import adai
 from train.optim.adam import adam, amsgrad, yogi
@@ -25,9 +26,8 @@ from train.optim.pnm import pnm
 from train.optim.radam import radam
 from train.optim.sgd import sgd, vanilla_sgd
 
-#: The optimizer names, in the paper's order (METHOD.md §5).
-NAMES: tuple[str, ...] = ("sgd", "vanilla_sgd", "adam", "amsgrad", "adabound", "yogi", "radam",
-                          "diffgrad", "adai", "pnm", "lookahead")
+#: The optimizer names, in the paper's order (METHOD.md §5; written once, in train.catalog).
+NAMES: tuple[str, ...] = catalog.OPTIMIZERS
 
 #: The dataset names `paper_learning_rate` accepts, and the family whose rates each one uses.
 DATASET_FAMILY: dict[str, str] = {
@@ -38,7 +38,7 @@ DATASET_FAMILY: dict[str, str] = {
 }
 
 #: Weight decay the paper passes to every optimizer (L2 for most, decoupled for PNM and RAdam).
-PAPER_WEIGHT_DECAY = 5e-4
+PAPER_WEIGHT_DECAY = catalog.PAPER_WEIGHT_DECAY
 
 _FACTORIES: dict[str, Callable[..., optax.GradientTransformation]] = {
     "sgd": sgd, "vanilla_sgd": vanilla_sgd, "adam": adam, "amsgrad": amsgrad,

@@ -1,0 +1,144 @@
+"""Measuring a network: top-K Hessian eigenvalues, power-law fit, λ_max, Tr(H) and (when asked) the density.
+
+One Hessian operator is built per measurement (one linearisation of the gradient at the measured
+parameters) and serves every quantity: the top K by Lanczos, the Hutchinson trace, the density and the
+loss, all inside hspec's compiled programs. The Hessian is that of the mean loss over a fixed Hessian
+sample, in evaluation mode and without weight decay (METHOD.md §1). Lanczos runs strict: a verdict never
+rests on unconverged Ritz values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+import hspec
+from train import record
+
+__all__ = ["SpectrumSpec", "Measurement", "measure", "TOL"]
+
+# Relative residual tolerance of a converged Ritz value: |β_m y_{m,i}| <= TOL * λ_1.
+TOL = 1e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectrumSpec:
+    """What to measure and how (hspec keyword arguments, gathered once from a config).
+
+    Attributes:
+        k: top eigenvalues fitted (K).
+        lanczos_steps: Lanczos steps m to start with; None: hspec's rule max(3K, K + 100).
+        max_lanczos_steps: grow the Krylov space up to this until the top K converge; None: hspec's rule.
+        trace_samples: Hutchinson probes for Tr(H).
+        num_starts: Lanczos starts run together; combine: "pool" or "mean" (METHOD.md §1).
+        significance: α of the KS test. tol: relative residual tolerance of a converged Ritz value.
+        density_points: grid points of the spectral density (0: no density).
+    """
+
+    k: int
+    lanczos_steps: int | None = None
+    max_lanczos_steps: int | None = None
+    trace_samples: int = 20
+    num_starts: int = 1
+    combine: str = "pool"
+    significance: float = 0.05
+    tol: float = TOL
+    density_points: int = 0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> SpectrumSpec:
+        """The spectrum fields of a train.config.Config."""
+        return cls(k=cfg.k, lanczos_steps=cfg.lanczos_steps, max_lanczos_steps=cfg.max_lanczos_steps,
+                   trace_samples=cfg.trace_samples)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+    """The measured quantities of one network (the parts of a record that measuring produces)."""
+
+    fit: dict[str, Any]
+    verdict: str
+    spectrum: dict[str, Any]
+    sharpness: dict[str, Any]
+    eigengap_fit: dict[str, Any] | None
+    density: dict[str, Any] | None
+    timing: dict[str, float]
+
+
+def _eigengap_fit(eigenvalues: np.ndarray) -> dict | None:
+    """The power-law fit of the positive eigenvalues' gaps (its exponent should be near ŝ + 1)."""
+    positive = eigenvalues[eigenvalues > 0]
+    if positive.size < 3:
+        return None
+    try:
+        return hspec.fit_eigengaps(positive).to_dict()
+    except ValueError as err:  # e.g. all gaps zero
+        return {"error": str(err)}
+
+
+def _top_k(op: hspec.HessianOperator, spec: SpectrumSpec, key: jax.Array, progress: bool):
+    """The strict top-K eigenvalues of the operator, the Krylov space grown until they converge."""
+    steps = spec.lanczos_steps or hspec.default_num_steps(spec.k, op.dim)
+    max_steps = spec.max_lanczos_steps or hspec.default_max_steps(steps, op.dim)
+    return hspec.top_eigenvalues(op, k=spec.k, key=key, num_steps=steps, max_steps=max_steps, tol=spec.tol,
+                                 strict=True, num_starts=spec.num_starts, combine=spec.combine, progress=progress)
+
+
+def _density(op: hspec.HessianOperator, spec: SpectrumSpec, key: jax.Array) -> dict | None:
+    """The SLQ spectral density on a linear grid, when asked for."""
+    if not spec.density_points:
+        return None
+    d = hspec.spectral_density(op, key=key, num_points=spec.density_points)
+    return {"grid": np.asarray(d.grid), "density": np.asarray(d.density)}
+
+
+def measure(loss_fn: Callable, params: Any, batches: list, spec: SpectrumSpec, *, lanczos_key: jax.Array,
+            trace_key: jax.Array, density_key: jax.Array | None = None, wrt: Any = None,
+            progress: bool = True) -> Measurement:
+    """Measure the Hessian of `loss_fn` at `params` over `batches`: spectrum, fit, sharpness, density.
+
+    Args:
+        loss_fn: `loss_fn(params, batch) -> scalar` (train.hessian builds it from a model).
+        params: the parameter pytree measured at.
+        batches: the Hessian sample in batches (hspec weights them by size: one Hessian of the union).
+        spec: what to measure.
+        lanczos_key: the run's Lanczos start stream. trace_key: its trace-probe stream.
+        density_key: its density-probe stream (needed when spec.density_points > 0).
+        wrt: a parameter subset (regex on leaf paths, callable or bool pytree); None: all parameters.
+        progress: tqdm bar over the Lanczos steps.
+
+    Returns:
+        The Measurement.
+
+    Raises:
+        hspec.NotConvergedError: fewer than K Ritz values converged within the step budget.
+        hspec.NonFiniteError: the loss or a Hessian-vector product is not finite.
+    """
+    t0 = time.perf_counter()
+    op = hspec.hessian_operator(loss_fn, params, batches=batches, wrt=wrt)
+    top = _top_k(op, spec, lanczos_key, progress)
+    t1 = time.perf_counter()
+    trace = hspec.hutchinson_trace(op, key=trace_key, num_samples=spec.trace_samples)
+    t2 = time.perf_counter()
+    density = _density(op, spec, density_key)
+    verdict = hspec.power_law_verdict(top.eigenvalues, spec.k, spec.significance)
+    spectrum = dict(top.to_dict(), num_parameters=int(op.dim), hessian_samples=int(sum(len(b[0]) for b in batches)),
+                    num_positive=int(np.sum(top.eigenvalues > 0)), loss=float(op.loss()),
+                    max_lanczos_steps=spec.max_lanczos_steps)
+    sharpness = {"lambda_max": float(top.eigenvalues[0]),  # the top Ritz value converges first
+                 "trace": trace.trace, "trace_stderr": trace.stderr, "trace_samples": trace.num_samples}
+    timing = {"lanczos_s": t1 - t0, "trace_s": t2 - t1, "measure_s": time.perf_counter() - t0}
+    return Measurement(record.fit_block(verdict, spec.significance), verdict.verdict, spectrum, sharpness,
+                       _eigengap_fit(top.eigenvalues), density, timing)
+
+
+def format_fit(result: record.SpectrumResult) -> str:
+    """One line: K, d_KS vs d_c, s and the verdict."""
+    fit = result.fit
+    if fit["d_ks"] is None:
+        return f"K={fit['k']}: {result.verdict}"
+    return f"K={fit['k']}: d_KS={fit['d_ks']:.4f} (d_c={fit['d_crit']:.4f}), s={fit['s']:.3f} -> {result.verdict}"
