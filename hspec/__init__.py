@@ -2,7 +2,11 @@
 
 Pure functions of a loss ``loss_fn(params) -> scalar`` (or ``loss_fn(params, batch)`` with batches):
 Hessian-vector products, Lanczos eigenvalues, spectral density, trace, λ_max, and the power-law fit
-with its KS test (Tang et al., ICML 2025; METHOD.md). Knows nothing of Flax, optax or training code.
+with its KS test (Tang et al., ICML 2025; METHOD.md). Every driver also accepts a
+:class:`HessianOperator` built once by :func:`hessian_operator`, so that one linearisation of the
+gradient serves them all. Knows nothing of Flax, optax or training code.
+
+``hspec.lanczos`` is the function; its module is ``hspec.krylov``.
 """
 
 from hspec.density import SpectralDensity, density_from_lanczos, spectral_density
@@ -10,11 +14,13 @@ from hspec.eigenvalues import (
     NotConvergedError,
     NotConvergedWarning,
     TopEigenvalues,
+    default_max_steps,
     default_num_steps,
     top_eigenvalues,
 )
+from hspec.errors import NonFiniteError
 from hspec.hvp import HessianOperator, hessian_operator, hoist_constants, hvp, select_parameters
-from hspec.lanczos import LanczosResult, NonFiniteError, lanczos, tridiagonal_eigh
+from hspec.krylov import LanczosResult, MatvecOperator, SymmetricOperator, lanczos, tridiagonal_eigh
 from hspec.powerlaw import (
     CRITICAL_COEFFICIENTS,
     EnsembleFit,
@@ -35,9 +41,10 @@ from hspec.trace import TraceEstimate, hutchinson_trace
 __version__ = "0.1.0"
 
 __all__ = [
-    "plot", "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianOperator", "LanczosResult", "NonFiniteError",
-    "NotConvergedError", "NotConvergedWarning", "PowerIterationResult", "PowerLawFit", "PowerLawVerdict",
-    "SpectralDensity", "TopEigenvalues", "TraceEstimate", "critical_value", "default_num_steps",
+    "plot", "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianOperator", "LanczosResult", "MatvecOperator",
+    "NonFiniteError", "NotConvergedError", "NotConvergedWarning", "PowerIterationResult", "PowerLawFit",
+    "PowerLawVerdict", "SpectralDensity", "SymmetricOperator", "TopEigenvalues", "TraceEstimate",
+    "critical_value", "default_max_steps", "default_num_steps",
     "density_from_lanczos", "eigengaps", "fit_eigengaps", "fit_power_law", "fit_power_law_ensemble",
     "hessian_operator", "hoist_constants", "hutchinson_trace", "hvp", "lanczos", "least_squares_slope",
     "power_iteration", "power_law_verdict", "select_parameters", "spectral_density", "top_eigenvalues",

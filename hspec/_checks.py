@@ -1,17 +1,28 @@
-"""Input validation shared by the drivers (top_eigenvalues, lanczos, density, trace, power iteration).
+"""Input validation shared by the operator and the drivers (top_eigenvalues, lanczos, density, trace,
+power iteration): Python-level checks on static shapes and dtypes, each naming what was expected and
+what was given.
 
 ``hspec.hvp`` itself stays check-free so that it can run inside a user's ``jax.jit``.
 """
 
 from __future__ import annotations
 
+import math
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from hspec.hvp import HessianOperator, hessian_operator
-from hspec.lanczos import NonFiniteError
+from hspec.errors import NonFiniteError
 
-__all__ = ["NonFiniteError", "checked_operator", "check_same_structure", "check_finite_vector"]
+__all__ = [
+    "check_finite_loss",
+    "check_finite_vector",
+    "check_flat_vectors",
+    "check_floating_parameters",
+    "check_same_structure",
+    "check_scalar_loss",
+]
 
 
 def check_same_structure(expected, given, what: str) -> None:
@@ -24,18 +35,69 @@ def check_same_structure(expected, given, what: str) -> None:
             raise ValueError(f"{what}: leaf {i} has shape {np.shape(b)}, params has {np.shape(a)}")
 
 
-def checked_operator(loss_fn, params, *, batches=None, wrt=None, method="linearize") -> HessianOperator:
-    """Build the Hessian operator and fail early, with a clear message, on a non-finite loss."""
-    if not jax.tree.leaves(params):
-        raise ValueError("params has no arrays: give the parameter pytree the loss is a function of")
-    op = hessian_operator(loss_fn, params, batches=batches, wrt=wrt, method=method)
-    loss = float(op.loss())
+def check_flat_vectors(v, dim: int, what: str) -> None:
+    """Raise unless ``v`` is an array of shape ``[dim]`` or ``[S, dim]``, saying both sizes.
+
+    Args:
+      v: what the caller gave. dim: n, the number of (selected) parameters. what: the entry point's name.
+    """
+    shape = getattr(v, "shape", None)
+    if shape is None or not hasattr(v, "dtype"):
+        raise TypeError(
+            f"{what} takes a flat array of shape [n] or [S, n] with n = {dim} parameters; got a "
+            f"{type(v).__name__}. Flatten a list of the selected parameter leaves with op.ravel(leaves)."
+        )
+    if len(shape) not in (1, 2) or shape[-1] != dim:
+        raise ValueError(
+            f"{what} takes a flat array of shape [{dim}] or [S, {dim}] ({dim} = the number of parameters); "
+            f"got shape {tuple(shape)}"
+        )
+
+
+def check_scalar_loss(out) -> None:
+    """Raise unless the loss's output (a ShapeDtypeStruct pytree) is one floating-point value.
+
+    Shape ``()`` or any shape holding one element, such as ``(1,)``, is accepted: it is the same scalar.
+    """
+    leaves = jax.tree.leaves(out)
+    if len(leaves) != 1 or jax.tree.structure(out).num_nodes != 1:
+        shapes = [tuple(x.shape) for x in leaves]
+        raise TypeError(
+            f"the loss must return a scalar; it returned a {type(out).__name__} of {len(leaves)} arrays of "
+            f"shapes {shapes}. A loss that also returns auxiliary outputs: pass lambda p: loss(p)[0]."
+        )
+    shape, dtype = tuple(leaves[0].shape), leaves[0].dtype
+    if math.prod(shape) != 1:
+        raise ValueError(
+            f"the loss must return a scalar; it returned an array of shape {shape}. Reduce it to one "
+            "number (e.g. jnp.mean over the samples)."
+        )
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"the loss must return a floating-point scalar; it returned dtype {dtype}")
+
+
+def check_floating_parameters(named_leaves) -> None:
+    """Raise a TypeError naming the first parameter leaf that is not floating point.
+
+    Args:
+      named_leaves: ``(path, leaf)`` pairs of the parameters the Hessian is taken over.
+    """
+    for path, leaf in named_leaves:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(
+                f"parameters must be floating point to take a Hessian: leaf {path!r} has dtype {dtype}. "
+                "Cast it (e.g. to float32), or hold it fixed with wrt=... so that it is not differentiated."
+            )
+
+
+def check_finite_loss(loss: float) -> None:
+    """Raise NonFiniteError when the loss at θ is NaN or infinite (its Hessian is then undefined)."""
     if not np.isfinite(loss):
         raise NonFiniteError(
             f"the loss is {loss} at these parameters, so its Hessian is undefined. Check the parameters "
             "(a diverged run?) and the loss (log of 0, division by 0) before computing a spectrum."
         )
-    return op
 
 
 def check_finite_vector(values, what: str) -> None:

@@ -12,8 +12,8 @@ import dataclasses
 import jax
 import numpy as np
 
-from hspec._checks import checked_operator
-from hspec.lanczos import LanczosResult, lanczos
+from hspec.hvp import resolve_operator
+from hspec.krylov import LanczosResult, lanczos
 
 __all__ = ["SpectralDensity", "spectral_density", "density_from_lanczos"]
 
@@ -83,7 +83,7 @@ def density_from_lanczos(
 
 def spectral_density(
     loss_fn,
-    params,
+    params=None,
     *,
     key: jax.Array,
     num_steps: int = 100,
@@ -93,13 +93,17 @@ def spectral_density(
     sigma: float | None = None,
     batches=None,
     wrt=None,
-    method: str = "linearize",
+    method: str | None = None,
     loop: str = "auto",
 ) -> SpectralDensity:
     """Eigenvalue density of the Hessian by SLQ with ``num_probes`` Rademacher probes of ``num_steps`` steps.
 
+    Called as ``spectral_density(loss_fn, params, key=key, ...)`` or ``spectral_density(op, key=key, ...)``
+    with a :class:`hspec.HessianOperator` built once and shared with other drivers.
+
     Args:
-      loss_fn, params, batches, wrt, method, loop: as in :func:`hspec.top_eigenvalues`.
+      loss_fn, params, batches, wrt, method, loop: as in :func:`hspec.top_eigenvalues` (a
+        :class:`hspec.HessianOperator` in place of ``loss_fn``, and none of the first four, also works).
       key: PRNG key of the probes.
       num_steps: Lanczos steps per probe (quadrature nodes).
       num_probes: independent probes, run together.
@@ -108,6 +112,6 @@ def spectral_density(
     Returns:
       :class:`SpectralDensity`.
     """
-    op = checked_operator(loss_fn, params, batches=batches, wrt=wrt, method=method)
+    op = resolve_operator(loss_fn, params, batches=batches, wrt=wrt, method=method, caller="spectral_density")
     result = lanczos(op, num_steps, key=key, num_starts=num_probes, loop=loop)
     return density_from_lanczos(result, scale=scale, num_points=num_points, sigma=sigma)

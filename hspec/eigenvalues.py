@@ -10,10 +10,23 @@ from functools import partial
 import jax
 import numpy as np
 
-from hspec._checks import checked_operator
-from hspec.lanczos import LanczosResult, lanczos, ritz_decomposition
+from hspec.hvp import resolve_operator
+from hspec.krylov import LanczosResult, lanczos, ritz_decomposition
 
-__all__ = ["TopEigenvalues", "NotConvergedError", "NotConvergedWarning", "top_eigenvalues", "default_num_steps"]
+__all__ = [
+    "MAX_STEPS_FACTOR",
+    "NotConvergedError",
+    "NotConvergedWarning",
+    "TopEigenvalues",
+    "default_max_steps",
+    "default_num_steps",
+    "top_eigenvalues",
+]
+
+# A growing run keeps stepping up to this many times its initial steps until the top k converge: randomly
+# initialised networks have clustered top eigenvalues and need more steps than trained ones (the default
+# run: 450 steps at initialisation against 300 after training, benchmarks/RESULTS.md).
+MAX_STEPS_FACTOR = 4
 
 
 class NotConvergedError(RuntimeError):
@@ -69,9 +82,33 @@ class TopEigenvalues:
         }
 
 
-def default_num_steps(k: int, dim: int) -> int:
-    """m = max(3k, k + 100), clamped to n: Ritz values near rank k converge only when m is well above k."""
-    return min(dim, max(3 * k, k + 100))
+def default_num_steps(k: int, dim: int | None = None) -> int:
+    """The default Lanczos steps for the top k: Ritz values near rank k converge only when m is well above k.
+
+    Args:
+      k: how many top eigenvalues are wanted.
+      dim: n, the number of parameters (a Krylov space cannot be larger); ``None`` when not known yet
+        (no bound).
+
+    Returns:
+      m = max(3k, k + 100), at most n.
+    """
+    m = max(3 * k, k + 100)
+    return m if dim is None else min(dim, m)
+
+
+def default_max_steps(num_steps: int, dim: int | None = None) -> int:
+    """The default limit of a growing run: keep stepping up to MAX_STEPS_FACTOR x num_steps.
+
+    Args:
+      num_steps: the initial Lanczos steps m.
+      dim: n, the number of parameters; ``None`` when not known yet (no bound).
+
+    Returns:
+      min(n, MAX_STEPS_FACTOR * m).
+    """
+    m = MAX_STEPS_FACTOR * num_steps
+    return m if dim is None else min(dim, m)
 
 
 def _combine(ritz_values: np.ndarray, residuals: np.ndarray, k: int, combine: str):
@@ -104,6 +141,23 @@ def _enough_converged(alphas: np.ndarray, betas: np.ndarray, *, k: int, combine:
     return top.size >= k and bool(np.all(_converged_mask(top, res, tol)))
 
 
+def _check_k(k: int, dim: int, num_steps: int, pooled_starts: int) -> None:
+    """k must be at least 1, at most n (the real limit, said first), and at most the Ritz values available."""
+    if k < 1:
+        raise ValueError(f"k={k}: ask for at least one eigenvalue")
+    if k > dim:
+        raise ValueError(
+            f"k={k} is larger than the number of parameters n={dim}: the Hessian has only {dim} eigenvalues. "
+            f"Use k <= {dim}."
+        )
+    available = min(num_steps, dim) * pooled_starts
+    if k > available:
+        raise ValueError(
+            f"k={k} is larger than the Ritz values available (num_steps={num_steps} x num_starts={pooled_starts}); "
+            f"raise num_steps to at least {k} (the default, num_steps=None, is {default_num_steps(k, dim)})"
+        )
+
+
 def _report_convergence(num_converged: int, k: int, m: int, tol: float, strict: bool) -> None:
     if num_converged >= k:
         return
@@ -118,8 +172,8 @@ def _report_convergence(num_converged: int, k: int, m: int, tol: float, strict: 
 
 def top_eigenvalues(
     loss_fn,
-    params,
-    k: int,
+    params=None,
+    k: int | None = None,
     *,
     key: jax.Array,
     num_steps: int | None = None,
@@ -129,7 +183,7 @@ def top_eigenvalues(
     combine: str = "pool",
     tol: float = 1e-4,
     strict: bool = False,
-    method: str = "linearize",
+    method: str | None = None,
     loop: str = "auto",
     basis: str = "auto",
     start: str = "rademacher",
@@ -139,20 +193,26 @@ def top_eigenvalues(
 ) -> TopEigenvalues:
     """The k largest (algebraic, not magnitude) eigenvalues of the Hessian of ``loss_fn`` at ``params``.
 
+    Two calling forms: ``top_eigenvalues(loss_fn, params, k, key=key, ...)``, or, with an operator
+    built once by :func:`hspec.hessian_operator` and shared with other drivers,
+    ``top_eigenvalues(op, k=k, key=key, ...)``.
+
     Args:
-      loss_fn: ``loss_fn(params)`` (data closed over) or ``loss_fn(params, batch)`` with ``batches``.
+      loss_fn: ``loss_fn(params)`` (data closed over) or ``loss_fn(params, batch)`` with ``batches``;
+        or a :class:`hspec.HessianOperator` (then params, batches, wrt and method are not given).
       params: parameter pytree θ.
-      k: how many eigenvalues.
+      k: how many eigenvalues (at most n, the number of parameters).
       key: PRNG key of the start vectors.
       num_steps: Lanczos steps m. Default: :func:`default_num_steps` (max(3k, k+100), at most n), and
-        then growing up to 4x that (``max_steps``) until the top k have converged.
+        then growing up to :func:`default_max_steps` (4x that, at most n) until the top k have converged.
       batches: optional sequence of batches; the Hessian is of the sample-weighted mean loss.
       wrt: parameter subset (regex on leaf paths, callable, or bool pytree); the rest is held fixed.
       num_starts: independent starts run together; ``combine`` says how their Ritz values are merged:
         "pool" (all Ritz values, sorted, top k) or "mean" (mean of each start's sorted top k, with std).
       tol: a Ritz value is converged when its residual bound is <= tol * |λ_1|.
       strict: raise :class:`NotConvergedError` instead of warning when fewer than k converged.
-      method: "linearize" (gradient linearised once, reused) or "jvp" (forward-over-reverse each time).
+      method: "linearize" (the default: gradient linearised once, reused) or "jvp" (forward-over-reverse
+        each time).
       loop, basis, start, progress: passed to :func:`hspec.lanczos`.
       return_vectors: also return the Ritz vectors of the top k.
       max_steps: if larger than ``num_steps``, keep stepping (checking every num_steps/10 steps) until
@@ -163,17 +223,15 @@ def top_eigenvalues(
       :class:`TopEigenvalues`.
     """
     t0 = time.perf_counter()
-    op = checked_operator(loss_fn, params, batches=batches, wrt=wrt, method=method)
-    if k < 1 or k > op.dim:
-        raise ValueError(f"k={k} must be between 1 and the number of parameters n={op.dim}")
+    if k is None:
+        raise TypeError("top_eigenvalues: give k, the number of eigenvalues (top_eigenvalues(op, k=k, key=key))")
+    op = resolve_operator(loss_fn, params, batches=batches, wrt=wrt, method=method, caller="top_eigenvalues")
     if num_steps is None:
         # Defaults: start at max(3k, k+100) steps and keep going, up to 4x that, until the top k converge.
         num_steps = default_num_steps(k, op.dim)
-        max_steps = max_steps if max_steps is not None else min(op.dim, 4 * num_steps)
+        max_steps = max_steps if max_steps is not None else default_max_steps(num_steps, op.dim)
+    _check_k(k, op.dim, num_steps, num_starts if combine == "pool" else 1)
     m = num_steps
-    available = min(m, op.dim) * (num_starts if combine == "pool" else 1)
-    if k > available:
-        raise ValueError(f"k={k} is larger than the Ritz values available (num_steps={m} x num_starts={num_starts})")
     result = lanczos(
         op, m, key=key, num_starts=num_starts, start=start, loop=loop, basis=basis,
         return_vectors=return_vectors, progress=progress, max_steps=max_steps,

@@ -34,6 +34,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from hspec._checks import (
+    check_finite_loss,
+    check_flat_vectors,
+    check_floating_parameters,
+    check_same_structure,
+    check_scalar_loss,
+)
+
 PyTree = Any
 
 __all__ = [
@@ -42,6 +50,7 @@ __all__ = [
     "hessian_operator",
     "select_parameters",
     "hoist_constants",
+    "resolve_operator",
 ]
 
 
@@ -77,6 +86,12 @@ def hoist_constants(fn: Callable[..., Any], *example_args: Any) -> tuple[Callabl
     Returns:
       ``pure_fn`` and the list of constant arrays it expects as its first argument.
     """
+    pure_fn, consts, _ = _hoist(fn, *example_args)
+    return pure_fn, consts
+
+
+def _hoist(fn, *example_args):
+    """:func:`hoist_constants`, also returning the output's shape (ShapeDtypeStruct pytree)."""
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
     out_tree = jax.tree.structure(out_shape)
     jaxpr = closed.jaxpr
@@ -86,7 +101,7 @@ def hoist_constants(fn: Callable[..., Any], *example_args: Any) -> tuple[Callabl
         out = jax.core.eval_jaxpr(jaxpr, list(consts), *flat_args)
         return jax.tree.unflatten(out_tree, out)
 
-    return pure_fn, list(closed.consts)
+    return pure_fn, list(closed.consts), out_shape
 
 
 # --------------------------------------------------------------------------------------------------
@@ -104,6 +119,11 @@ def _path_string(path) -> str:
         else:
             parts.append(str(key))
     return "/".join(parts)
+
+
+def _named_leaves(params: PyTree) -> list[tuple[str, Any]]:
+    """``(path, leaf)`` pairs, paths as ``wrt`` regexes see them."""
+    return [(_path_string(p), leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]]
 
 
 def _selection_mask(params: PyTree, wrt) -> tuple[bool, ...]:
@@ -234,7 +254,8 @@ def _programs_for(loss_fn, params, wrt, batch, has_batches, selected, fixed, mer
     distinct batch shape, never one per batch.
     """
     loss_of_parts = _loss_of_parts(loss_fn, merge, has_batches)
-    pure_loss, consts = hoist_constants(loss_of_parts, selected, fixed, batch)
+    pure_loss, consts, out_shape = _hoist(loss_of_parts, selected, fixed, batch)
+    check_scalar_loss(out_shape)  # before jax.grad turns a non-scalar loss into a reshape error
     try:
         # A weak reference, so that the cache does not keep the user's closed-over data alive.
         fn_ref = weakref.ref(loss_fn)
@@ -258,9 +279,12 @@ def _programs_for(loss_fn, params, wrt, batch, has_batches, selected, fixed, mer
 class HessianOperator:
     """H (or its restriction to a parameter subset) as a symmetric linear map on flat vectors.
 
-    Use :func:`hessian_operator` to build one. ``op.matvec(V)`` takes a ``[S, n]`` array of S vectors
-    (or one ``[n]`` vector) and returns H applied to each; ``op.dim`` is n; ``op.ravel`` /
-    ``op.unravel`` convert between flat vectors and the selected-parameter list.
+    Use :func:`hessian_operator` to build one, once: every driver (``top_eigenvalues``,
+    ``hutchinson_trace``, ``spectral_density``, ``power_iteration``, ``lanczos``) accepts it in place of
+    ``(loss_fn, params)``, so one linearisation of the gradient serves them all. ``op.matvec(V)`` takes
+    a ``[S, n]`` array of S vectors (or one ``[n]`` vector) and returns H applied to each; ``op.dim`` is
+    n; ``op.ravel`` / ``op.unravel`` convert between flat vectors and the selected-parameter list. It
+    satisfies :class:`hspec.SymmetricOperator`, the interface Lanczos needs.
     """
 
     def __init__(self, parts: list, selected: list, fixed: list, weights: list, method: str, num_samples):
@@ -274,6 +298,7 @@ class HessianOperator:
         flat, self._unravel = ravel_pytree(selected)
         self.dim = int(flat.shape[0])
         self.dtype = flat.dtype
+        self._loss = None  # the loss at θ, computed once (the drivers' finiteness check reads it)
         self._linear_maps = None
         if method == "linearize":
             self._linear_maps = [p.linearize(c, selected, fixed, b) for p, c, b in parts]
@@ -297,20 +322,29 @@ class HessianOperator:
 
     def matvec(self, v: jax.Array) -> jax.Array:
         """H·v for a flat vector ``[n]`` or a stack ``[S, n]``; sample-weighted over the batches."""
+        check_flat_vectors(v, self.dim, "HessianOperator.matvec")  # static shapes: free at run time
         single = v.ndim == 1
         out = self.pure_matvec(self.args, v[None] if single else v)
         return out[0] if single else out
 
     def loss(self) -> jax.Array:
-        """The loss at θ (sample-weighted over the batches), without weight decay."""
-        return sum(p.loss(c, self._selected, self._fixed, b) * w for (p, c, b), w in zip(self._parts, self._weights))
+        """The loss at θ (sample-weighted over the batches), without weight decay; computed once."""
+        if self._loss is None:
+            self._loss = sum(
+                p.loss(c, self._selected, self._fixed, b) * w for (p, c, b), w in zip(self._parts, self._weights)
+            )
+        return self._loss
 
     def ravel(self, selected: list) -> jax.Array:
-        """Flat vector of a list of selected leaves."""
+        """Flat vector ``[n]`` of a list of selected leaves (shaped like the selected parameters)."""
+        check_same_structure(self._selected, selected, "HessianOperator.ravel's argument (the selected leaves)")
         return ravel_pytree(selected)[0]
 
     def unravel(self, flat: jax.Array) -> list:
-        """List of selected leaves of a flat vector."""
+        """List of selected leaves of a flat vector ``[n]``."""
+        check_flat_vectors(flat, self.dim, "HessianOperator.unravel")
+        if flat.ndim != 1:
+            raise ValueError(f"HessianOperator.unravel takes one vector of shape [{self.dim}]; got shape {flat.shape}")
         return self._unravel(flat)
 
 
@@ -322,23 +356,30 @@ def hessian_operator(
     wrt=None,
     method: str = "linearize",
 ) -> HessianOperator:
-    """Build the Hessian operator of ``loss_fn`` at ``params``.
+    """Build the Hessian operator of ``loss_fn`` at ``params``, once, for every driver to share.
 
     Args:
       loss_fn: ``loss_fn(params) -> scalar`` (data closed over), or ``loss_fn(params, batch) -> scalar``
-        (mean loss over the batch) when ``batches`` is given.
-      params: parameter pytree θ.
+        (mean loss over the batch) when ``batches`` is given. The scalar may have shape ``()`` or any
+        shape holding one element, such as ``(1,)``; anything larger is an error that names its shape.
+      params: parameter pytree θ. The leaves the Hessian is taken over must be floating point.
       batches: optional sequence of batches (pytrees whose leaves have a leading sample axis). The
         operator is Σ_b (n_b/N) H_b, which equals the Hessian of the mean loss over the union.
-      wrt: parameter subset (see :func:`select_parameters`); the other leaves are held fixed.
-      method: ``"linearize"`` (linearise the gradient once per batch and reuse it: fastest, keeps the
-        linearisation residuals in memory) or ``"jvp"`` (forward-over-reverse at every product).
+      wrt: parameter subset (see :func:`select_parameters`); the other leaves are held fixed (and may
+        be of any dtype).
+      method: ``"linearize"`` (linearise the gradient once per batch, here, and reuse it: fastest,
+        keeps the linearisation residuals in memory) or ``"jvp"`` (forward-over-reverse at every
+        product).
 
     Returns:
       A :class:`HessianOperator`.
     """
     if method not in ("linearize", "jvp"):
         raise ValueError(f"method must be 'linearize' or 'jvp', got {method!r}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a function of the parameters; got a {type(loss_fn).__name__}")
+    if not jax.tree.leaves(params):
+        raise ValueError("params has no arrays: give the parameter pytree the loss is a function of")
     has_batches = batches is not None
     batch_list = list(batches) if has_batches else [()]
     if not batch_list:
@@ -346,6 +387,8 @@ def hessian_operator(
     sizes = [_batch_size(b) for b in batch_list] if has_batches else [1]
     weights = [s / float(sum(sizes)) for s in sizes]
     selected, fixed, merge = select_parameters(params, wrt)
+    mask = _selection_mask(params, wrt)
+    check_floating_parameters([named for named, m in zip(_named_leaves(params), mask) if m])
     by_shape: dict = {}
     parts = []
     for batch in batch_list:
@@ -356,6 +399,40 @@ def hessian_operator(
         parts.append((programs, consts, batch))
     num_samples = int(sum(sizes)) if has_batches else None
     return HessianOperator(parts, selected, fixed, weights, method, num_samples)
+
+
+_GIVEN_BY_OPERATOR = ("params", "batches", "wrt", "method")
+
+
+def resolve_operator(loss_fn_or_op, params=None, *, batches=None, wrt=None, method=None, caller: str):
+    """The operator a driver works on: the one given, or one built from ``(loss_fn, params)``.
+
+    Either way its loss at θ is checked to be finite (evaluated once per operator, then cached).
+
+    Args:
+      loss_fn_or_op: a :class:`HessianOperator`, or a loss function.
+      params, batches, wrt, method: as in :func:`hessian_operator`, for a loss function only (the
+        operator already fixes them); ``method=None`` means ``"linearize"``.
+      caller: the driver's name, for the messages.
+
+    Returns:
+      A :class:`HessianOperator` whose loss is finite.
+    """
+    if isinstance(loss_fn_or_op, HessianOperator):
+        given = [n for n, v in zip(_GIVEN_BY_OPERATOR, (params, batches, wrt, method)) if v is not None]
+        if given:
+            raise TypeError(
+                f"{caller}: {', '.join(given)} cannot be given with a HessianOperator, which already fixes "
+                f"them; give them to hspec.hessian_operator instead (other arguments by keyword, e.g. "
+                f"{caller}(op, key=key, ...))"
+            )
+        op = loss_fn_or_op
+    else:
+        if params is None:
+            raise TypeError(f"{caller}: give params after the loss function, or a HessianOperator alone")
+        op = hessian_operator(loss_fn_or_op, params, batches=batches, wrt=wrt, method=method or "linearize")
+    check_finite_loss(float(op.loss()))
+    return op
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Plots of spectra (matplotlib, imported only when a plot is made)."""
+"""Plots of spectra (matplotlib, imported only when a plot is made).
+
+matplotlib is an optional dependency of hspec: ``pip install 'hspec[plot]'``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,19 @@ import numpy as np
 __all__ = ["plot_rank_eigenvalue", "plot_density"]
 
 
-def _axes(ax):
+def _pyplot():
+    """matplotlib.pyplot, or an ImportError that says how to install it (the core install has none)."""
+    try:
+        import matplotlib.pyplot as plt
+    except ImportError as err:
+        raise ImportError("hspec.plot needs matplotlib, an optional dependency: pip install 'hspec[plot]'") from err
+    return plt
 
+
+def _axes(ax):
     if ax is not None:
         return ax.figure, ax
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig, ax = _pyplot().subplots(figsize=(5.5, 4.2))
     return fig, ax
 
 
@@ -21,9 +30,7 @@ def _finish(fig, path):
     if path is not None:
         fig.tight_layout()
         fig.savefig(path, dpi=120)
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        _pyplot().close(fig)
 
 
 def plot_rank_eigenvalue(eigenvalues, fit=None, *, path=None, ax=None, title=None, label="eigenvalues"):

@@ -7,7 +7,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from hspec._checks import check_finite_vector, check_same_structure, checked_operator
+from hspec._checks import check_finite_vector, check_same_structure
+from hspec.hvp import resolve_operator
 
 __all__ = ["PowerIterationResult", "power_iteration"]
 
@@ -30,7 +31,7 @@ class PowerIterationResult:
 
 def power_iteration(
     loss_fn,
-    params,
+    params=None,
     *,
     key: jax.Array,
     num_iters: int = 100,
@@ -38,12 +39,16 @@ def power_iteration(
     init=None,
     batches=None,
     wrt=None,
-    method: str = "linearize",
+    method: str | None = None,
 ) -> PowerIterationResult:
     """λ_max (largest magnitude) of the Hessian by power iteration, as PyHessian computes it.
 
+    Called as ``power_iteration(loss_fn, params, key=key, ...)`` or ``power_iteration(op, key=key, ...)``
+    with a :class:`hspec.HessianOperator` built once and shared with other drivers.
+
     Args:
-      loss_fn, params, batches, wrt, method: as in :func:`hspec.top_eigenvalues`.
+      loss_fn, params, batches, wrt, method: as in :func:`hspec.top_eigenvalues` (a
+        :class:`hspec.HessianOperator` in place of ``loss_fn``, and none of the others, also works).
       key: PRNG key of the random start (ignored when ``init`` is given).
       num_iters: maximum iterations.
       tol: stop when |Δλ| <= tol·|λ|.
@@ -53,7 +58,7 @@ def power_iteration(
       :class:`PowerIterationResult`. For a trained network the dominant eigenvalue is the positive λ_max;
       use :func:`hspec.top_eigenvalues` for the largest algebraic one in general.
     """
-    op = checked_operator(loss_fn, params, batches=batches, wrt=wrt, method=method)
+    op = resolve_operator(loss_fn, params, batches=batches, wrt=wrt, method=method, caller="power_iteration")
     if init is None:
         v = jax.random.normal(key, (op.dim,), op.dtype)
     else:

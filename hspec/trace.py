@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hspec._checks import check_finite_vector, checked_operator
+from hspec._checks import check_finite_vector
+from hspec.hvp import resolve_operator
 
 __all__ = ["TraceEstimate", "hutchinson_trace"]
 
@@ -41,20 +42,24 @@ def _probes(key, count, dim, dtype, distribution):
 
 def hutchinson_trace(
     loss_fn,
-    params,
+    params=None,
     *,
     key: jax.Array,
     num_samples: int = 100,
     chunk: int = 10,
     batches=None,
     wrt=None,
-    method: str = "linearize",
+    method: str | None = None,
     distribution: str = "rademacher",
 ) -> TraceEstimate:
     """Estimate Tr(H) by Hutchinson's method: Tr(H) = E[zᵀHz] for Rademacher (or Gaussian) z.
 
+    Called as ``hutchinson_trace(loss_fn, params, key=key, ...)`` or ``hutchinson_trace(op, key=key, ...)``
+    with a :class:`hspec.HessianOperator` built once and shared with other drivers.
+
     Args:
-      loss_fn, params, batches, wrt, method: as in :func:`hspec.top_eigenvalues`.
+      loss_fn, params, batches, wrt, method: as in :func:`hspec.top_eigenvalues` (a
+        :class:`hspec.HessianOperator` in place of ``loss_fn``, and none of the others, also works).
       key: PRNG key of the probes (probe chunk c uses ``fold_in(key, c)``).
       num_samples: number of probes N (>= 2, for the standard error).
       chunk: probes applied together per vmapped product.
@@ -65,7 +70,7 @@ def hutchinson_trace(
     """
     if num_samples < 2:
         raise ValueError(f"num_samples={num_samples}: at least 2 probes are needed for a standard error")
-    op = checked_operator(loss_fn, params, batches=batches, wrt=wrt, method=method)
+    op = resolve_operator(loss_fn, params, batches=batches, wrt=wrt, method=method, caller="hutchinson_trace")
     values = []
     for c, start in enumerate(range(0, num_samples, chunk)):
         z = _probes(jax.random.fold_in(key, c), min(chunk, num_samples - start), op.dim, op.dtype, distribution)

@@ -52,3 +52,29 @@ def prescribed_matrix(eigenvalues, seed=0):
     n = len(eigenvalues)
     q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
     return (q * np.asarray(eigenvalues)) @ q.T
+
+
+class CountingLoss:
+    """A loss wrapped to count, through public routes only, how often it is traced and how often it runs.
+
+    ``traced`` counts Python calls of the function: JAX calls it once per trace, so this is the number of
+    times a driver built (hoisted, linearised) the loss anew. ``runs`` counts executions of its compiled
+    forward pass, by a ``jax.debug.callback`` inside it; call :meth:`runs_so_far` to read it.
+    """
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.traced = 0
+        self._runs = 0
+
+    def _ran(self):
+        self._runs += 1
+
+    def __call__(self, *args):
+        self.traced += 1
+        jax.debug.callback(self._ran)
+        return self.fn(*args)
+
+    def runs_so_far(self) -> int:
+        jax.effects_barrier()  # callbacks are asynchronous
+        return self._runs

@@ -1,3 +1,5 @@
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -6,7 +8,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import hspec
-from tests.hspec.conftest import mlp_loss
+from tests.hspec.conftest import CountingLoss, mlp_loss
 
 
 def test_hvp_equals_dense_hessian(tiny_problem):
@@ -37,12 +39,13 @@ def test_weighted_batches_equal_union(tiny_problem, method):
     """Unequal batches (17, 17, 6) are weighted by size: the result is one HVP over the union."""
     params, (x, y), dense, unravel = tiny_problem
     batches = [(x[:17], y[:17]), (x[17:34], y[17:34]), (x[34:], y[34:])]
-    op = hspec.hessian_operator(mlp_loss, params, batches=batches, method=method)
+    loss = CountingLoss(mlp_loss)
+    op = hspec.hessian_operator(loss, params, batches=batches, method=method)
     v = jax.random.normal(jax.random.key(2), (2, op.dim), jnp.float64)
     np.testing.assert_allclose(op.matvec(v), v @ dense, atol=1e-10)
     assert op.num_samples == 40
-    # Two distinct batch shapes -> two programs, not three.
-    assert len({id(p) for p, _, _ in op._parts}) == 2
+    # Two distinct batch shapes -> the loss traced twice (one program per shape), not three times.
+    assert loss.traced == 2
 
 
 def test_subset_equals_dense_subblock(tiny_problem):
@@ -65,32 +68,68 @@ def test_subset_equals_dense_subblock(tiny_problem):
     chex.assert_trees_all_close(h_mask, block, h_call, atol=1e-10)
 
 
-def test_closed_over_data_is_hoisted_not_folded(tiny_problem):
+@pytest.mark.parametrize("method", ["linearize", "jvp"])
+def test_closed_over_data_is_hoisted_not_folded(tiny_problem, method):
+    """The operator's program takes the data a loss closes over as arguments: XLA folds constants
+    (FINDINGS.md, trap 2). A plain jit of the same product, the control, does embed them."""
     params, batch, dense, unravel = tiny_problem
 
     def loss(p):
         return mlp_loss(p, batch)
 
-    op = hspec.hessian_operator(loss, params)
-    consts = op._parts[0][1]
-    shapes = sorted(np.shape(c) for c in consts)
-    assert (40,) in shapes and (40, 5) in shapes  # the data travel as arguments
+    folded = re.compile(r"constant dense<[^\n]*tensor<40x5xf64>")
+    op = hspec.hessian_operator(loss, params, method=method)
+    v = jnp.ones((1, op.dim))
+    program = jax.jit(op.pure_matvec).lower(op.args, v).as_text()
+    control = jax.jit(lambda v: hspec.hvp(loss, params, unravel(v))).lower(v[0]).as_text()
+    assert folded.search(control)
+    if method == "jvp":  # the data are an argument (a linearised map holds only what it needs of them)
+        assert "tensor<40x5xf64>" in program
+    assert not folded.search(program)
+    np.testing.assert_allclose(op.matvec(v), v @ dense, atol=1e-10)
 
 
-def test_second_call_does_not_recompile(tiny_problem):
+def test_hoist_constants_returns_the_closed_over_arrays(tiny_problem):
+    params, (x, y), _, _ = tiny_problem
+
+    def loss(p):
+        return mlp_loss(p, (x, y))
+
+    pure, consts = hspec.hoist_constants(loss, params)
+    assert any(np.shape(c) == x.shape and np.array_equal(c, x) for c in consts)
+    assert float(pure(consts, params)) == pytest.approx(float(loss(params)), rel=1e-14)
+    # New constants, same program: the loss of other data.
+    swapped = [2 * x if c is x or (np.shape(c) == x.shape and np.array_equal(c, x)) else c for c in consts]
+    assert float(pure(swapped, params)) == pytest.approx(float(mlp_loss(params, (2 * x, y))), rel=1e-14)
+
+
+@pytest.fixture
+def compile_events():
+    """Names of the XLA compilations that happen while the test runs (jax.monitoring, a public API)."""
+    events: list = []
+
+    def listener(name, duration, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            events.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield events
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
+def test_second_call_does_not_recompile(tiny_problem, compile_events):
     params, batch, dense, unravel = tiny_problem
 
     def loss(p):
         return mlp_loss(p, batch)
 
     hspec.top_eigenvalues(loss, params, 5, key=jax.random.key(0), num_steps=30)
-    first = hspec.hessian_operator(loss, params)._parts[0][0]
-    hspec.top_eigenvalues(loss, params, 5, key=jax.random.key(1), num_steps=30)
-    second = hspec.hessian_operator(loss, params)._parts[0][0]
-    # The second call found the same compiled programs (a cache miss would build new ones), and
-    # those were compiled once.
-    assert second is first
-    assert (first.linearize._cache_size(), first.apply_linear._cache_size()) == (1, 1)
+    assert len(compile_events) > 0  # a new loss function: its programs were compiled
+    compile_events.clear()
+    # Same function and shapes, another key: the cached programs run, nothing is compiled.
+    second = hspec.top_eigenvalues(loss, params, 5, key=jax.random.key(1), num_steps=30)
+    assert compile_events == []
+    np.testing.assert_allclose(second.eigenvalues, np.linalg.eigvalsh(dense)[::-1][:5], rtol=1e-8)
 
 
 def test_new_data_same_function_gives_new_hessian(tiny_problem):

@@ -28,19 +28,148 @@ import contextlib
 import dataclasses
 from collections.abc import Callable
 from functools import partial
+from typing import Any, Protocol, runtime_checkable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
 
-__all__ = ["LanczosResult", "lanczos", "ritz_decomposition", "tridiagonal_eigh", "start_vectors"]
+from hspec._checks import check_flat_vectors
+from hspec.errors import NonFiniteError
+
+__all__ = [
+    "LanczosResult",
+    "MatvecOperator",
+    "SymmetricOperator",
+    "as_operator",
+    "lanczos",
+    "ritz_decomposition",
+    "start_vectors",
+    "tridiagonal_eigh",
+]
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
+# Breakdown: β_j <= BREAKDOWN_TOLERANCE · eps · scale, scale = max|α| + max|β| so far (a lower bound
+# on ||H||): what is left of w after orthogonalisation is then rounding noise, not a new direction.
+BREAKDOWN_TOLERANCE = 100.0
 
-class NonFiniteError(FloatingPointError):
-    """A loss, Hessian-vector product or eigenvalue is NaN or infinite."""
+
+@runtime_checkable
+class SymmetricOperator(Protocol):
+    """What :func:`lanczos` needs of a symmetric linear map on flat vectors of size ``dim``.
+
+    :class:`hspec.HessianOperator` is one; :class:`MatvecOperator` makes one of a plain callable.
+
+    Attributes:
+      dim: n, the size of the vectors.
+      dtype: their dtype.
+      matvec: ``matvec(V)`` applies the map to each row of a ``[S, n]`` stack (the python loop).
+      pure_matvec: ``pure_matvec(args, V)``, the same product as a hashable function of explicit
+        arrays. The compiled ``fori`` loop passes ``args`` as arguments so that nothing is closed over:
+        XLA constant-folds closed-over arrays (FINDINGS.md, trap 2).
+      args: the arrays ``pure_matvec`` needs.
+    """
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def dtype(self) -> Any: ...
+
+    def matvec(self, v: jax.Array) -> jax.Array: ...
+
+    @property
+    def pure_matvec(self) -> Callable[[Any, jax.Array], jax.Array]: ...
+
+    @property
+    def args(self) -> Any: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClosedMatvec:
+    """``fn(v)`` in the ``pure_matvec(args, v)`` form (hashable for jit); checks the shape it returns."""
+
+    fn: Callable
+
+    def __call__(self, args, v):
+        try:
+            out = self.fn(v)
+        except (TypeError, ValueError) as err:  # typically a matmul of the wrong size: say which sizes met
+            raise ValueError(
+                f"the operator failed on a stack of vectors of shape {tuple(v.shape)} (n = dim = {v.shape[-1]}): "
+                f"is dim the size of the operator's vectors? {type(err).__name__}: {err}"
+            ) from err
+        if getattr(out, "shape", None) != v.shape:
+            raise ValueError(
+                f"the operator returned {_describe(out)} for vectors of shape {tuple(v.shape)}: it must map "
+                f"a [S, n] stack to a [S, n] stack, n = dim = {v.shape[-1]}"
+            )
+        return out
+
+
+def _describe(x) -> str:
+    shape = getattr(x, "shape", None)
+    return f"shape {tuple(shape)}" if shape is not None else f"a {type(x).__name__}"
+
+
+@dataclasses.dataclass(frozen=True)
+class MatvecOperator:
+    """A plain callable ``[S, n] -> [S, n]`` (a symmetric matrix applied to each row) as an operator.
+
+    Attributes:
+      fn: the callable; it closes over its own arrays (fine in the python loop; in the ``fori`` loop
+        they become compile-time constants).
+      dim: n. dtype: dtype of the vectors.
+    """
+
+    fn: Callable
+    dim: int
+    dtype: Any = jnp.float32
+
+    def matvec(self, v: jax.Array) -> jax.Array:
+        """The map applied to a ``[n]`` vector or each row of a ``[S, n]`` stack."""
+        check_flat_vectors(v, self.dim, "MatvecOperator.matvec")
+        single = v.ndim == 1
+        out = self.pure_matvec(self.args, v[None] if single else v)
+        return out[0] if single else out
+
+    @property
+    def pure_matvec(self) -> _ClosedMatvec:
+        return _ClosedMatvec(self.fn)
+
+    @property
+    def args(self) -> tuple:
+        return ()
+
+
+def as_operator(operator, *, dim: int | None = None, dtype=None) -> SymmetricOperator:
+    """``operator`` itself when it is a :class:`SymmetricOperator`, else a plain callable wrapped.
+
+    Args:
+      operator: a :class:`SymmetricOperator` (e.g. :class:`hspec.HessianOperator`) or a callable
+        ``[S, n] -> [S, n]``.
+      dim, dtype: n and the dtype (default float32) of the vectors, for a plain callable; for an
+        operator they may be given only when they agree with its own.
+
+    Returns:
+      A :class:`SymmetricOperator`.
+    """
+    if isinstance(operator, SymmetricOperator):
+        if dim is not None and int(dim) != operator.dim:
+            raise ValueError(f"dim={dim} disagrees with the operator's dimension {operator.dim}; leave dim out")
+        if dtype is not None and jnp.dtype(dtype) != jnp.dtype(operator.dtype):
+            raise ValueError(f"dtype={dtype} disagrees with the operator's {operator.dtype}; leave dtype out")
+        return operator
+    if not callable(operator):
+        raise TypeError(
+            f"operator must be a hspec.HessianOperator (or another SymmetricOperator) or a callable "
+            f"[S, n] -> [S, n]; got a {type(operator).__name__}"
+        )
+    if dim is None or int(dim) < 1:
+        raise ValueError("give dim=n (the size of the vectors) when operator is a plain callable")
+    return MatvecOperator(operator, int(dim), jnp.dtype(dtype if dtype is not None else jnp.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,22 +228,63 @@ def _orthogonalize(basis: jax.Array, w: jax.Array) -> jax.Array:
     return w
 
 
-def _next_vector(basis, w, key, j, scale):
-    """β_j and the next unit vector; on breakdown a random vector orthogonal to the basis and β=0."""
-    beta = jnp.linalg.norm(w, axis=-1)
-    eps = jnp.finfo(w.dtype).eps
-    broke = beta <= 100.0 * eps * jnp.maximum(scale, jnp.finfo(w.dtype).tiny)
+def _host_orthogonalize(basis: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Host version of :func:`_orthogonalize`: Gram-Schmidt twice, matrix-vector products through BLAS."""
+    w = w.copy()
+    for _ in range(2):
+        for s in range(w.shape[0]):
+            w[s] -= (basis[s] @ w[s]) @ basis[s]
+    return w
 
-    def restart(_):
-        fresh = jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype)
-        fresh = _orthogonalize(basis, fresh)
-        return fresh / jnp.maximum(jnp.linalg.norm(fresh, axis=-1, keepdims=True), jnp.finfo(w.dtype).tiny)
+
+@dataclasses.dataclass(frozen=True)
+class _ArrayOps:
+    """The array operations a Lanczos step needs, on the device (jax.numpy) or the host (numpy)."""
+
+    xp: Any  # jax.numpy or numpy
+    orthogonalize: Callable  # (basis [S, r, n], w [S, n]) -> w minus its projection, twice
+    if_any: Callable  # (mask, fn, otherwise) -> fn() if any(mask) else otherwise
+
+
+# On the device the restart is a lax.cond (traced once, run only on breakdown); on the host a plain if.
+_DEVICE = _ArrayOps(jnp, _orthogonalize, lambda mask, fn, other: jax.lax.cond(jnp.any(mask), fn, lambda: other))
+_HOST = _ArrayOps(np, _host_orthogonalize, lambda mask, fn, other: fn() if mask.any() else other)
+
+
+def _next_vector(ops: _ArrayOps, basis, w, scale, key, j):
+    """β_j and the next unit vector; on breakdown a random vector orthogonal to the basis and β = 0.
+
+    The one definition of the breakdown rule, for both the device step and the host step. Breakdown
+    of start s: β_j <= BREAKDOWN_TOLERANCE · eps · scale_s. Its restart vector is
+    ``normal(fold_in(key, j))`` orthogonalised against the basis, so both paths restart identically.
+
+    Args:
+      ops: device or host array operations.
+      basis: ``[S, r, n]`` the basis so far. w: ``[S, n]`` orthogonalised residual vectors.
+      scale: ``[S]`` max|α| + max|β| so far. key: restart key. j: step index.
+
+    Returns:
+      ``(beta [S], v_next [S, n])``, β = 0 where a start broke down.
+    """
+    xp = ops.xp
+    beta = xp.linalg.norm(w, axis=-1)
+    tiny = xp.finfo(w.dtype).tiny
+    broke = beta <= BREAKDOWN_TOLERANCE * xp.finfo(w.dtype).eps * xp.maximum(scale, tiny)
+
+    def restart():
+        fresh = xp.asarray(jax.random.normal(jax.random.fold_in(key, j), w.shape, w.dtype))
+        fresh = ops.orthogonalize(basis, fresh)
+        return fresh / xp.maximum(xp.linalg.norm(fresh, axis=-1, keepdims=True), tiny)
 
     # The restart vector costs two more passes over the basis: compute it only when some start broke down.
-    fresh = jax.lax.cond(jnp.any(broke), restart, lambda _: jnp.zeros_like(w), None)
-    safe_beta = jnp.where(broke, 1.0, beta)
-    v_next = jnp.where(broke[:, None], fresh, w / safe_beta[:, None])
-    return jnp.where(broke, 0.0, beta), v_next
+    fresh = ops.if_any(broke, restart, xp.zeros_like(w))
+    safe_beta = xp.where(broke, 1.0, beta)
+    return xp.where(broke, 0.0, beta), xp.where(broke[:, None], fresh, w / safe_beta[:, None])
+
+
+def _scale(alphas, betas, xp):
+    """max|α| + max|β| of each start's coefficients so far: the scale the breakdown test is relative to."""
+    return xp.max(xp.abs(alphas), axis=-1) + xp.max(xp.abs(betas), axis=-1)
 
 
 def _step_update(V, alphas, betas, v, w, j, key, rows):
@@ -124,23 +294,13 @@ def _step_update(V, alphas, betas, v, w, j, key, rows):
     alphas = jax.lax.dynamic_update_slice_in_dim(alphas, alpha[:, None], j, axis=1)
     basis = V[:, :rows]
     w = _orthogonalize(basis, w)
-    scale = jnp.max(jnp.abs(alphas), axis=-1) + jnp.max(jnp.abs(betas), axis=-1)
-    beta, v_next = _next_vector(basis, w, key, j, scale)
+    beta, v_next = _next_vector(_DEVICE, basis, w, _scale(alphas, betas, jnp), key, j)
     betas = jax.lax.dynamic_update_slice_in_dim(betas, beta[:, None], j, axis=1)
     return V, alphas, betas, v_next
 
 
 # One compiled step per (shapes, rows bucket); the buffers are donated so they stay in place.
 _jitted_step = jax.jit(_step_update, static_argnames=("rows",), donate_argnums=(0, 1, 2))
-
-
-def _host_orthogonalize(basis: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Host version of :func:`_orthogonalize`: Gram-Schmidt twice, matrix-vector products through BLAS."""
-    w = w.copy()
-    for _ in range(2):
-        for s in range(w.shape[0]):
-            w[s] -= (basis[s] @ w[s]) @ basis[s]
-    return w
 
 
 def _host_step(V, alphas, betas, v, w, j, key):
@@ -154,17 +314,7 @@ def _host_step(V, alphas, betas, v, w, j, key):
     alphas[:, j] = np.sum(v_h * w_h, axis=-1)
     basis = V[:, : j + 1]
     w_h = _host_orthogonalize(basis, w_h)
-    beta = np.linalg.norm(w_h, axis=-1)
-    scale = np.max(np.abs(alphas), axis=-1) + np.max(np.abs(betas), axis=-1)
-    broke = beta <= 100.0 * np.finfo(w_h.dtype).eps * np.maximum(scale, np.finfo(w_h.dtype).tiny)
-    if broke.any():  # same restart rule as the device step: a random vector orthogonal to the basis
-        fresh = np.asarray(jax.random.normal(jax.random.fold_in(key, j), w_h.shape, w_h.dtype))
-        fresh = _host_orthogonalize(basis, fresh)
-        fresh /= np.maximum(np.linalg.norm(fresh, axis=-1, keepdims=True), np.finfo(w_h.dtype).tiny)
-        w_h = np.where(broke[:, None], fresh, w_h / np.where(broke, 1.0, beta)[:, None])
-    else:
-        w_h = w_h / beta[:, None]
-    betas[:, j] = np.where(broke, 0.0, beta)
+    betas[:, j], w_h = _next_vector(_HOST, basis, w_h, _scale(alphas, betas, np), key, j)
     if j + 1 < V.shape[1]:
         V[:, j + 1] = w_h
     return jnp.asarray(w_h)
@@ -344,13 +494,14 @@ def lanczos(
     """Run ``num_steps`` Lanczos steps with full reorthogonalisation from ``num_starts`` random starts.
 
     Args:
-      operator: a :class:`hspec.HessianOperator`, or any callable mapping ``[S, n] -> [S, n]`` that applies
-        a symmetric matrix to each row (then give ``dim`` and ``dtype``).
+      operator: a :class:`SymmetricOperator` such as :class:`hspec.HessianOperator`, or any callable
+        mapping ``[S, n] -> [S, n]`` that applies a symmetric matrix to each row (then give ``dim`` and
+        ``dtype``; it is wrapped in a :class:`MatvecOperator`).
       num_steps: m, the Krylov dimension. Clamped to n with a warning when larger.
       key: PRNG key for the start vectors (and for restarts after a breakdown).
       num_starts: S independent starts, run together (vmapped operator application).
       start: ``"rademacher"`` or ``"gaussian"`` start vectors (normalised).
-      dim, dtype: size and dtype of the vectors when ``operator`` is a plain callable.
+      dim, dtype: size and dtype (default float32) of the vectors when ``operator`` is a plain callable.
       loop: ``"auto"``, ``"python"`` or ``"fori"`` (see the module docstring).
       basis: ``"auto"`` (host on CPU, device elsewhere), ``"device"`` or ``"host"`` (device memory
         independent of m: only the current vectors live on the device).
@@ -364,11 +515,8 @@ def lanczos(
     Returns:
       :class:`LanczosResult` with the tridiagonal coefficients, Ritz values, residual bounds and weights.
     """
-    matvec = operator.matvec if hasattr(operator, "matvec") else operator
-    n = int(getattr(operator, "dim", dim) or 0)
-    dtype = getattr(operator, "dtype", dtype) or jnp.float32
-    if n <= 0:
-        raise ValueError("give dim=n when operator is a plain callable")
+    op = as_operator(operator, dim=dim, dtype=dtype)
+    n, dtype = op.dim, op.dtype
     m = _clamp_steps(num_steps, n)
     if num_starts < 1:
         raise ValueError(f"num_starts must be >= 1, got {num_starts}")
@@ -385,27 +533,14 @@ def lanczos(
     if on_host:
         state[0][:, 0] = np.asarray(v0)  # the host step reads v_j from the basis
     if loop == "fori":
-        pure = getattr(operator, "pure_matvec", None)
-        args = getattr(operator, "args", None)
-        if pure is None:  # a plain callable: it closes over its own arrays
-            pure, args = _ClosedMatvec(matvec), ()
+        pure, args = op.pure_matvec, op.args
         advance = lambda st, j0, j1: _run_steps(pure, args, *st, k_restart, j0, j1)  # noqa: E731
     else:
-        advance = lambda st, j0, j1: _advance_python(matvec, st, k_restart, j0, j1, on_host)  # noqa: E731
+        advance = lambda st, j0, j1: _advance_python(op.matvec, st, k_restart, j0, j1, on_host)  # noqa: E731
     with _single_threaded_blas(on_host):
         V, alphas, betas = _drive(advance, state, m_total, m, stop if grow else None, check_every, progress)
     values, residuals, weights, vectors = ritz_decomposition(alphas, betas, V, return_vectors)
     return LanczosResult(alphas, betas, values, residuals, weights, vectors, int(alphas.shape[1]), loop)
-
-
-@dataclasses.dataclass(frozen=True)
-class _ClosedMatvec:
-    """Adapts a plain ``matvec(v)`` to the ``pure_matvec(args, v)`` form (hashable for jit)."""
-
-    fn: Callable
-
-    def __call__(self, args, v):
-        return self.fn(v)
 
 
 def _clamp_steps(num_steps: int, dim: int) -> int:
