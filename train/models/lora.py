@@ -88,11 +88,13 @@ def _matches(path: str, targets: Sequence[str]) -> bool:
     return any(path == t or path.endswith("." + t) for t in targets)
 
 
-def _linear_layers(model: nnx.Module) -> list[tuple[tuple, nnx.Linear]]:
-    """(path, layer) of every nnx.Linear of the model that is not already the base of a LoRALinear."""
+def _linear_layers(model: nnx.Module) -> tuple[list[tuple[tuple, nnx.Linear]], list[str]]:
+    """(path, layer) of every plain nnx.Linear of the model, and the dotted paths of its LoRALinear layers."""
     modules = [(tuple(path), module) for path, module in nnx.iter_modules(model)]
-    wrapped = {path + ("base",) for path, module in modules if isinstance(module, LoRALinear)}
-    return [(p, m) for p, m in modules if p and isinstance(m, nnx.Linear) and p not in wrapped]
+    lora_paths = [path for path, module in modules if isinstance(module, LoRALinear)]
+    wrapped = {path + ("base",) for path in lora_paths}
+    plain = [(p, m) for p, m in modules if p and isinstance(m, nnx.Linear) and p not in wrapped]
+    return plain, [".".join(map(str, p)) for p in lora_paths]
 
 
 def _parent(model: nnx.Module, path: tuple) -> nnx.Module:
@@ -119,11 +121,15 @@ def apply_lora(model: nnx.Module, *, targets: Sequence[str] = DEFAULT_TARGETS, r
       The dotted paths of the adapted layers, in model order.
 
     Raises:
-      ValueError: a target matches no linear layer (names of the model's linear layers are listed).
+      ValueError: a target matches no linear layer (the model's layer names are listed), or matches a layer
+        that is already adapted.
     """
     if isinstance(targets, str):
         targets = (targets,)
-    layers = _linear_layers(model)
+    layers, already = _linear_layers(model)
+    twice = [t for t in targets if any(_matches(d, [t]) for d in already)]
+    if twice:
+        raise ValueError(f"LoRA targets {twice} are already adapted (layers {already})")
     dotted = {path: ".".join(map(str, path)) for path, _ in layers}
     unmatched = [t for t in targets if not any(_matches(d, [t]) for d in dotted.values())]
     if unmatched:

@@ -1,0 +1,451 @@
+"""Pre-trained GPT-2 and Llama weights, offline, from a local directory in the HF safetensors layout.
+
+A checkpoint directory holds ``config.json`` and either ``model.safetensors`` or shards
+``model-0000k-of-0000n.safetensors`` listed by ``model.safetensors.index.json``. Nothing here touches the
+network: download a model once (e.g. ``huggingface-cli download openai-community/gpt2``) and pass its
+directory.
+
+The safetensors format, read and written here with numpy: 8 bytes little-endian u64 N, then N bytes of
+JSON ``{name: {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, "__metadata__": {..}}``
+(padded with spaces), then the raw little-endian tensor bytes, offsets relative to the end of the header.
+Tensors are memory-mapped, so a 2 GB checkpoint is not read twice. BF16 uses `ml_dtypes.bfloat16` (a JAX
+dependency).
+
+Layouts. GPT-2 (``GPT2LMHeadModel``, optional "transformer." prefix): Conv1D weights are stored (in, out),
+like our kernels, and load without a transpose; ``attn.bias``/``attn.masked_bias`` mask buffers and the tied
+``lm_head.weight`` are ignored. Llama (``LlamaForCausalLM``): nn.Linear weights are (out, in) and are
+transposed; ``rotary_emb.inv_freq`` buffers are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+import sys
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_dtypes
+import numpy as np
+from flax import nnx
+
+from train.models.gpt2 import GPT2, GPT2Config
+from train.models.llama import Llama, LlamaConfig
+
+__all__ = [
+    "CheckpointError", "read_safetensors", "save_safetensors", "load_tensors", "read_config",
+    "gpt2_config_from_hf", "llama_config_from_hf", "gpt2_layout", "llama_layout", "load_gpt2", "load_llama",
+]
+
+# safetensors dtype names <-> numpy dtypes (explicitly little-endian where numpy allows it).
+_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+CONFIG_FILE = "config.json"
+# transformers refuses safetensors files whose metadata lacks a known "format".
+DEFAULT_METADATA = {"format": "pt"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the model: the message names the file or tensor."""
+
+
+def _require_little_endian() -> None:
+    if sys.byteorder != "little":
+        raise RuntimeError("safetensors is little-endian; this reader supports little-endian hosts only")
+
+
+# --------------------------------------------------------------------------------------------------
+# The safetensors format
+
+
+def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
+    """The JSON header of a safetensors file and the byte offset where tensor data starts.
+
+    Args:
+      path: the file.
+
+    Returns:
+      (header, data_start); header maps tensor names to {"dtype", "shape", "data_offsets"} (and may hold
+      "__metadata__").
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"safetensors file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: too short to be a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > path.stat().st_size - 8:
+            raise CheckpointError(f"{path}: header length {n} exceeds the file size (not a safetensors file?)")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from e
+    return header, 8 + n
+
+
+def _tensor_view(buf: np.ndarray, name: str, entry: dict, path: Path) -> np.ndarray:
+    """One tensor of a memory-mapped file as a read-only numpy view."""
+    if entry["dtype"] not in _DTYPES:
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {entry['dtype']}, not one of {sorted(_DTYPES)}")
+    dtype, shape = _DTYPES[entry["dtype"]], tuple(entry["shape"])
+    begin, end = entry["data_offsets"]
+    if end - begin != math.prod(shape) * dtype.itemsize or end > buf.size:
+        raise CheckpointError(f"{path}: tensor {name!r} bytes [{begin}, {end}) do not hold {entry['dtype']}{list(shape)}")
+    return buf[begin:end].view(dtype).reshape(shape)
+
+
+def read_safetensors(path: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+    """Read the tensors of one safetensors file as numpy arrays (memory-mapped, read-only).
+
+    Args:
+      path: the file.
+      names: read only these tensors (all when None).
+
+    Returns:
+      name -> array, in file order.
+    """
+    _require_little_endian()
+    path = Path(path)
+    header, start = read_safetensors_header(path)
+    header.pop("__metadata__", None)
+    wanted = set(header) if names is None else set(names)
+    if not header:
+        return {}
+    buf = np.memmap(path, dtype=np.uint8, mode="r", offset=start)
+    return {k: _tensor_view(buf, k, v, path) for k, v in header.items() if k in wanted}
+
+
+def _dtype_name(a: np.ndarray) -> str:
+    """The safetensors name of an array's dtype ("F32", "BF16", ...)."""
+    for name, dt in _DTYPES.items():
+        if a.dtype == dt:  # numpy's equality ignores "<" versus native "=" on little-endian hosts
+            return name
+    raise TypeError(f"dtype {a.dtype} has no safetensors name; supported: {sorted(_DTYPES)}")
+
+
+def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray | jax.Array],
+                     metadata: Mapping[str, str] | None = None) -> Path:
+    """Write tensors to a safetensors file (atomically: a temporary file renamed into place).
+
+    Args:
+      path: the file to write.
+      tensors: name -> array (numpy or JAX; F64/F32/F16/BF16 and integer/bool dtypes).
+      metadata: string -> string "__metadata__"; default {"format": "pt"}, which transformers requires.
+
+    Returns:
+      The path written.
+    """
+    _require_little_endian()
+    path = Path(path)
+    arrays = {k: np.ascontiguousarray(np.asarray(v)) for k, v in tensors.items()}
+    # Big-endian arrays are byte-swapped: the format is little-endian.
+    arrays = {k: a.astype(a.dtype.newbyteorder("<")) if a.dtype.byteorder == ">" else a for k, a in arrays.items()}
+    header, offset = {"__metadata__": dict(DEFAULT_METADATA if metadata is None else metadata)}, 0
+    for name, a in arrays.items():
+        header[name] = {"dtype": _dtype_name(a), "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)  # keep the data 8-byte aligned, as the reference writer does
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for a in arrays.values():
+            f.write(a.tobytes())
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Checkpoint directories
+
+
+def _checkpoint_dir(directory: str | os.PathLike) -> Path:
+    path = Path(directory)
+    if not path.is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {path}")
+    return path
+
+
+def read_config(directory: str | os.PathLike) -> dict:
+    """The HF `config.json` of a checkpoint directory.
+
+    Args:
+      directory: the checkpoint directory.
+
+    Returns:
+      The parsed JSON.
+    """
+    path = _checkpoint_dir(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{CONFIG_FILE} not found in checkpoint directory {path.parent}")
+    return json.loads(path.read_text())
+
+
+def load_tensors(directory: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a checkpoint directory: `model.safetensors`, or the shards its index lists.
+
+    Args:
+      directory: the checkpoint directory.
+
+    Returns:
+      HF name -> numpy array (memory-mapped).
+    """
+    root = _checkpoint_dir(directory)
+    if (root / SINGLE_FILE).is_file():
+        return read_safetensors(root / SINGLE_FILE)
+    if (root / INDEX_FILE).is_file():
+        weight_map = json.loads((root / INDEX_FILE).read_text()).get("weight_map", {})
+        tensors = {}
+        for shard in sorted(set(weight_map.values())):
+            names = [k for k, v in weight_map.items() if v == shard]
+            if not (root / shard).is_file():
+                raise FileNotFoundError(f"shard {shard} (listed in {INDEX_FILE}) not found in {root}")
+            tensors.update(read_safetensors(root / shard, names))
+        return tensors
+    others = sorted(p.name for p in root.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    hint = f"; it holds {others} (only safetensors is read: convert PyTorch .bin files first)" if others else ""
+    raise FileNotFoundError(f"neither {SINGLE_FILE} nor {INDEX_FILE} found in {root}{hint}")
+
+
+# --------------------------------------------------------------------------------------------------
+# HF configs -> ours
+
+
+def _require(hf: Mapping, key: str, expected, where: str) -> None:
+    """Refuse a config option the model does not implement."""
+    if hf.get(key, expected) != expected:
+        raise NotImplementedError(f"{where}: {key}={hf[key]!r} is not supported (only {expected!r})")
+
+
+def gpt2_config_from_hf(hf: Mapping, **overrides) -> GPT2Config:
+    """Our GPT2Config from an HF GPT-2 `config.json`.
+
+    Dropout (HF's resid/embd/attn_pdrop, 0.1 for OpenAI's models) is not taken over: it defaults to 0.0 as
+    in nanoGPT's `from_pretrained`; pass dropout=... to change it.
+
+    Args:
+      hf: the parsed config.json.
+      **overrides: GPT2Config fields to set (e.g. dropout, bias).
+
+    Returns:
+      The GPT2Config.
+    """
+    gelu = {"gelu_new": "tanh", "gelu_pytorch_tanh": "tanh", "gelu_fast": "tanh", "gelu": "exact"}
+    act = hf.get("activation_function", "gelu_new")
+    if act not in gelu:
+        raise NotImplementedError(f"GPT-2 config: activation_function={act!r} is not supported ({sorted(gelu)})")
+    for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"):
+        _require(hf, key, False, "GPT-2 config")
+    _require(hf, "scale_attn_weights", True, "GPT-2 config")
+    if hf.get("n_inner") not in (None, 4 * hf["n_embd"]):
+        raise NotImplementedError(f"GPT-2 config: n_inner={hf['n_inner']} (only 4 * n_embd)")
+    fields = dict(n_layer=hf["n_layer"], n_head=hf["n_head"], n_embd=hf["n_embd"],
+                  block_size=hf.get("n_positions", hf.get("n_ctx", 1024)), vocab_size=hf["vocab_size"], bias=True,
+                  dropout=0.0, gelu=gelu[act], ln_eps=hf.get("layer_norm_epsilon", 1e-5))
+    return GPT2Config(**{**fields, **overrides})
+
+
+def llama_config_from_hf(hf: Mapping, **overrides) -> LlamaConfig:
+    """Our LlamaConfig from an HF Llama `config.json` (TinyLlama's included).
+
+    Args:
+      hf: the parsed config.json.
+      **overrides: LlamaConfig fields to set.
+
+    Returns:
+      The LlamaConfig.
+    """
+    where = "Llama config"
+    _require(hf, "hidden_act", "silu", where)
+    _require(hf, "attention_bias", False, where)
+    _require(hf, "mlp_bias", False, where)
+    _require(hf, "rope_scaling", None, where)
+    heads = hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, hf["hidden_size"] // heads):
+        raise NotImplementedError(f"{where}: head_dim={hf['head_dim']} differs from hidden_size / num_attention_heads")
+    fields = dict(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], intermediate_size=hf["intermediate_size"],
+                  num_layers=hf["num_hidden_layers"], num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+                  max_seq_len=hf.get("max_position_embeddings", 2048), rope_theta=float(hf.get("rope_theta", 10000.0)),
+                  rms_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                  init_std=hf.get("initializer_range", 0.02))
+    return LlamaConfig(**{**fields, **overrides})
+
+
+# --------------------------------------------------------------------------------------------------
+# Name maps: (HF name, our parameter path, transpose?)
+
+Entry = tuple[str, tuple, bool]
+
+
+def gpt2_layout(cfg: GPT2Config, prefix: str = "transformer.") -> list[Entry]:
+    """Where every GPT-2 parameter lives in an HF checkpoint.
+
+    Args:
+      cfg: the architecture (bias decides whether biases are expected).
+      prefix: "transformer." (GPT2LMHeadModel) or "" (GPT2Model, as OpenAI's own upload is saved).
+
+    Returns:
+      (HF name, our path, transpose) triples; GPT-2's Conv1D needs no transposes.
+    """
+    def norm(hf: str, ours: tuple) -> list[Entry]:
+        return [(hf + ".weight", ours + ("scale",), False)] + ([(hf + ".bias", ours + ("bias",), False)] if cfg.bias else [])
+
+    def linear(hf: str, ours: tuple) -> list[Entry]:
+        return [(hf + ".weight", ours + ("kernel",), False)] + ([(hf + ".bias", ours + ("bias",), False)] if cfg.bias else [])
+
+    entries = [(prefix + "wte.weight", ("wte", "embedding"), False), (prefix + "wpe.weight", ("wpe", "embedding"), False)]
+    for i in range(cfg.n_layer):
+        hf, ours = f"{prefix}h.{i}.", ("h", i)
+        entries += norm(hf + "ln_1", ours + ("ln_1",)) + norm(hf + "ln_2", ours + ("ln_2",))
+        entries += linear(hf + "attn.c_attn", ours + ("attn", "c_attn")) + linear(hf + "attn.c_proj", ours + ("attn", "c_proj"))
+        entries += linear(hf + "mlp.c_fc", ours + ("mlp", "c_fc")) + linear(hf + "mlp.c_proj", ours + ("mlp", "c_proj"))
+    return entries + norm(prefix + "ln_f", ("ln_f",))
+
+
+def llama_layout(cfg: LlamaConfig) -> list[Entry]:
+    """Where every Llama parameter lives in an HF `LlamaForCausalLM` checkpoint.
+
+    Args:
+      cfg: the architecture.
+
+    Returns:
+      (HF name, our path, transpose) triples; every nn.Linear weight (out, in) is transposed.
+    """
+    entries = [("model.embed_tokens.weight", ("embed_tokens", "embedding"), False), ("model.norm.weight", ("norm", "scale"), False)]
+    for i in range(cfg.num_layers):
+        hf, ours = f"model.layers.{i}.", ("layers", i)
+        entries += [(hf + "input_layernorm.weight", ours + ("input_layernorm", "scale"), False),
+                    (hf + "post_attention_layernorm.weight", ours + ("post_attention_layernorm", "scale"), False)]
+        entries += [(f"{hf}self_attn.{p}.weight", ours + ("self_attn", p, "kernel"), True) for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        entries += [(f"{hf}mlp.{p}.weight", ours + ("mlp", p, "kernel"), True) for p in ("gate_proj", "up_proj", "down_proj")]
+    if not cfg.tie_embeddings:
+        entries.append(("lm_head.weight", ("lm_head", "kernel"), True))
+    return entries
+
+
+# --------------------------------------------------------------------------------------------------
+# Filling a model
+
+
+def _get(tree: dict, path: tuple):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _set(tree: dict, path: tuple, value) -> None:
+    for key in path[:-1]:
+        tree = tree[key]
+    tree[path[-1]] = value
+
+
+def _check_tensors(tensors: Mapping[str, np.ndarray], layout: list[Entry], pure: dict, where: str) -> None:
+    """Raise CheckpointError naming every missing tensor or wrong shape (HF's shape expected vs found)."""
+    missing = [hf for hf, _, _ in layout if hf not in tensors]
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise CheckpointError(f"{where}: missing tensors {missing[:5]}{more}")
+    for hf, path, transpose in layout:
+        expected = tuple(_get(pure, path).shape)
+        expected = expected[::-1] if transpose else expected
+        if tuple(tensors[hf].shape) != expected:
+            raise CheckpointError(f"{where}: tensor {hf!r} has shape {tuple(tensors[hf].shape)}, expected {expected}")
+
+
+def _warn_unused(tensors: Mapping[str, np.ndarray], layout: list[Entry], ignored: Callable[[str], bool], where: str) -> None:
+    used = {hf for hf, _, _ in layout}
+    unused = sorted(k for k in tensors if k not in used and not ignored(k))
+    if unused:
+        warnings.warn(f"{where}: {len(unused)} tensors not used by the model, e.g. {unused[:5]}", stacklevel=3)
+
+
+def fill_model(build: Callable[[], nnx.Module], tensors: Mapping[str, np.ndarray], layout: list[Entry], *,
+               dtype=jnp.float32, where: str = "checkpoint") -> nnx.Module:
+    """Build a model abstractly (no random init) and set its parameters from checkpoint tensors.
+
+    Args:
+      build: () -> model, traced with `nnx.eval_shape` only.
+      tensors: HF name -> array.
+      layout: (HF name, our path, transpose) for every parameter of the model.
+      dtype: parameter dtype.
+      where: named in error messages.
+
+    Returns:
+      The model with the checkpoint's weights.
+    """
+    graphdef, state = nnx.split(nnx.eval_shape(build))
+    pure = nnx.to_pure_dict(state)
+    _check_tensors(tensors, layout, pure, where)
+    for hf, path, transpose in layout:
+        a = np.asarray(tensors[hf], dtype=dtype)
+        _set(pure, path, jnp.asarray(a.T if transpose else a))
+    unfilled = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(pure)[0] if isinstance(x, jax.ShapeDtypeStruct)]
+    if unfilled:  # the layout table and the model disagree: a bug here, not in the checkpoint
+        raise RuntimeError(f"{where}: model parameters without a checkpoint tensor: {unfilled[:5]}")
+    nnx.replace_by_pure_dict(state, pure)
+    return nnx.merge(graphdef, state)
+
+
+def _gpt2_prefix(tensors: Mapping[str, np.ndarray], where: str) -> str:
+    for prefix in ("transformer.", ""):
+        if prefix + "wte.weight" in tensors:
+            return prefix
+    raise CheckpointError(f"{where}: no GPT-2 token embedding (transformer.wte.weight or wte.weight); is this a GPT-2 checkpoint?")
+
+
+def load_gpt2(directory: str | os.PathLike, *, dtype=jnp.float32, remat: bool = False, **overrides) -> tuple[GPT2, GPT2Config]:
+    """A GPT-2 with pre-trained weights from a local HF checkpoint directory.
+
+    Args:
+      directory: holds config.json and model.safetensors (or shards with their index).
+      dtype: parameter dtype (float32 by default, whatever the file stores).
+      remat: passed to GPT2.
+      **overrides: GPT2Config fields (e.g. dropout=0.1). `bias` is read from the checkpoint.
+
+    Returns:
+      (model, cfg), the model in training mode as every new model.
+    """
+    where = f"GPT-2 checkpoint {directory}"
+    hf = read_config(directory)
+    tensors = load_tensors(directory)
+    prefix = _gpt2_prefix(tensors, where)
+    has_bias = f"{prefix}h.0.attn.c_attn.bias" in tensors
+    cfg = gpt2_config_from_hf(hf, **{"bias": has_bias, **overrides})
+    layout = gpt2_layout(cfg, prefix)
+    _warn_unused(tensors, layout, lambda k: k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight", where)
+    model = fill_model(lambda: GPT2(cfg, remat=remat, rngs=nnx.Rngs(0)), tensors, layout, dtype=dtype, where=where)
+    return model, cfg
+
+
+def load_llama(directory: str | os.PathLike, *, dtype=jnp.float32, remat: bool = False, **overrides) -> tuple[Llama, LlamaConfig]:
+    """A Llama (e.g. TinyLlama-1.1B-Chat-v1.0) with pre-trained weights from a local HF checkpoint directory.
+
+    Args:
+      directory: holds config.json and model.safetensors (or shards with their index).
+      dtype: parameter dtype (float32 by default; TinyLlama's file stores bfloat16).
+      remat: passed to Llama.
+      **overrides: LlamaConfig fields.
+
+    Returns:
+      (model, cfg).
+    """
+    where = f"Llama checkpoint {directory}"
+    cfg = llama_config_from_hf(read_config(directory), **overrides)
+    tensors = load_tensors(directory)
+    layout = llama_layout(cfg)
+    _warn_unused(tensors, layout, lambda k: k.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and k == "lm_head.weight"), where)
+    model = fill_model(lambda: Llama(cfg, remat=remat, rngs=nnx.Rngs(0)), tensors, layout, dtype=dtype, where=where)
+    return model, cfg
