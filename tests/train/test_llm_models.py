@@ -102,9 +102,10 @@ def test_forward_shapes_and_length_check(tiny_gpt2, tiny_llama):
 def test_gpt2_init_statistics(tiny_gpt2):
     # 10,240 residual-projection weights: the sample std is within ~1% of the truth, and 0.02/sqrt(2L) = 0.01 here.
     cfg, model = TINY_GPT2, tiny_gpt2
-    resid = np.concatenate([np.ravel(b.attn.c_proj.kernel[...]) for b in model.h] + [np.ravel(b.mlp.c_proj.kernel[...]) for b in model.h])
+    flat = lambda arrays: np.concatenate([np.ravel(a[...]) for a in arrays])  # noqa: E731
+    resid = flat([b.attn.c_proj.kernel for b in model.h] + [b.mlp.c_proj.kernel for b in model.h])
     np.testing.assert_allclose(resid.std(), 0.02 / math.sqrt(2 * cfg.n_layer), rtol=0.03)
-    others = np.concatenate([np.ravel(b.attn.c_attn.kernel[...]) for b in model.h] + [np.ravel(model.wte.embedding[...])])
+    others = flat([b.attn.c_attn.kernel for b in model.h] + [model.wte.embedding])
     np.testing.assert_allclose(others.std(), 0.02, rtol=0.03)
     np.testing.assert_allclose(np.ravel(model.wpe.embedding[...]).std(), 0.02, rtol=0.1)
     state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
@@ -168,7 +169,8 @@ def test_remat_gives_the_same_loss_and_gradient():
     rng, results = np.random.default_rng(0), []
     for remat in (False, True):
         graphdef, abstract = nnx.split(nnx.eval_shape(lambda: gpt2.GPT2(cfg, remat=remat, rngs=nnx.Rngs(0))))
-        params = results[0][2] if results else jax.tree.map(lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype), abstract)
+        draw = lambda s: jnp.asarray(0.1 * rng.standard_normal(s.shape), s.dtype)  # noqa: E731
+        params = results[0][2] if results else jax.tree.map(draw, abstract)
         loss, grads = jax.jit(jax.value_and_grad(_loss, argnums=1), static_argnums=0)(graphdef, params, idx, key)
         results.append((loss, grads, params))
     chex.assert_trees_all_close(results[0][:2], results[1][:2], rtol=1e-5, atol=1e-7)
@@ -208,7 +210,7 @@ def _lora_llama(base: llama.Llama, rank=4, alpha=8.0, dropout=0.0, targets=lora.
 def test_lora_starts_at_the_base_model(tiny_llama):
     base = tiny_llama
     model, adapted = _lora_llama(base)
-    assert adapted == ["layers.0.self_attn.q_proj", "layers.0.self_attn.v_proj", "layers.1.self_attn.q_proj", "layers.1.self_attn.v_proj"]
+    assert adapted == [f"layers.{i}.self_attn.{p}" for i in (0, 1) for p in ("q_proj", "v_proj")]
     idx = _tokens(6)
     chex.assert_trees_all_equal(model(idx), base(idx))
     a = np.asarray(model.layers[0].self_attn.q_proj.lora_a[...])
@@ -233,7 +235,8 @@ def test_lora_update_is_scaled_low_rank_product(tiny_llama):
     for layer, target in zip(model.layers, merged.layers):
         for name in ("q_proj", "v_proj"):
             ad = getattr(layer.self_attn, name)
-            getattr(target.self_attn, name).kernel[...] = ad.base.kernel[...] + (alpha / rank) * ad.lora_a[...] @ ad.lora_b[...]
+            delta = (alpha / rank) * ad.lora_a[...] @ ad.lora_b[...]
+            getattr(target.self_attn, name).kernel[...] = ad.base.kernel[...] + delta
     idx = _tokens(7)
     chex.assert_trees_all_close(model(idx), merged(idx), rtol=1e-5, atol=1e-5)
 

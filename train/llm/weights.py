@@ -19,6 +19,7 @@ transposed; ``rotary_emb.inv_freq`` buffers are ignored.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -102,7 +103,8 @@ def _tensor_view(buf: np.ndarray, name: str, entry: dict, path: Path) -> np.ndar
     dtype, shape = _DTYPES[entry["dtype"]], tuple(entry["shape"])
     begin, end = entry["data_offsets"]
     if end - begin != math.prod(shape) * dtype.itemsize or end > buf.size:
-        raise CheckpointError(f"{path}: tensor {name!r} bytes [{begin}, {end}) do not hold {entry['dtype']}{list(shape)}")
+        raise CheckpointError(f"{path}: tensor {name!r} bytes [{begin}, {end}) do not hold "
+                              f"{entry['dtype']}{list(shape)}")
     return buf[begin:end].view(dtype).reshape(shape)
 
 
@@ -277,7 +279,8 @@ def llama_config_from_hf(hf: Mapping, **overrides) -> LlamaConfig:
     if hf.get("head_dim") not in (None, hf["hidden_size"] // heads):
         raise NotImplementedError(f"{where}: head_dim={hf['head_dim']} differs from hidden_size / num_attention_heads")
     fields = dict(vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"], intermediate_size=hf["intermediate_size"],
-                  num_layers=hf["num_hidden_layers"], num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+                  num_layers=hf["num_hidden_layers"], num_heads=heads,
+                  num_kv_heads=hf.get("num_key_value_heads") or heads,
                   max_seq_len=hf.get("max_position_embeddings", 2048), rope_theta=float(hf.get("rope_theta", 10000.0)),
                   rms_eps=hf.get("rms_norm_eps", 1e-6), tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                   init_std=hf.get("initializer_range", 0.02))
@@ -300,19 +303,20 @@ def gpt2_layout(cfg: GPT2Config, prefix: str = "transformer.") -> list[Entry]:
     Returns:
       (HF name, our path, transpose) triples; GPT-2's Conv1D needs no transposes.
     """
-    def norm(hf: str, ours: tuple) -> list[Entry]:
-        return [(hf + ".weight", ours + ("scale",), False)] + ([(hf + ".bias", ours + ("bias",), False)] if cfg.bias else [])
+    def layer(hf: str, ours: tuple, weight: str) -> list[Entry]:
+        """A LayerNorm (weight -> scale) or Conv1D (weight -> kernel), with its bias if the model has biases."""
+        entries = [(hf + ".weight", ours + (weight,), False)]
+        return entries + [(hf + ".bias", ours + ("bias",), False)] if cfg.bias else entries
 
-    def linear(hf: str, ours: tuple) -> list[Entry]:
-        return [(hf + ".weight", ours + ("kernel",), False)] + ([(hf + ".bias", ours + ("bias",), False)] if cfg.bias else [])
-
-    entries = [(prefix + "wte.weight", ("wte", "embedding"), False), (prefix + "wpe.weight", ("wpe", "embedding"), False)]
+    entries = [(prefix + "wte.weight", ("wte", "embedding"), False),
+               (prefix + "wpe.weight", ("wpe", "embedding"), False)]
     for i in range(cfg.n_layer):
         hf, ours = f"{prefix}h.{i}.", ("h", i)
-        entries += norm(hf + "ln_1", ours + ("ln_1",)) + norm(hf + "ln_2", ours + ("ln_2",))
-        entries += linear(hf + "attn.c_attn", ours + ("attn", "c_attn")) + linear(hf + "attn.c_proj", ours + ("attn", "c_proj"))
-        entries += linear(hf + "mlp.c_fc", ours + ("mlp", "c_fc")) + linear(hf + "mlp.c_proj", ours + ("mlp", "c_proj"))
-    return entries + norm(prefix + "ln_f", ("ln_f",))
+        for name in ("ln_1", "ln_2"):
+            entries += layer(hf + name, ours + (name,), "scale")
+        for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
+            entries += layer(hf + name, ours + tuple(name.split(".")), "kernel")
+    return entries + layer(prefix + "ln_f", ("ln_f",), "scale")
 
 
 def llama_layout(cfg: LlamaConfig) -> list[Entry]:
@@ -324,13 +328,16 @@ def llama_layout(cfg: LlamaConfig) -> list[Entry]:
     Returns:
       (HF name, our path, transpose) triples; every nn.Linear weight (out, in) is transposed.
     """
-    entries = [("model.embed_tokens.weight", ("embed_tokens", "embedding"), False), ("model.norm.weight", ("norm", "scale"), False)]
+    entries = [("model.embed_tokens.weight", ("embed_tokens", "embedding"), False),
+               ("model.norm.weight", ("norm", "scale"), False)]
+    linears = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+               "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
     for i in range(cfg.num_layers):
         hf, ours = f"model.layers.{i}.", ("layers", i)
-        entries += [(hf + "input_layernorm.weight", ours + ("input_layernorm", "scale"), False),
-                    (hf + "post_attention_layernorm.weight", ours + ("post_attention_layernorm", "scale"), False)]
-        entries += [(f"{hf}self_attn.{p}.weight", ours + ("self_attn", p, "kernel"), True) for p in ("q_proj", "k_proj", "v_proj", "o_proj")]
-        entries += [(f"{hf}mlp.{p}.weight", ours + ("mlp", p, "kernel"), True) for p in ("gate_proj", "up_proj", "down_proj")]
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            entries.append((f"{hf}{name}.weight", ours + (name, "scale"), False))
+        for name in linears:
+            entries.append((f"{hf}{name}.weight", ours + (*name.split("."), "kernel"), True))
     if not cfg.tie_embeddings:
         entries.append(("lm_head.weight", ("lm_head", "kernel"), True))
     return entries
@@ -365,7 +372,9 @@ def _check_tensors(tensors: Mapping[str, np.ndarray], layout: list[Entry], pure:
             raise CheckpointError(f"{where}: tensor {hf!r} has shape {tuple(tensors[hf].shape)}, expected {expected}")
 
 
-def _warn_unused(tensors: Mapping[str, np.ndarray], layout: list[Entry], ignored: Callable[[str], bool], where: str) -> None:
+def _warn_unused(tensors: Mapping[str, np.ndarray], layout: list[Entry], ignored: Callable[[str], bool],
+                 where: str) -> None:
+    """Warn about checkpoint tensors that the model does not use (other than known buffers)."""
     used = {hf for hf, _, _ in layout}
     unused = sorted(k for k in tensors if k not in used and not ignored(k))
     if unused:
@@ -392,21 +401,34 @@ def fill_model(build: Callable[[], nnx.Module], tensors: Mapping[str, np.ndarray
     for hf, path, transpose in layout:
         a = np.asarray(tensors[hf], dtype=dtype)
         _set(pure, path, jnp.asarray(a.T if transpose else a))
-    unfilled = [jax.tree_util.keystr(p) for p, x in jax.tree_util.tree_flatten_with_path(pure)[0] if isinstance(x, jax.ShapeDtypeStruct)]
+    leaves = jax.tree_util.tree_flatten_with_path(pure)[0]
+    unfilled = [jax.tree_util.keystr(p) for p, x in leaves if isinstance(x, jax.ShapeDtypeStruct)]
     if unfilled:  # the layout table and the model disagree: a bug here, not in the checkpoint
         raise RuntimeError(f"{where}: model parameters without a checkpoint tensor: {unfilled[:5]}")
     nnx.replace_by_pure_dict(state, pure)
     return nnx.merge(graphdef, state)
 
 
+def _gpt2_buffer(name: str) -> bool:
+    """HF GPT-2's causal-mask buffers, and a head tied to wte anyway: in some files, not parameters here."""
+    return name.endswith((".attn.bias", ".attn.masked_bias")) or name == "lm_head.weight"
+
+
+def _llama_buffer(name: str, *, tied: bool) -> bool:
+    """Rotary tables stored by old Llama checkpoints, and a head tied to the embedding."""
+    return name.endswith("rotary_emb.inv_freq") or (tied and name == "lm_head.weight")
+
+
 def _gpt2_prefix(tensors: Mapping[str, np.ndarray], where: str) -> str:
     for prefix in ("transformer.", ""):
         if prefix + "wte.weight" in tensors:
             return prefix
-    raise CheckpointError(f"{where}: no GPT-2 token embedding (transformer.wte.weight or wte.weight); is this a GPT-2 checkpoint?")
+    raise CheckpointError(f"{where}: no GPT-2 token embedding (transformer.wte.weight or wte.weight); "
+                          "is this a GPT-2 checkpoint?")
 
 
-def load_gpt2(directory: str | os.PathLike, *, dtype=jnp.float32, remat: bool = False, **overrides) -> tuple[GPT2, GPT2Config]:
+def load_gpt2(directory: str | os.PathLike, *, dtype=jnp.float32, remat: bool = False,
+              **overrides) -> tuple[GPT2, GPT2Config]:
     """A GPT-2 with pre-trained weights from a local HF checkpoint directory.
 
     Args:
@@ -425,12 +447,13 @@ def load_gpt2(directory: str | os.PathLike, *, dtype=jnp.float32, remat: bool = 
     has_bias = f"{prefix}h.0.attn.c_attn.bias" in tensors
     cfg = gpt2_config_from_hf(hf, **{"bias": has_bias, **overrides})
     layout = gpt2_layout(cfg, prefix)
-    _warn_unused(tensors, layout, lambda k: k.endswith((".attn.bias", ".attn.masked_bias")) or k == "lm_head.weight", where)
+    _warn_unused(tensors, layout, _gpt2_buffer, where)
     model = fill_model(lambda: GPT2(cfg, remat=remat, rngs=nnx.Rngs(0)), tensors, layout, dtype=dtype, where=where)
     return model, cfg
 
 
-def load_llama(directory: str | os.PathLike, *, dtype=jnp.float32, remat: bool = False, **overrides) -> tuple[Llama, LlamaConfig]:
+def load_llama(directory: str | os.PathLike, *, dtype=jnp.float32, remat: bool = False,
+               **overrides) -> tuple[Llama, LlamaConfig]:
     """A Llama (e.g. TinyLlama-1.1B-Chat-v1.0) with pre-trained weights from a local HF checkpoint directory.
 
     Args:
@@ -446,6 +469,6 @@ def load_llama(directory: str | os.PathLike, *, dtype=jnp.float32, remat: bool =
     cfg = llama_config_from_hf(read_config(directory), **overrides)
     tensors = load_tensors(directory)
     layout = llama_layout(cfg)
-    _warn_unused(tensors, layout, lambda k: k.endswith("rotary_emb.inv_freq") or (cfg.tie_embeddings and k == "lm_head.weight"), where)
+    _warn_unused(tensors, layout, functools.partial(_llama_buffer, tied=cfg.tie_embeddings), where)
     model = fill_model(lambda: Llama(cfg, remat=remat, rngs=nnx.Rngs(0)), tensors, layout, dtype=dtype, where=where)
     return model, cfg

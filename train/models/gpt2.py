@@ -81,7 +81,8 @@ class GPT2Config:
 # GELU, vocab 50257, no dropout as in nanoGPT's fine-tuning). nanoGPT pads the vocabulary to 50304 when
 # it trains GPT-2 from scratch: use dataclasses.replace(PRESETS["small"], vocab_size=50304, bias=False).
 PRESETS: dict[str, GPT2Config] = {
-    "nano": GPT2Config(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, bias=False, dropout=0.2, gelu="exact"),
+    "nano": GPT2Config(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, bias=False, dropout=0.2,
+                       gelu="exact"),
     "small": GPT2Config(n_layer=12, n_head=12, n_embd=768),
     "medium": GPT2Config(n_layer=24, n_head=16, n_embd=1024),
     "large": GPT2Config(n_layer=36, n_head=20, n_embd=1280),
@@ -244,7 +245,8 @@ def check_dropout_stream(model: nnx.Module, rngs: nnx.Rngs | None) -> None:
     """
     if rngs is not None:
         return
-    active = [m.rate for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Dropout) and not m.deterministic and m.rate > 0]
+    modules = (m for _, m in nnx.iter_modules(model))
+    active = [m.rate for m in modules if isinstance(m, nnx.Dropout) and not m.deterministic and m.rate > 0]
     if active:
         raise ValueError(
             f"dropout (rate {max(active)}) is active in training mode but no rngs was given: call "
