@@ -224,7 +224,12 @@ def top_eigenvalues(
     """
     t0 = time.perf_counter()
     if k is None:
-        raise TypeError("top_eigenvalues: give k, the number of eigenvalues (top_eigenvalues(op, k=k, key=key))")
+        # top_eigenvalues(op, 5, key=key) puts k where params goes: say so.
+        what = f"k={params} by keyword" if isinstance(params, int) else "k, the number of eigenvalues"
+        raise TypeError(
+            f"top_eigenvalues: give {what}: top_eigenvalues(op, k=k, key=key) or "
+            "top_eigenvalues(loss_fn, params, k, key=key)"
+        )
     op = resolve_operator(loss_fn, params, batches=batches, wrt=wrt, method=method, caller="top_eigenvalues")
     if num_steps is None:
         # Defaults: start at max(3k, k+100) steps and keep going, up to 4x that, until the top k converge.

@@ -19,7 +19,13 @@ with BLAS, so that device memory does not grow with m (python loop only). It is 
 where it is also the fastest form.
 
 Breakdown (an invariant Krylov subspace, e.g. an operator of rank r < m) restarts from a random
-vector orthogonal to the basis and records β = 0, which decouples the tridiagonal matrix exactly.
+vector orthogonal to the basis and records β = 0, which decouples the tridiagonal matrix exactly. The
+rule is written once (:func:`_next_vector`) and used by the device step and the host step alike.
+
+The operator is anything with the :class:`SymmetricOperator` interface (``dim``, ``dtype``,
+``matvec``, ``pure_matvec``, ``args``), such as :class:`hspec.HessianOperator`; a plain callable is
+wrapped in a :class:`MatvecOperator`. This module is ``hspec.krylov``; ``hspec.lanczos`` is its
+:func:`lanczos` function.
 """
 
 from __future__ import annotations
@@ -276,8 +282,9 @@ def _next_vector(ops: _ArrayOps, basis, w, scale, key, j):
         fresh = ops.orthogonalize(basis, fresh)
         return fresh / xp.maximum(xp.linalg.norm(fresh, axis=-1, keepdims=True), tiny)
 
-    # The restart vector costs two more passes over the basis: compute it only when some start broke down.
-    fresh = ops.if_any(broke, restart, xp.zeros_like(w))
+    # The restart vector costs two more passes over the basis: compute it only when some start broke down
+    # (otherwise w stands in, and the where below never selects it).
+    fresh = ops.if_any(broke, restart, w)
     safe_beta = xp.where(broke, 1.0, beta)
     return xp.where(broke, 0.0, beta), xp.where(broke[:, None], fresh, w / safe_beta[:, None])
 

@@ -47,15 +47,38 @@ def test_rank_deficient_operator_breakdown(x64):
     """Rank 5 < m = 20: Lanczos breaks down, restarts, and still gives exact eigenvalues."""
     lam = np.concatenate([[5.0, 4.0, 3.0, 2.0, 1.0], np.zeros(45)])
     a = np.diag(lam)  # exactly rank 5, so that the breakdown is exact too
+    runs = []
     for loop, basis in [("python", "device"), ("fori", "device"), ("python", "host")]:
         res = hspec.lanczos(matrix_operator(a), 20, key=jax.random.key(3), dim=50, dtype=jnp.float64, loop=loop,
                             basis=basis)
+        runs.append(res)
         assert np.all(np.isfinite(res.ritz_values)) and np.all(np.isfinite(res.residuals))
         np.testing.assert_allclose(res.ritz_values[0][:5], lam[:5], atol=1e-10)
         np.testing.assert_allclose(res.ritz_values[0][5:], 0.0, atol=1e-10)
         # v0 has a null-space component, so the Krylov space has dimension 6: breakdown at step 6 is
         # recorded as an exact zero, which decouples T.
         assert res.betas[0, 5] == 0.0 and np.all(res.betas[0, :5] > 0)
+    for res in runs[1:]:
+        np.testing.assert_allclose(res.betas, runs[0].betas, atol=1e-12)
+
+
+def test_breakdown_restart_is_the_same_on_every_path(x64):
+    """Three distinct eigenvalues: every Krylov space breaks down after 3 steps. The restart vectors
+    (normal(fold_in(key, j)) orthogonal to the basis) set the coefficients that follow, and all three
+    paths, device step, fori loop and host step, produce the same ones."""
+    lam = np.repeat([5.0, 3.0, 1.0], [10, 10, 30])
+    a = prescribed_matrix(lam, seed=12)
+    runs = [
+        hspec.lanczos(matrix_operator(a), 12, key=jax.random.key(5), dim=50, dtype=jnp.float64, loop=loop,
+                      basis=basis, num_starts=2)
+        for loop, basis in [("python", "device"), ("fori", "device"), ("python", "host")]
+    ]
+    for res in runs:
+        np.testing.assert_allclose(res.betas[:, 2::3], 0.0, atol=1e-12)  # breakdown every third step
+        np.testing.assert_allclose(res.ritz_values, np.tile(np.repeat([5.0, 3.0, 1.0], 4), (2, 1)), atol=1e-10)
+        np.testing.assert_allclose(res.alphas, runs[0].alphas, atol=1e-12)
+        np.testing.assert_allclose(res.betas, runs[0].betas, atol=1e-12)
+    assert np.ptp(runs[0].alphas[0, 3::3]) > 1e-3  # the restarts differ from each other: the test can fail
 
 
 def test_host_basis_matches_device_basis(x64):

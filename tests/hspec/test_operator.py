@@ -79,8 +79,11 @@ def test_loss_form_needs_params_and_k(tiny_problem):
     params, batch, _, _ = tiny_problem
     with pytest.raises(TypeError, match="give params after the loss function"):
         hspec.hutchinson_trace(lambda p: mlp_loss(p, batch), key=jax.random.key(0))
-    with pytest.raises(TypeError, match="give k"):
+    with pytest.raises(TypeError, match="give k, the number of eigenvalues"):
         hspec.top_eigenvalues(lambda p: mlp_loss(p, batch), params, key=jax.random.key(0))
+    op = hspec.hessian_operator(lambda p: mlp_loss(p, batch), params)
+    with pytest.raises(TypeError, match=r"give k=5 by keyword: top_eigenvalues\(op, k=k, key=key\)"):
+        hspec.top_eigenvalues(op, 5, key=jax.random.key(0))
 
 
 def test_nonfinite_operator_is_reported_by_every_driver(tiny_problem):
