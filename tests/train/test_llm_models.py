@@ -14,6 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
+from hspec import select_parameters
 from train.models import gpt2, llama, lora
 
 TINY_GPT2 = gpt2.GPT2Config(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=50, bias=True, gelu="exact")
@@ -195,6 +196,19 @@ def test_last_block_patterns_select_the_last_block(tiny_gpt2, tiny_llama):
     lpaths = _paths(nnx.state(tiny_llama, nnx.Param))
     lsel = [p for p in lpaths if re.search(llama.last_block_pattern(TINY_LLAMA), p)]
     assert len(lsel) == 9 and all(p.startswith("layers/1/") for p in lsel)
+
+
+def test_patterns_select_with_hspec(tiny_gpt2, tiny_llama):
+    # The consumer of the patterns: hspec's parameter subsets on the nnx.Param state, as train.hessian splits it.
+    _, params, _ = nnx.split(tiny_gpt2, nnx.Param, ...)
+    selected, _, _ = select_parameters(params, gpt2.last_block_pattern(TINY_GPT2))
+    block = tiny_gpt2.h[TINY_GPT2.n_layer - 1]
+    assert sum(x.size for x in selected) == sum(x.size for x in jax.tree.leaves(nnx.state(block, nnx.Param)))
+    model, _ = _lora_llama(tiny_llama, rank=4)
+    _, params, _ = nnx.split(model, nnx.Param, ...)
+    selected, _, _ = select_parameters(params, lora.adapter_pattern(llama.block_prefix(TINY_LLAMA.num_layers - 1)))
+    d, kv = TINY_LLAMA.hidden_size, TINY_LLAMA.num_kv_heads * TINY_LLAMA.head_dim
+    assert sum(x.size for x in selected) == 4 * ((d + d) + (d + kv))  # q_proj and v_proj adapters of the last layer
 
 
 # --------------------------------------------------------------------------------------------------

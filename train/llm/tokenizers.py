@@ -22,8 +22,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Protocol
 
-import regex
-
 from train.data.text import CharCorpus, load_shakespeare
 
 __all__ = ["Tokenizer", "GPT2BPE", "SentencePieceTokenizer", "bytes_to_unicode", "sentencepiece_from_dir",
@@ -75,6 +73,10 @@ class GPT2BPE:
         self.ranks = {tuple(pair): r for r, pair in enumerate(merges)}
         self.byte_encoder = bytes_to_unicode()
         self.byte_decoder = {c: b for b, c in self.byte_encoder.items()}
+        try:
+            import regex  # the standard library's re has no \p{L} classes
+        except ModuleNotFoundError as e:
+            raise ModuleNotFoundError("GPT2BPE needs the PyPI package regex (pip install regex)") from e
         self.pattern = regex.compile(GPT2_PATTERN)
         self._cache: dict[str, tuple[int, ...]] = {}
 

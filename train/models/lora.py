@@ -108,6 +108,9 @@ def apply_lora(model: nnx.Module, *, targets: Sequence[str] = DEFAULT_TARGETS, r
                dropout: float = 0.0, rngs: nnx.Rngs) -> list[str]:
     """Replace the named projections of a built model by LoRA-adapted ones, in place.
 
+    The base weights stay `nnx.Param`; they are frozen by training over `nnx.LoRAParam` only, e.g. gradients
+    of `split_adapters(model)[1]`, or ``nnx.Optimizer(model, tx, wrt=nnx.LoRAParam)``.
+
     Args:
       model: a GPT2 or Llama (any NNX module whose projections are nnx.Linear attributes).
       targets: projection names, matched against the end of the dotted module path: "q_proj" adapts every
