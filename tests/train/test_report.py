@@ -1,0 +1,257 @@
+"""The reproduction report: each claim's rule on synthetic records, and `python -m train report` on a synthetic
+results tree (the tables' numbers recomputed here, the output byte-stable, no paths of this machine)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import hspec
+from train import config as config_lib
+from train import record, report, sweep
+from train.__main__ import main
+from train.report import AGREE, DISAGREE, UNDECIDED, Row
+
+K = 100
+RANKS = np.arange(1, K + 1, dtype=np.float64)
+
+
+def power_law(s: float, scale: float = 1.0) -> np.ndarray:
+    """λ_k = scale · k^(−s): the MLE finds a power law with exponent near s."""
+    return scale * RANKS ** (-s)
+
+
+def exponential(scale: float = 1.0) -> np.ndarray:
+    """λ_k = scale · exp(−k/20): rejected by the KS test at K = 100."""
+    return scale * np.exp(-RANKS / 20)
+
+
+def synth(values: np.ndarray, *, test_acc: float = 0.99, trace: float = 10.0, **setting) -> record.SpectrumResult:
+    """A record of the given eigenvalues, fitted by hspec exactly as a run fits them."""
+    verdict = hspec.power_law_verdict(values, K)
+    base = {"dataset": "mnist", "model": "lenet5", "optimizer": "sgd", "epochs": 50, "labels": "clean", "seed": 0,
+            "batch_size": 128}
+    return record.SpectrumResult(
+        setting={**base, **setting}, fit=record.fit_block(verdict, 0.05), verdict=verdict.verdict,
+        spectrum={"eigenvalues": [float(v) for v in values], "num_converged": K},
+        sharpness={"lambda_max": float(values[0]), "trace": trace}, eigengap_fit=None,
+        metrics={"train_loss": 0.1, "train_acc": 1.0, "test_loss": 0.1, "test_acc": test_acc}, timing={},
+        hessian_sample={"size": 1000}, data={"source": "local IDX files in /machine/secret/data/mnist",
+                                             "num_train": 60000, "num_test": 10000, "realised_label_noise": None},
+        num_params=61706, checkpoint="/machine/secret/runs/ckpt", hspec_version="0.1.0", keys=None)
+
+
+def row(name: str, result, *, control=None, value=None, final=True) -> Row:
+    return Row(name, result, control, None if control is None else f"key-{name}", value, final)
+
+
+# --- the rules on synthetic records -----------------------------------------------------------------------
+
+
+def test_synthetic_spectra_are_what_the_rules_assume():
+    assert synth(power_law(1.0)).is_power_law and not synth(exponential()).is_power_law
+    assert synth(power_law(1.0)).fit["s"] == pytest.approx(1.0, abs=0.1)
+
+
+def test_trained_vs_init():
+    pl, no = synth(power_law(1.0)), synth(exponential())
+    assert report.rule_trained_vs_init([row("a", pl, control=no), row("b", pl, control=no)]).status == AGREE
+    out = report.rule_trained_vs_init([row("a", pl, control=no), row("b", no, control=no)])
+    assert out.status == DISAGREE and "1 of 2 trained" in out.detail
+    assert report.rule_trained_vs_init([row("a", pl, control=pl)]).status == DISAGREE
+    assert report.rule_trained_vs_init([row("a", pl)]).status == UNDECIDED  # no control yet
+    assert report.rule_trained_vs_init([row("a", None)]).status == UNDECIDED
+    # Intermediate epochs do not count as "trained networks": only the end of a run does.
+    assert report.rule_trained_vs_init([row("e1", no, final=False), row("a", pl, control=no)]).status == AGREE
+
+
+@pytest.mark.parametrize("flags,status", [
+    ((True, True, False, False), AGREE),
+    ((True, False, True, False), DISAGREE),   # flips back: not one critical batch size
+    ((True, True, True, True), DISAGREE),     # never breaks down
+    ((False, True, True, True), DISAGREE),    # the wrong way round
+    ((True,), UNDECIDED),
+])
+def test_batch_size_step(flags, status):
+    sizes = (128, 512, 640, 8192)
+    rows = [row(f"batch{b}", synth(power_law(1.0) if f else exponential()), value=b) for b, f in zip(sizes, flags)]
+    # Shuffled input: the rule sorts by batch size itself.
+    assert report.rule_batch_size(rows[::-1]).status == status
+
+
+def test_train_size_and_capacity_steps_go_the_other_way():
+    rows = [row(f"n{n}", synth(power_law(1.0) if n >= 3000 else exponential()), value=n) for n in (600, 1000, 3000, 60000)]
+    out = report.rule_train_size(rows)
+    assert out.status == AGREE and "power law at training-set size 3000, 60000" in out.detail
+    assert report.rule_batch_size(rows).status == DISAGREE
+    assert report.rule_capacity(rows).status == AGREE
+
+
+def test_no_power_law_under_noise():
+    assert report.rule_no_power_law([row("noise40", synth(exponential()))]).status == AGREE
+    out = report.rule_no_power_law([row("noise40", synth(exponential())), row("noise80", synth(power_law(1.0)))])
+    assert out.status == DISAGREE and "noise80" in out.detail
+
+
+def test_sgd_below_adam():
+    rows = [row("sgd", synth(power_law(0.8), optimizer="sgd")), row("adam", synth(power_law(1.2), optimizer="adam")),
+            row("yogi", synth(power_law(1.5), optimizer="yogi")), row("pnm", synth(power_law(0.1), optimizer="pnm"))]
+    assert report.rule_sgd_below_adam(rows).status == AGREE  # PNM is not of the Adam family
+    rows.append(row("radam", synth(power_law(0.5), optimizer="radam")))
+    out = report.rule_sgd_below_adam(rows)
+    assert out.status == DISAGREE and "(radam)" in out.detail
+    assert report.rule_sgd_below_adam(rows[1:]).status == UNDECIDED
+
+
+def test_s_tracks_sharpness_uses_kendall_tau_of_each_measure():
+    s = [0.6, 0.9, 1.2, 1.5]
+    rows = [row(f"o{i}", synth(power_law(x, scale=1 + x), test_acc=1 - x / 10, trace=x)) for i, x in enumerate(s)]
+    assert report.rule_s_tracks_sharpness(rows).status == AGREE
+    # Test error falling as s grows: τ(s, test error) < 0.
+    rows = [row(f"o{i}", synth(power_law(x, scale=1 + x), test_acc=0.5 + x / 10, trace=x)) for i, x in enumerate(s)]
+    out = report.rule_s_tracks_sharpness(rows)
+    assert out.status == DISAGREE and "τ(s, test error) = -1.00" in out.detail
+    assert report.rule_s_tracks_sharpness(rows[:2]).status == UNDECIDED
+
+
+def test_s_tracks_test_error_across_checkpoints_is_pearson_r():
+    s, err = [0.7, 0.9, 1.0, 1.1], [0.05, 0.03, 0.02, 0.021]
+    rows = [row(f"epoch {e}", synth(power_law(x), test_acc=1 - y), value=e, final=False)
+            for e, x, y in zip((1, 2, 10, 50), s, err)]
+    rows.append(row("init", synth(exponential(), test_acc=0.1), value=0, final=False))  # epoch 0 is left out
+    fitted = [r.result.fit["s"] for r in rows[:4]]
+    expected = stats.pearsonr(fitted, err).statistic
+    out = report.rule_s_tracks_test_error(rows)
+    assert out.status == (AGREE if expected > 0 else DISAGREE) and f"{expected:+.2f}" in out.detail
+
+
+def test_reductions_name_every_departure():
+    nominal = sweep.nominal_config(sweep.find_run("optimizers/adam")[1])
+    cfg = config_lib.to_dict(config_lib.resolve(nominal))
+    data = {"num_train": 60000}
+    assert report.reductions(cfg, nominal, data, {}) == []
+    short = dict(cfg, epochs=5, k=20)
+    assert report.reductions(short, nominal, data, {"epochs": 5, "k": 20}) == [
+        "5 of 50 epochs", "k=20 (paper 1000)", "sweep overrides: epochs, k"]
+    cifar = sweep.nominal_config(sweep.find_run("cifar10-lenet/sgd")[1])
+    cifar_cfg = config_lib.to_dict(config_lib.resolve(cifar))
+    assert report.reductions(cifar_cfg, cifar, {"num_train": 4000}, None) == ["data: 4000 of 50000 training examples"]
+
+
+# --- the whole report on a synthetic results tree ---------------------------------------------------------
+
+
+def _write_run(results: Path, group: str, name: str, result, *, control_key: str | None, epochs: dict | None = None,
+               config_changes: dict | None = None) -> None:
+    where = results / group / name
+    record.save(result, where / "results.json")
+    cfg = config_lib.to_dict(sweep.nominal_config(sweep.find_run(f"{group}/{name}")[1]))
+    record.write_json(where / "config.json", {**cfg, **(config_changes or {})})
+    record.write_json(where / "overrides.json", dict(config_changes or {}))
+    if control_key:
+        record.write_json(where / "control.json", {"key": control_key, "path": f"../../controls/{control_key}"})
+    for e, r in (epochs or {}).items():
+        record.save(r, where / "epochs" / str(e) / "results.json")
+
+
+@pytest.fixture
+def synthetic_results(tmp_path) -> tuple[Path, dict]:
+    """A results tree: the reference run with checkpoints, four optimizers, a batch-size sweep, seeds, a
+    reduced FCN run, a label-noise run and one shared control."""
+    results = tmp_path / "results"
+    ctl = "mnist-lenet5-seed0-0123456789"
+    record.save(synth(exponential(), test_acc=0.1, trained=False), results / "controls" / ctl / "results.json")
+    s = {"sgd": 1.0, "vanilla-sgd": 1.1, "adam": 1.3, "radam": 1.25}
+    acc = {"sgd": 0.991, "vanilla-sgd": 0.989, "adam": 0.985, "radam": 0.987}
+    trace = {"sgd": 30.0, "vanilla-sgd": 35.0, "adam": 50.0, "radam": 45.0}
+    ref = synth(power_law(s["sgd"], 5), test_acc=acc["sgd"], trace=trace["sgd"])
+    epochs = {e: synth(power_law(x, 5), test_acc=a, epochs=e) for e, x, a in ((1, 0.7, 0.95), (2, 0.8, 0.97),
+                                                                               (10, 0.95, 0.985))}
+    _write_run(results, "checkpoints", "lenet-mnist-sgd", ref, control_key=ctl, epochs=epochs)
+    for opt in ("vanilla-sgd", "adam", "radam"):
+        _write_run(results, "optimizers", opt, synth(power_law(s[opt], 5), test_acc=acc[opt], trace=trace[opt],
+                                                     optimizer=opt.replace("-", "_")), control_key=ctl)
+    for b, pl in ((512, True), (640, False), (1024, False)):
+        _write_run(results, "batch-size", f"batch{b}", synth(power_law(1.0) if pl else exponential(), batch_size=b),
+                   control_key=ctl)
+    seeds = {"baseline-seed1": 1.1, "baseline-seed2": 0.9}
+    for name, x in seeds.items():
+        _write_run(results, "seeds", name, synth(power_law(x)), control_key=ctl)
+    _write_run(results, "fcn-depth", "depth1", synth(power_law(1.0), model="fcn", depth=1), control_key=None,
+               config_changes={"epochs": 2})
+    _write_run(results, "label-noise", "noise40", synth(power_law(1.0), labels="noisy"), control_key=ctl)
+    return results, {"s": s, "acc": acc, "trace": trace, "seeds": seeds, "ref": ref}
+
+
+def test_report_tables_claims_and_numbers(synthetic_results, tmp_path, capsys):
+    results, facts = synthetic_results
+    out = tmp_path / "doc" / "REPRODUCTION.md"
+    assert main(["report", "--results", str(results), "--out", str(out)]) == 0
+    text = out.read_text()
+    section = lambda name: text.split(f"\n## {name}\n")[1].split("\n## ")[0]  # noqa: E731
+    # Claims, decided by our numbers.
+    assert "**agree**" in section("optimizers").split("Momentum SGD")[1].split("\n")[0]
+    assert "**agree**: power law at batch size 128, 512; none at 640, 1024" in section("batch-size")
+    assert "**disagree**: 1 of 1 show a power law (noise40)" in section("label-noise")
+    assert "Not run yet." in section("resnet18") and "Not run yet." in section("fashion-mnist")
+    # The alias: optimizers/sgd is the reference run.
+    assert "| sgd | 100 |" in section("optimizers") and "same run as checkpoints/lenet-mnist-sgd" in section("optimizers")
+    # The reduced run is flagged, and so is its overview line.
+    assert "reduced: 2 of 50 epochs; sweep overrides: epochs" in section("fcn-depth")
+    assert "| fcn-depth | 1 of 3 (1 reduced) |" in text
+    # Seeds: mean ± sd over the reference (seed 0) and seeds 1, 2, recomputed here.
+    fitted = [facts["ref"].fit["s"]] + [synth(power_law(x)).fit["s"] for x in facts["seeds"].values()]
+    assert f"| baseline | 3 | {np.mean(fitted):.4f} ± {np.std(fitted, ddof=1):.4f} |" in section("seeds")
+    assert "| 3 of 3 |" in section("seeds")
+    # Pearson r of s against test error across the optimizers, recomputed with scipy.
+    opts = ["sgd", "vanilla-sgd", "adam", "radam"]
+    s = [synth(power_law(facts["s"][o], 5)).fit["s"] for o in opts]
+    err = [1 - facts["acc"][o] for o in opts]
+    assert f"| s | {stats.pearsonr(s, err).statistic:+.3f} | {stats.kendalltau(s, err).statistic:+.3f} | 4 |" \
+        in section("optimizers")
+    # Checkpoints: the control as epoch 0, the epochs, the final.
+    for line in ("| epoch 0 (initialisation) |", "| epoch 1 |", "| epoch 10 |", "| epoch 50 (final) |"):
+        assert line in section("checkpoints")
+    # No path of this machine, no temporary directory.
+    assert "/machine/secret" not in text and str(tmp_path) not in text and "…/mnist" in section("Data")
+    assert (out.parent / "reproduction" / "optimizers-sharpness.png").is_file()
+
+
+def test_report_is_byte_stable(synthetic_results, tmp_path):
+    results, _ = synthetic_results
+    outs = []
+    for i in range(2):
+        out = tmp_path / f"doc{i}" / "REPRODUCTION.md"
+        report.render(results, out)
+        figures = sorted((out.parent / "reproduction").glob("*.png"))
+        outs.append((out.read_bytes(), [(p.name, p.read_bytes()) for p in figures]))
+    assert outs[0] == outs[1] and len(outs[0][1]) >= 6
+
+
+def test_report_without_results_says_not_run_yet(tmp_path):
+    out = tmp_path / "R.md"
+    text = report.render(tmp_path / "empty", out)
+    assert text.count("Not run yet.") == len(sweep.GROUPS) and "## Sensitivity" in text
+    assert not (tmp_path / "reproduction").exists() or not list((tmp_path / "reproduction").glob("*.png"))
+
+
+def test_sensitivity_section_reads_the_study_files(tmp_path):
+    prov = {"run": "runs/x", "epoch": 50, "preset": "lenet-mnist-sgd", "k": 100, "hessian_samples": 1000, "seed": 0,
+            "overrides": {}}
+    entry = lambda values, k: {"k": k, **report_fit(values, k)}  # noqa: E731
+    doc = {"provenance": prov, "trained": [entry(power_law(1.0), 50), entry(power_law(1.0), 100)],
+           "init": [entry(exponential(), 50), entry(exponential(), 100)]}
+    record.write_json(tmp_path / "sensitivity" / "ref" / "k_prefix.json", doc)
+    text = report.sensitivity_section(tmp_path)
+    fit = hspec.fit_power_law(power_law(1.0)[:50])
+    assert f"| 50 | power law: d_KS {fit.d_ks:.4f} / d_c {fit.d_crit:.4f}, s {fit.s:.3f} |" in text
+
+
+def report_fit(values, k):
+    verdict = hspec.power_law_verdict(values, k)
+    return {"verdict": verdict.verdict, "fit": record.fit_block(verdict, 0.05)}

@@ -1,0 +1,729 @@
+"""The reproduction report: REPRODUCTION.md and its figures, computed from the published results alone.
+
+    python -m train report [--results DIR] [--out FILE]
+
+reads `results/` (train.sweep's layout; every results.json through train.record) and rewrites
+`REPRODUCTION.md` and the PNGs in `reproduction/` beside it. The same results give the same bytes: no
+timestamps, host names, absolute paths, git hashes or state of runs in progress; figures are written
+without the "Software" PNG tag at a fixed DPI.
+
+Per group: a table of our measurements beside the paper's claims (METHOD.md §5, as text; never the
+paper's per-row numbers: this is a blind reproduction), and for each claim an "agree"/"disagree"
+computed from our numbers by a small pure rule (the `rule_*` functions), or "undecided" while results
+are missing. Runs that depart from the paper's setting (fewer epochs, a smaller K, sweep overrides, a data
+subset) are flagged in their row and never presented as the paper's setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from train import config as config_lib
+from train import record, rundir, sweep
+from train.record import SpectrumResult
+
+FIGURES = "reproduction"
+AGREE, DISAGREE, UNDECIDED = "agree", "disagree", "undecided"
+# Full training sets of the paper's data; a smaller one without train_size is a data subset (CIFAR-10 here).
+FULL_TRAIN = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000, "avila": 10430}
+# Config fields that do not change what is measured, and rule fields whose preset value is "the rule".
+_BOOKKEEPING = ("preset", "data_dir", "init_control", "keep_checkpoints", "checkpoint_every", "hessian_batch_size",
+                "spectrum_epochs")
+_RULE_FIELDS = ("learning_rate", "lanczos_steps", "max_lanczos_steps", "augment", "activation")
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One measured network of a group, as the report sees it.
+
+    Attributes:
+        run: the run's name in its group (or "epoch <e>", or a control's key).
+        result: its record, or None when not run yet.
+        control: the record of its random-initialisation control, or None.
+        control_key: the control's key (rows sharing a control share it).
+        value: the group's varying setting (batch size, width, epoch...), or None.
+        final: the end of a run (False for the spectra after intermediate epochs).
+        notes: departures from the paper's setting, and where the result comes from.
+    """
+
+    run: str
+    result: SpectrumResult | None
+    control: SpectrumResult | None = None
+    control_key: str | None = None
+    value: Any = None
+    final: bool = True
+    notes: tuple[str, ...] = ()
+
+    @property
+    def reduced(self) -> bool:
+        return any(n.startswith("reduced") for n in self.notes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Outcome:
+    """A claim's status (agree, disagree, undecided) and the numbers it rests on."""
+
+    status: str
+    detail: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A claim of the paper (text), the rule that tests it on our rows, and the rule in words."""
+
+    text: str
+    rule: Callable[[list[Row]], Outcome]
+    how: str
+
+
+# --- small helpers ----------------------------------------------------------------------------------------
+
+
+def test_error(result: SpectrumResult) -> float | None:
+    """1 − test accuracy of a record, or None."""
+    acc = result.metrics.get("test_acc")
+    return None if acc is None else 1.0 - float(acc)
+
+
+def _s(result: SpectrumResult) -> float | None:
+    return result.fit.get("s")
+
+
+def _done(rows: Sequence[Row]) -> list[Row]:
+    return [r for r in rows if r.result is not None]
+
+
+def _fmt(x: Any, spec: str) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return format(x, spec)
+
+
+def _names(values: Sequence[Any]) -> str:
+    return ", ".join(str(v) for v in values) or "none"
+
+
+def _stat(fn: Callable, x: Sequence[float], y: Sequence[float]) -> float | None:
+    """A correlation statistic, or None when undefined (fewer than 3 points, a constant input)."""
+    import warnings
+
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        value = float(fn(x, y).statistic)
+    return value if math.isfinite(value) else None
+
+
+def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Pearson r (scipy.stats.pearsonr), None when undefined."""
+    from scipy import stats
+
+    return _stat(stats.pearsonr, x, y)
+
+
+def kendall(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Kendall τ (scipy.stats.kendalltau), None when undefined."""
+    from scipy import stats
+
+    return _stat(stats.kendalltau, x, y)
+
+
+# --- the rules (pure functions of rows) --------------------------------------------------------------------
+
+
+def rule_trained_vs_init(rows: list[Row]) -> Outcome:
+    """Agree iff every trained network (end of run) shows a power law and none of their controls does."""
+    finals = [r for r in _done(rows) if r.final]
+    if not finals:
+        return Outcome(UNDECIDED, "no results yet")
+    trained = [r.result.is_power_law for r in finals]
+    controls = {r.control_key: r.control.is_power_law for r in finals if r.control is not None}
+    detail = (f"{sum(trained)} of {len(trained)} trained networks show a power law; "
+              f"{sum(controls.values())} of {len(controls)} random-initialisation controls do")
+    if not all(trained) or any(controls.values()):
+        return Outcome(DISAGREE, detail)
+    if not controls:
+        return Outcome(UNDECIDED, detail + " (no control computed yet)")
+    return Outcome(AGREE, detail)
+
+
+def rule_no_power_law(rows: list[Row]) -> Outcome:
+    """Agree iff none of the networks shows a power law."""
+    done = [r for r in _done(rows) if r.final]
+    if not done:
+        return Outcome(UNDECIDED, "no results yet")
+    hits = [r.run for r in done if r.result.is_power_law]
+    detail = f"{len(hits)} of {len(done)} show a power law" + (f" ({_names(hits)})" if hits else "")
+    return Outcome(DISAGREE if hits else AGREE, detail)
+
+
+def rule_step(rows: list[Row], *, power_law_below: bool, what: str) -> Outcome:
+    """Agree iff, in increasing order of the group's value, the verdict changes exactly once, from power law
+    to none (power_law_below) or from none to power law (not power_law_below)."""
+    points = sorted((r.value, r.result.is_power_law) for r in _done(rows) if r.final and r.value is not None)
+    if len(points) < 2:
+        return Outcome(UNDECIDED, f"{len(points)} result(s); a step needs at least two")
+    flags = [f for _, f in points]
+    changes = sum(a != b for a, b in zip(flags, flags[1:]))
+    detail = (f"power law at {what} {_names([v for v, f in points if f])}; "
+              f"none at {_names([v for v, f in points if not f])}")
+    agree = changes == 1 and flags[0] == power_law_below
+    return Outcome(AGREE if agree else DISAGREE, detail)
+
+
+def rule_batch_size(rows: list[Row]) -> Outcome:
+    """Agree iff the verdict flips once, from power law to none, as the batch size grows."""
+    return rule_step(rows, power_law_below=True, what="batch size")
+
+
+def rule_train_size(rows: list[Row]) -> Outcome:
+    """Agree iff the verdict flips once, from none to power law, as the training set grows."""
+    return rule_step(rows, power_law_below=False, what="training-set size")
+
+
+def rule_capacity(rows: list[Row]) -> Outcome:
+    """Agree iff the verdict flips once, from none to power law, as depth or width grows."""
+    return rule_step(rows, power_law_below=False, what="")
+
+
+def rule_sgd_below_adam(rows: list[Row]) -> Outcome:
+    """Agree iff momentum SGD's s is smaller than the s of every Adam-family optimizer with a result."""
+    s = {r.result.setting.get("optimizer"): _s(r.result) for r in _done(rows) if r.final and _s(r.result) is not None}
+    adam = {o: s[o] for o in sweep.ADAM_FAMILY if o in s}
+    if "sgd" not in s or not adam:
+        return Outcome(UNDECIDED, "needs SGD and at least one Adam-family optimizer with a defined s")
+    lowest = min(adam, key=adam.get)
+    detail = f"s(SGD) = {s['sgd']:.3f}; smallest Adam-family s = {adam[lowest]:.3f} ({lowest}), over {len(adam)} of them"
+    return Outcome(AGREE if s["sgd"] < adam[lowest] else DISAGREE, detail)
+
+
+def _series(rows: list[Row]) -> dict[str, tuple[list[float], list[float]]]:
+    """(s, measure) pairs of the rows with a defined s, per sharpness/generalisation measure."""
+    done = [r for r in _done(rows) if _s(r.result) is not None and test_error(r.result) is not None]
+    s = [_s(r.result) for r in done]
+    return {"lambda_max": (s, [r.result.sharpness.get("lambda_max") for r in done]),
+            "Tr(H)": (s, [r.result.sharpness.get("trace") for r in done]),
+            "test error": (s, [test_error(r.result) for r in done])}
+
+
+def rule_s_tracks_sharpness(rows: list[Row]) -> Outcome:
+    """Agree iff Kendall τ between s and each of λ_max, Tr(H) and test error is positive (at least 3 runs)."""
+    taus = {name: kendall(x, y) for name, (x, y) in _series([r for r in rows if r.final]).items()}
+    n = len(_series([r for r in rows if r.final])["test error"][0])
+    if any(t is None for t in taus.values()):
+        return Outcome(UNDECIDED, f"{n} run(s) with a defined s; τ needs at least three distinct values")
+    detail = ", ".join(f"τ(s, {name}) = {t:+.2f}" for name, t in taus.items()) + f" over {n} runs"
+    return Outcome(AGREE if all(t > 0 for t in taus.values()) else DISAGREE, detail)
+
+
+def rule_s_tracks_test_error(rows: list[Row]) -> Outcome:
+    """Across checkpoints of one run: agree iff Pearson r between s and test error is positive."""
+    trained = [r for r in _done(rows) if (r.value or 0) > 0]
+    x, y = _series(trained)["test error"]
+    r = pearson(x, y)
+    if r is None:
+        return Outcome(UNDECIDED, f"{len(x)} checkpoint(s) with a defined s; r needs at least three")
+    return Outcome(AGREE if r > 0 else DISAGREE, f"Pearson r(s, test error) = {r:+.2f} over {len(x)} checkpoints")
+
+
+def rule_controls(rows: list[Row]) -> Outcome:
+    """The controls group: agree iff no randomly initialised network shows a power law."""
+    return rule_no_power_law(rows)
+
+
+def rule_baseline_seeds(rows: list[Row]) -> Outcome:
+    """Agree iff every seed of the baseline shows a power law and none of its controls does."""
+    return rule_trained_vs_init([r for r in rows if r.run.startswith("baseline")])
+
+
+PL_CLAIM = "Trained networks show a power law (d_KS < d_c); randomly initialised ones do not."
+_TRAINED = Claim(PL_CLAIM, rule_trained_vs_init, "every trained network is a power law and none of its controls is")
+_OPTIMIZER_CLAIMS = (
+    _TRAINED,
+    Claim("Momentum SGD gives a smaller ŝ than the Adam family.", rule_sgd_below_adam,
+          "s(SGD) below the s of every Adam-family optimizer (Adam, AMSGrad, AdaBound, Yogi, RAdam, DiffGrad)"),
+    Claim("Smaller ŝ goes with smaller λ_max, smaller Tr(H) and lower test error.", rule_s_tracks_sharpness,
+          "Kendall τ of s against each of λ_max, Tr(H) and test error is positive across the optimizers"),
+)
+CLAIMS: dict[str, tuple[Claim, ...]] = {
+    "checkpoints": (
+        Claim(PL_CLAIM, rule_trained_vs_init, "the network after the last epoch is a power law and its "
+              "initialisation is not"),
+        Claim("Smaller ŝ goes with lower test error: the generalisation claim is a correlation across "
+              "checkpoints of one training run (METHOD.md §4).", rule_s_tracks_test_error,
+              "Pearson r between s and test error across the checkpoints is positive"),
+    ),
+    "optimizers": _OPTIMIZER_CLAIMS,
+    "batch-size": (Claim("The power-law structure breaks down abruptly above a critical batch size.",
+                         rule_batch_size, "in increasing batch size the verdict changes once, from power law to none"),),
+    "batch-size-iters1000": (Claim("The power-law structure breaks down abruptly above a critical batch size.",
+                                   rule_batch_size,
+                                   "in increasing batch size the verdict changes once, from power law to none"),),
+    "train-size": (Claim("The structure breaks down with too little data.", rule_train_size,
+                         "in increasing training-set size the verdict changes once, from none to power law"),),
+    "label-noise": (Claim("The structure breaks down under label noise (40%, 80%) and random labels.",
+                          rule_no_power_law, "none of the three networks is a power law"),),
+    "fcn-depth": (Claim("The structure needs enough capacity (depth).", rule_capacity,
+                        "in increasing depth the verdict changes once, from none to power law"),),
+    "fcn-width": (Claim("The structure needs enough capacity (width).", rule_capacity,
+                        "in increasing width the verdict changes once, from none to power law"),),
+    "linear": (_TRAINED,),
+    sweep.CONTROLS: (Claim("Randomly initialised networks do not show a power law.", rule_controls,
+                           "no control is a power law"),),
+    "seeds": (Claim(PL_CLAIM, rule_baseline_seeds, "all 3 seeds of the baseline are power laws and none of "
+                    "their controls is"),),
+    "fashion-mnist": _OPTIMIZER_CLAIMS,
+    "cifar10-lenet": _OPTIMIZER_CLAIMS,
+    "avila": (_TRAINED,),
+    "resnet18": (_TRAINED,),
+}
+_NOTES = {
+    "linear": "METHOD.md §5 lists linear networks among the models without a claim of their own; the general "
+              "claim is tested.",
+    "cifar10-lenet": "CIFAR-100 is not in the data directory: the paper's LeNet trained on CIFAR-100 and evaluated on "
+                     "CIFAR-10 is not run. These runs use the CIFAR-10 subset (4,000 training / 1,000 test images).",
+    "resnet18": "ResNet18 trains on the CIFAR-10 subset (4,000 training / 1,000 test images), K = 50.",
+    "seeds": "Seed 0 of each series is the run of the group named in its row.",
+}
+
+
+# --- loading ----------------------------------------------------------------------------------------------
+
+
+def reductions(config: dict[str, Any], nominal: config_lib.Config, data: dict[str, Any],
+               overrides: dict[str, Any] | None) -> list[str]:
+    """How a run departs from the paper's setting (its preset), in words; [] when it does not.
+
+    Args:
+        config: the run's config.json.
+        nominal: the sweep's configuration of the run without overrides (the paper's setting).
+        data: the record's data block (a data subset shows as fewer training examples).
+        overrides: the run's overrides.json, or None.
+    """
+    nom, out = config_lib.to_dict(nominal), []
+    if nom["epochs"] is not None and config.get("epochs") is not None and config["epochs"] < nom["epochs"]:
+        out.append(f"{config['epochs']} of {nom['epochs']} epochs")
+    if config.get("max_steps") is not None and (nom["max_steps"] is None or config["max_steps"] < nom["max_steps"]):
+        out.append(f"stopped at {config['max_steps']} steps" + (f" of {nom['max_steps']}" if nom["max_steps"] else ""))
+    for name in sorted(nom):
+        if name in _BOOKKEEPING or name in ("epochs", "max_steps") or (name in _RULE_FIELDS and nom[name] is None):
+            continue
+        if name in config and config[name] != nom[name]:
+            out.append(f"{name}={config[name]} (paper {nom[name]})")
+    full, n = FULL_TRAIN.get(config.get("dataset")), data.get("num_train")
+    if config.get("train_size") is None and full and n and n < full:
+        out.append(f"data: {n} of {full} training examples")
+    if overrides:
+        out.append("sweep overrides: " + ", ".join(sorted(overrides)))
+    return out
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def load_control(run_dir: Path) -> tuple[SpectrumResult | None, str | None]:
+    """The control a published run points to (control.json), if it is published."""
+    pointer = _read_json(run_dir / sweep.CONTROL_POINTER)
+    if not pointer:
+        return None, None
+    path = Path(os.path.normpath(run_dir / pointer["path"])) / rundir.RESULTS
+    return (record.load(path) if path.is_file() else None), pointer["key"]
+
+
+def _run_row(results: Path, group: sweep.Group, spec: sweep.SweepRun) -> tuple[Row, Path | None]:
+    """The row of a run (following same_as) and its published directory (None when not run yet)."""
+    src_group, src = sweep.source_of(group, spec)
+    where = results / src_group.name / src.name
+    alias = () if spec.same_as is None else (f"same run as {src_group.name}/{src.name}",)
+    if not sweep.is_published(where):
+        return Row(spec.name, None, notes=alias), None
+    result = record.load(where / rundir.RESULTS)
+    control, key = load_control(where)
+    config = _read_json(where / rundir.CONFIG) or {}
+    reduced = reductions(config, sweep.nominal_config(spec), result.data, _read_json(where / sweep.OVERRIDES))
+    notes = (("reduced: " + "; ".join(reduced),) if reduced else ()) + alias
+    value = result.setting.get(group.axis) if group.axis else None
+    return Row(spec.name, result, control, key, value, True, notes), where
+
+
+def _epoch_rows(row: Row, where: Path) -> list[Row]:
+    """Rows of the spectra after intermediate epochs of a run, and of its control as epoch 0."""
+    rows = []
+    if row.control is not None:
+        rows.append(Row("epoch 0 (initialisation)", row.control, value=0, final=False,
+                        notes=("the run's random-initialisation control",)))
+    epochs = sorted(int(p.name) for p in (where / "epochs").glob("*") if p.name.isdigit())
+    for e in epochs:
+        if (where / "epochs" / str(e) / rundir.RESULTS).is_file() and e != row.value:
+            rows.append(Row(f"epoch {e}", record.load(where / "epochs" / str(e) / rundir.RESULTS), value=e,
+                            final=False, notes=row.notes))
+    return rows + [dataclasses.replace(row, run=f"epoch {row.value} (final)")]
+
+
+def control_rows(results: Path) -> list[Row]:
+    """Every published control, with the runs that use it."""
+    users: dict[str, list[str]] = {}
+    for pointer in sorted(results.glob(f"*/*/{sweep.CONTROL_POINTER}")):
+        key = (_read_json(pointer) or {}).get("key")
+        users.setdefault(key, []).append(f"{pointer.parent.parent.name}/{pointer.parent.name}")
+    rows = []
+    for where in sorted(p for p in (results / sweep.CONTROLS).glob("*") if sweep.is_published(p)):
+        used = users.get(where.name, [])
+        note = f"used by {len(used)} run(s)" + (f": {_names(used[:4])}" + (", ..." if len(used) > 4 else "")
+                                                if used else "")
+        rows.append(Row(where.name, record.load(where / rundir.RESULTS), value=None, notes=(note,)))
+    return rows
+
+
+def load_group(results: str | os.PathLike, name: str) -> list[Row]:
+    """The rows of a group from a results directory (runs not yet published have result None).
+
+    The checkpoints group gives one row per measured epoch of the reference run (its control as epoch 0);
+    the controls group one row per published control.
+    """
+    results = Path(results)
+    group = sweep.get_group(name)
+    if group.name == sweep.CONTROLS:
+        return control_rows(results)
+    rows = []
+    for spec in group.runs:
+        row, where = _run_row(results, group, spec)
+        rows += _epoch_rows(row, where) if group.name == "checkpoints" and where is not None else [row]
+    return rows
+
+
+# --- tables ------------------------------------------------------------------------------------------------
+
+TABLE_HEAD = ("| run | K | d_KS | d_c | verdict | β ± σ | s | λ_max | Tr(H) | test error | converged | control | notes |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def short_verdict(result: SpectrumResult) -> str:
+    """"power law", "no power law", or "no power law (K' of K positive)" when the fit is undefined."""
+    fit = result.fit
+    if fit.get("d_ks") is None:
+        return f"no power law ({fit.get('num_positive')} of {fit.get('k')} positive)"
+    return "power law" if result.is_power_law else "no power law"
+
+
+def _control_cell(row: Row) -> str:
+    if row.control_key is None:
+        return "—"
+    if row.control is None:
+        return "not computed yet"
+    return f"{short_verdict(row.control)} (d_KS {_fmt(row.control.fit.get('d_ks'), '.4f')})"
+
+
+def table_row(row: Row) -> str:
+    """One markdown row of a measured network."""
+    r = row.result
+    if r is None:
+        return f"| {row.run} | not run yet |  |  |  |  |  |  |  |  |  |  | {'; '.join(row.notes)} |"
+    fit, sh = r.fit, r.sharpness
+    beta = "—" if fit.get("beta") is None else f"{fit['beta']:.3f} ± {fit['sigma']:.3f}"
+    err = test_error(r)
+    conv = f"{r.spectrum.get('num_converged', '—')}/{fit.get('k')}"
+    cells = [row.run, str(fit.get("k")), _fmt(fit.get("d_ks"), ".4f"), _fmt(fit.get("d_crit"), ".4f"),
+             short_verdict(r), beta, _fmt(fit.get("s"), ".3f"), _fmt(sh.get("lambda_max"), ".4g"),
+             _fmt(sh.get("trace"), ".4g"), "—" if err is None else f"{100 * err:.2f}%", conv, _control_cell(row),
+             "; ".join(row.notes)]
+    return "| " + " | ".join(cells) + " |"
+
+
+def group_table(rows: list[Row]) -> str:
+    """The markdown table of a group's rows."""
+    return "\n".join([TABLE_HEAD] + [table_row(r) for r in rows])
+
+
+def claims_table(claims: Sequence[Claim], rows: list[Row]) -> str:
+    """The paper's claims, the rule applied, and our agree / disagree with its numbers."""
+    lines = ["| the paper's claim (METHOD.md §5) | rule applied to our numbers | ours |", "|---|---|---|"]
+    for claim in claims:
+        out = claim.rule(rows)
+        lines.append(f"| {claim.text} | {claim.how} | **{out.status}**: {out.detail} |")
+    return "\n".join(lines)
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.4f} (one seed)"
+    return f"{np.mean(values):.4f} ± {np.std(values, ddof=1):.4f}"
+
+
+def seeds_table(rows: list[Row]) -> str:
+    """s and d_KS as mean ± standard deviation over seeds and the verdict as k of n, per series (and the
+    baseline's controls)."""
+    series: dict[str, list[SpectrumResult]] = {}
+    for r in _done(rows):
+        series.setdefault(r.run.rsplit("-seed", 1)[0], []).append(r.result)
+    controls = {r.control_key: r.control for r in _done(rows) if r.run.startswith("baseline") and r.control}
+    if controls:
+        series["baseline: random-initialisation controls"] = [controls[k] for k in sorted(controls)]
+    lines = ["| series | seeds | s (mean ± sd) | d_KS (mean ± sd) | power law | reduced |", "|---|---|---|---|---|---|"]
+    for name, results in series.items():
+        s = [x.fit["s"] for x in results if x.fit.get("s") is not None]
+        d = [x.fit["d_ks"] for x in results if x.fit.get("d_ks") is not None]
+        reduced = any(r.reduced for r in rows if r.result in results)
+        lines.append(f"| {name} | {len(results)} | {_mean_sd(s)} | {_mean_sd(d)} | "
+                     f"{sum(x.is_power_law for x in results)} of {len(results)} | {'yes' if reduced else ''} |")
+    return "\n".join(lines)
+
+
+def correlation_table(rows: list[Row]) -> str:
+    """Pearson r and Kendall τ of s, d_KS, λ_max and Tr(H) against test error."""
+    done = [r for r in _done(rows) if test_error(r.result) is not None]
+    lines = ["| measure | Pearson r with test error | Kendall τ with test error | n |", "|---|---|---|---|"]
+    for name, get in (("s", _s), ("d_KS", lambda x: x.fit.get("d_ks")),
+                      ("λ_max", lambda x: x.sharpness.get("lambda_max")), ("Tr(H)", lambda x: x.sharpness.get("trace"))):
+        pts = [(get(r.result), test_error(r.result)) for r in done if get(r.result) is not None]
+        x, y = [p[0] for p in pts], [p[1] for p in pts]
+        lines.append(f"| {name} | {_fmt(pearson(x, y), '+.3f')} | {_fmt(kendall(x, y), '+.3f')} | {len(pts)} |")
+    return "\n".join(lines)
+
+
+# --- figures -----------------------------------------------------------------------------------------------
+
+
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib Figure on the Agg canvas (no pyplot state, no display needed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_figure(fig: Any, path: Path) -> None:
+    """Write a PNG that depends only on the figure: fixed DPI, no "Software" tag."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+
+
+def rank_figure(curves: list[tuple[str, np.ndarray]], path: Path, title: str) -> None:
+    """Rank-eigenvalue curves (positive values) of several networks on one log-log plot."""
+    from matplotlib import colormaps
+
+    fig = _figure(6.4, 4.6)
+    ax = fig.add_subplot()
+    cmap = colormaps["viridis"]
+    for i, (label, values) in enumerate(curves):
+        v = np.sort(np.asarray(values, np.float64))[::-1]
+        v = v[v > 0]
+        ax.loglog(np.arange(1, v.size + 1), v, lw=1.1, color=cmap(i / max(1, len(curves) - 1) * 0.9), label=label)
+    ax.set_xlabel("rank k")
+    ax.set_ylabel("eigenvalue λ_k")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, ncol=2 if len(curves) > 6 else 1)
+    save_figure(fig, path)
+
+
+def sharpness_figure(rows: list[Row], path: Path, title: str) -> None:
+    """s, λ_max and Tr(H) against test error, one panel each, Pearson r and Kendall τ in the titles."""
+    done = [r for r in _done(rows) if _s(r.result) is not None and test_error(r.result) is not None]
+    fig = _figure(12.0, 3.8)
+    err = [100 * test_error(r.result) for r in done]
+    for i, (name, ys) in enumerate((("s", [_s(r.result) for r in done]),
+                                    ("λ_max", [r.result.sharpness.get("lambda_max") for r in done]),
+                                    ("Tr(H)", [r.result.sharpness.get("trace") for r in done]))):
+        ax = fig.add_subplot(1, 3, i + 1)
+        ax.plot(err, ys, "o", ms=4)
+        for x, y, r in zip(err, ys, done):
+            ax.annotate(r.run, (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
+        ax.set_xlabel("test error (%)")
+        ax.set_ylabel(name)
+        ax.set_title(f"{name}: r = {_fmt(pearson(err, ys), '+.2f')}, τ = {_fmt(kendall(err, ys), '+.2f')}",
+                     fontsize=9)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+# --- sections ----------------------------------------------------------------------------------------------
+
+
+def _sanitize(text: str) -> str:
+    """A data source without this machine's paths: each absolute path shortened to its last component."""
+    return re.sub(r"(?<![\w.])/(?:[^\s/()]+/)*([^\s/()]+)", r"…/\1", text)
+
+
+def data_section(all_rows: dict[str, list[Row]]) -> str:
+    """The data each run used (the records' data blocks), one line per distinct data set and options."""
+    used: dict[tuple, list[str]] = {}
+    for group, rows in all_rows.items():
+        for r in (r for r in _done(rows) if r.final):
+            d, s = r.result.data, r.result.setting
+            key = (s.get("dataset"), _sanitize(str(d.get("source", ""))), d.get("num_train"), d.get("num_test"),
+                   s.get("labels"), _fmt(d.get("realised_label_noise"), ".3f"))
+            name = f"{group}/{r.run}"
+            if name not in used.setdefault(key, []):
+                used[key].append(name)
+    lines = ["| dataset | source | training examples | test examples | labels | realised label noise | used by |",
+             "|---|---|---|---|---|---|---|"]
+    for key in sorted(used, key=lambda k: tuple(str(x) for x in k)):
+        names = used[key]
+        who = _names(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        lines.append("| " + " | ".join(str(x) for x in key) + f" | {who} |")
+    notes = ["- CIFAR-10 is the subset in the data directory: the first 4,000 training and 1,000 test images, not the "
+             "paper's 50,000 / 10,000; every CIFAR-10 row says so.",
+             "- CIFAR-100 is not in the data directory: the paper's LeNet trained on CIFAR-100 (and evaluated on "
+             "CIFAR-10) is not run.",
+             "- The Hessian is computed on a fixed sample of the training set (1,000 examples unless the row says "
+             "otherwise), drawn from the run's own key."]
+    return "\n".join(lines) + "\n\n" + "\n".join(notes) if used else "No results yet.\n\n" + "\n".join(notes[1:2])
+
+
+def _study_cell(entry: dict[str, Any]) -> str:
+    fit = entry.get("fit") or {}
+    if entry.get("skipped"):
+        return "skipped"
+    if fit.get("d_ks") is None:
+        return str(entry.get("verdict", "—"))
+    return (f"{'power law' if fit['is_power_law'] else 'no power law'}: d_KS {fit['d_ks']:.4f} / "
+            f"d_c {fit['d_crit']:.4f}, s {fit['s']:.3f}")
+
+
+def sensitivity_section(results: Path) -> str:
+    """The sensitivity studies of results/sensitivity/<name>/ as tables (trained network and its initialisation)."""
+    parts = []
+    for where in sorted(p for p in (results / sweep.SENSITIVITY).glob("*") if p.is_dir()):
+        docs = {s: _read_json(where / f"{s}.json") for s in sweep.STUDIES}
+        prov = next((d["provenance"] for d in docs.values() if d), None)
+        if prov is None:
+            continue
+        parts.append(f"### {where.name}\n\n{prov['preset']}, checkpoint of epoch {prov['epoch']}, K = {prov['k']}, "
+                     f"{prov['hessian_samples']} Hessian samples, seed {prov['seed']}"
+                     + (f"; spectrum overrides {prov['overrides']}" if prov.get("overrides") else ""))
+        for study, label, key in (("k_prefix", "K (top-K prefix of one converged spectrum)", "k"),
+                                  ("hessian_samples", "Hessian samples", "hessian_samples"),
+                                  ("lanczos_starts", "Lanczos start", "start")):
+            doc = docs[study]
+            if doc:
+                lines = [f"| {label} | trained | initialisation |", "|---|---|---|"]
+                lines += [f"| {a[key]} | {_study_cell(a)} | {_study_cell(b)} |" for a, b in zip(doc["trained"], doc["init"])]
+                parts.append("\n".join(lines))
+        if docs["paper_procedure"]:
+            lines = ["| m (steps) | network | positive Ritz values | top-K Ritz values as they are | "
+                     "max abs(θ_i − λ_i)/λ_1 vs converged | within 1e-3 |", "|---|---|---|---|---|---|"]
+            for label in ("trained", "init"):
+                for e in docs["paper_procedure"][label]:
+                    lines.append(f"| {e['m']} ({e['multiplier']:g}K) | {label} | {e['num_ritz_positive']} | "
+                                 f"{_study_cell(e)} | {_fmt(e.get('max_rel_error'), '.2e')} | "
+                                 f"{e.get('num_within_1e3', '—')} |")
+            parts.append("The paper's procedure: the Ritz values of one Lanczos run of m steps, taken without a "
+                         "convergence check (what PyHessian's density() returns), against the converged top K.\n\n"
+                         + "\n".join(lines))
+    return "\n\n".join(parts) if parts else "Not run yet (`python -m train sensitivity --run <run directory>`)."
+
+
+def _group_figures(name: str, rows: list[Row], figures: Path, rel: str) -> list[str]:
+    """Write a group's figures; returns the markdown lines that show them."""
+    done = [r for r in _done(rows)]
+    if not done:
+        return []
+    out = []
+    curves = [(r.run, r.result.eigenvalues) for r in done]
+    rank_figure(curves, figures / f"{name}.png", f"{name}: rank-eigenvalue curves (positive values)")
+    out.append(f"![{name}: rank-eigenvalue curves]({rel}/{name}.png)")
+    if name in ("checkpoints", "optimizers", "fashion-mnist", "cifar10-lenet"):
+        trained = [r for r in done if (r.value or 0) != 0] if name == "checkpoints" else done
+        sharpness_figure(trained, figures / f"{name}-sharpness.png", f"{name}: s, λ_max and Tr(H) against test error")
+        out.append(f"![{name}: s, λ_max, Tr(H) against test error]({rel}/{name}-sharpness.png)\n\n"
+                   + correlation_table(trained))
+    return out
+
+
+def group_section(name: str, rows: list[Row], figures: Path, rel: str) -> str:
+    """A group's section: description, claims with our verdicts, the table, seeds' error bars, figures."""
+    group = sweep.get_group(name)
+    parts = [f"## {name}\n\n{group.description}."]
+    if name in _NOTES:
+        parts.append(_NOTES[name])
+    if not _done(rows):
+        return "\n\n".join(parts + ["Not run yet."])
+    parts.append(claims_table(CLAIMS.get(name, ()), rows))
+    parts.append(group_table(rows))
+    if name == "seeds":
+        parts.append("Error bars over seeds:\n\n" + seeds_table(rows))
+    parts += _group_figures(name, rows, figures, rel)
+    return "\n\n".join(parts)
+
+
+def overview(all_rows: dict[str, list[Row]]) -> str:
+    """One line per group: results present and the claims' outcomes."""
+    lines = ["| group | networks measured | claims: agree / disagree / undecided |", "|---|---|---|"]
+    for name, rows in all_rows.items():
+        done = _done(rows)
+        if not done:
+            lines.append(f"| {name} | not run yet | |")
+            continue
+        statuses = [c.rule(rows).status for c in CLAIMS.get(name, ())]
+        reduced = sum(r.reduced for r in done)
+        lines.append(f"| {name} | {len(done)} of {len(rows)}" + (f" ({reduced} reduced)" if reduced else "")
+                     + f" | {statuses.count(AGREE)} / {statuses.count(DISAGREE)} / {statuses.count(UNDECIDED)} |")
+    return "\n".join(lines)
+
+
+HEADER = """# Reproduction: Investigating the Overlooked Hessian Structure (Tang et al., ICML 2025)
+
+Generated by `python -m train report` from the results under `results/` (written by `python -m train sweep`);
+do not edit by hand. This is a blind reproduction: the tables hold what we measured, beside the paper's claims as
+stated in the project's METHOD.md §5, never the paper's own numbers.
+
+Method (METHOD.md §2-3): the top K Hessian eigenvalues (K = 1000; 50 for ResNet18 and Avila) of the mean training
+loss on a fixed Hessian sample, by Lanczos with full reorthogonalisation, every one of the K converged (residual ≤
+1e-4 λ_1); the power-law MLE with the cutoff at λ_K, β ± σ, s = 1/(β − 1); a power law iff d_KS < d_c = 1.36/√K.
+Random-initialisation controls are the same measurement at the initial network of the run. Rows marked "reduced"
+depart from the paper's setting as they say; "converged" is the number of the top K with a converged Ritz value."""
+
+
+def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
+    """Write the report and its figures; return the markdown.
+
+    Args:
+        results: the results root.
+        out: the markdown file; figures go to `reproduction/` beside it.
+    """
+    results, out = Path(results), Path(out)
+    figures = out.parent / FIGURES
+    all_rows = {name: load_group(results, name) for name in sweep.GROUPS}
+    sections = [HEADER, "## Overview\n\n" + overview(all_rows)]
+    sections += [group_section(name, rows, figures, FIGURES) for name, rows in all_rows.items()]
+    sections.append("## Sensitivity of the verdict to the method's choices\n\n" + sensitivity_section(results))
+    sections.append("## Data\n\n" + data_section(all_rows))
+    text = "\n\n".join(sections) + "\n"
+    written = {f"{name}.png" for name, rows in all_rows.items() if _done(rows)}
+    written |= {f"{n}-sharpness.png" for n in ("checkpoints", "optimizers", "fashion-mnist", "cifar10-lenet")
+                if _done(all_rows[n])}
+    for stale in figures.glob("*.png") if figures.is_dir() else ():
+        if stale.name not in written:
+            stale.unlink()
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, out)
+    return text
+
+
+def main(argv: list[str]) -> int:
+    """`python -m train report`."""
+    p = argparse.ArgumentParser(prog="python -m train report", description=__doc__.split("\n\n")[1])
+    p.add_argument("--results", default=sweep.RESULTS_ROOT, help="the results root (default: results/)")
+    p.add_argument("--out", default="REPRODUCTION.md", help="the markdown file (default: ./REPRODUCTION.md); "
+                                                            f"figures go to {FIGURES}/ beside it")
+    args = p.parse_args(argv)
+    render(args.results, args.out)
+    print(f"wrote {args.out} and {Path(args.out).parent / FIGURES}/")
+    return 0

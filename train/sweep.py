@@ -1,0 +1,1036 @@
+"""Sweeps: every run of a named group of the paper's settings, resumable, shardable, published atomically.
+
+    python -m train sweep GROUP [--shard I/N] [--set key=value ...] [--results DIR] [--work DIR]
+                                [--data-dir DIR] [--no-progress]
+    python -m train sweep --list [GROUP]
+    python -m train sensitivity --run RUN_DIR [--epoch E] [--name NAME] [--set key=value ...] ...
+
+A group (GROUPS) is a list of runs, each a preset plus the few fields that define it (a seed). A sweep
+trains each run of its group in the work directory `runs/sweeps/<group>/<run>/` (checkpoints live there
+and only there), then copies the finished files into `results/<group>/<run>/` through a staging
+directory and one rename, so that a half-written run never appears under results/:
+
+    results/<group>/<run>/results.json, config.json, metrics.jsonl, spectrum.png, table.txt
+    results/<group>/<run>/epochs/<e>/results.json, spectrum.png      spectra after chosen epochs
+    results/<group>/<run>/control.json       which random-initialisation control the run uses
+    results/<group>/<run>/overrides.json     the fields the sweep's --set changed ({} for none)
+    results/controls/<key>/results.json, spectrum.png, key.json    one control per distinct key
+    results/sensitivity/<name>/*.json        `python -m train sensitivity`
+
+A run already in results/ is skipped; one whose work directory holds checkpoints is resumed
+(`train_run(..., resume=True)`), so a killed sweep is finished by running it again. A run that is the
+same training as a run of another group (the reference run lenet-mnist-sgd is also the optimizer table's
+SGD, the batch-128 run and seed 0 of the seeds group) is declared `same_as` that run and never trained
+twice; the report reads the source's results.
+
+Runs train with init_control=false: a random-initialisation control depends only on the initial network
+and the Hessian sample, so it is computed once per distinct key (CONTROL_FIELDS: data, model, seed, the
+Hessian-sample and spectrum settings) into results/controls/<key>/ and referenced from every run that
+shares it. `python -m train sweep controls` computes every missing control of every group, without
+training.
+
+Splitting a group across machines: `--shard I/N` takes runs I, I+N, I+2N, ... (0 <= I < N) of the
+group's fixed order. A lock file per run (and per control) in `<work>/.locks/`, refreshed every minute
+while the run works, keeps two processes from working on the same run; a lock not refreshed for ten
+minutes belongs to a dead process and is taken over. A Slurm job array runs a whole group:
+
+    #!/bin/bash
+    #SBATCH --job-name=hspec-optimizers
+    #SBATCH --array=0-10                 # one task per run: 11 optimizers
+    #SBATCH --cpus-per-task=4
+    #SBATCH --mem=16G
+    #SBATCH --time=24:00:00
+    #SBATCH --output=logs/%x-%a.out
+    cd "$SLURM_SUBMIT_DIR"               # the repository, on a file system every node sees
+    source .venv/bin/activate
+    export HSPEC_DATA_DIR=/shared/hspec-data
+    python -m train sweep optimizers --no-progress \\
+        --shard "${SLURM_ARRAY_TASK_ID}/${SLURM_ARRAY_TASK_COUNT}"
+
+Submitting the same script again after a time-out resumes each unfinished run from its newest
+checkpoint (wait ten minutes, or the dead tasks' locks still count as held). Then
+`python -m train sweep controls` (as an array too), `python -m train report`, and commit results/ and
+REPRODUCTION.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from train import config as config_lib
+from train import presets, rundir
+from train.catalog import OPTIMIZERS
+from train.config import Config, ConfigError
+
+RESULTS_ROOT = "results"
+WORK_ROOT = os.path.join("runs", "sweeps")
+CONTROLS = "controls"
+SENSITIVITY = "sensitivity"
+CONTROL_POINTER = "control.json"
+OVERRIDES = "overrides.json"
+CONTROL_KEY = "key.json"
+# What a published run holds: the record, its config, metrics, plot and table; never checkpoints.
+PUBLISHED_FILES = (rundir.RESULTS, rundir.CONFIG, rundir.METRICS, rundir.PLOT, rundir.TABLE)
+SPECTRUM_FILES = (rundir.RESULTS, rundir.PLOT)
+# A random-initialisation control is a function of these fields only: the initial network (data, model,
+# seed) and the Hessian sample (training-set options, sample size) and how its spectrum is measured.
+CONTROL_FIELDS = ("dataset", "model", "depth", "width", "activation", "batchnorm", "seed", "train_size",
+                  "label_noise", "random_labels", "gaussian_inputs", "hessian_samples", "k", "lanczos_steps",
+                  "max_lanczos_steps", "hessian_batch_size", "trace_samples")
+ADAM_FAMILY = ("adam", "amsgrad", "adabound", "yogi", "radam", "diffgrad")
+LOCK_STALE_S = 600.0
+LOCK_HEARTBEAT_S = 60.0
+
+
+class SweepError(ConfigError):
+    """A bad group name, shard or root (the CLI answers it with one line and exit status 2)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+    """One run of a group.
+
+    Attributes:
+        name: the run's directory name within its group.
+        preset: the preset it trains (train.presets).
+        fields: the fields that define the run beyond its preset, as (name, value) pairs (e.g. a seed).
+        same_as: "group/run" of the identical run trained in another group, or None.
+    """
+
+    name: str
+    preset: str
+    fields: tuple[tuple[str, Any], ...] = ()
+    same_as: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+    """A named sweep: its runs in a fixed order (the order shards split) and the setting that varies."""
+
+    name: str
+    description: str
+    axis: str | None
+    runs: tuple[SweepRun, ...]
+
+
+def _slug(name: str) -> str:
+    return name.replace("_", "-")
+
+
+REFERENCE = "checkpoints/lenet-mnist-sgd"
+
+
+def _optimizer_runs(slug: str, sgd_same_as: str | None = None) -> tuple[SweepRun, ...]:
+    """One run per optimizer of the paper's table on one dataset."""
+    return tuple(SweepRun(_slug(o), f"lenet-{slug}-{_slug(o)}", same_as=sgd_same_as if o == "sgd" else None)
+                 for o in OPTIMIZERS)
+
+
+def _seed_runs(series: str, preset: str, source: str) -> tuple[SweepRun, ...]:
+    """Seeds 0, 1, 2 of a preset; seed 0 is the run `source` (no spectra after intermediate epochs)."""
+    return tuple(SweepRun(f"{series}-seed{s}", preset, (("seed", s), ("spectrum_epochs", ())),
+                          same_as=source if s == 0 else None) for s in range(3))
+
+
+def _build_groups() -> dict[str, Group]:
+    """Every group of METHOD.md §5, in the order `--list` shows them."""
+    g = [
+        Group("checkpoints", "the reference run (LeNet-5, MNIST, momentum SGD, 50 epochs): spectra after epochs "
+              "1, 2, 3, 10, 20, 30 and 50", "epochs", (SweepRun("lenet-mnist-sgd", "lenet-mnist-sgd"),)),
+        Group("optimizers", "LeNet-5 on MNIST with the paper's eleven optimizers", "optimizer",
+              _optimizer_runs("mnist", REFERENCE)),
+        Group("batch-size", "LeNet-5, MNIST, SGD: batch size at a fixed 50 epochs", "batch_size",
+              tuple(SweepRun(f"batch{b}", f"lenet-mnist-batch{b}", same_as=REFERENCE if b == 128 else None)
+                    for b in presets.BATCH_SIZES)),
+        Group("batch-size-iters1000", "LeNet-5, MNIST, SGD: batch size at a fixed 1000 iterations", "batch_size",
+              tuple(SweepRun(f"batch{b}", f"lenet-mnist-iters1000-batch{b}") for b in presets.BATCH_SIZES)),
+        Group("train-size", "LeNet-5, MNIST, SGD: training-set size", "train_size",
+              tuple(SweepRun(f"n{n}", f"lenet-mnist-n{n}") for n in presets.TRAIN_SIZES)),
+        Group("label-noise", "LeNet-5, MNIST, SGD: 40% and 80% symmetric label noise, random labels", None,
+              (SweepRun("noise40", "lenet-mnist-noise40"), SweepRun("noise80", "lenet-mnist-noise80"),
+               SweepRun("random-labels", "lenet-mnist-random-labels"))),
+        Group("fcn-depth", "FCN on MNIST: 1, 2, 4 hidden layers of width 100", "depth",
+              tuple(SweepRun(f"depth{d}", f"fcn-mnist-depth{d}") for d in presets.FCN_DEPTHS)),
+        Group("fcn-width", "FCN on MNIST: 2 hidden layers of width 10...100", "width",
+              tuple(SweepRun(f"width{w}", f"fcn-mnist-width{w}", same_as="fcn-depth/depth2" if w == 100 else None)
+                    for w in presets.FCN_WIDTHS)),
+        Group("linear", "linear networks on MNIST, with or without ReLU and BatchNorm", None,
+              tuple(SweepRun(n.removeprefix("linear-mnist-") if n != "linear-mnist" else "linear", n)
+                    for n in ("linear-mnist", "linear-mnist-relu", "linear-mnist-bn", "linear-mnist-relu-bn"))),
+        Group(CONTROLS, "the random-initialisation control of every run above and below, once per distinct "
+              "network and Hessian sample (no training)", None, ()),
+        Group("seeds", "seeds 0, 1, 2 of the reference run and of batch sizes 640 and 768 (error bars)", "seed",
+              _seed_runs("baseline", "lenet-mnist-sgd", REFERENCE)
+              + _seed_runs("batch640", "lenet-mnist-batch640", "batch-size/batch640")
+              + _seed_runs("batch768", "lenet-mnist-batch768", "batch-size/batch768")),
+        Group("fashion-mnist", "LeNet-5 on Fashion-MNIST with the eleven optimizers (200 epochs)", "optimizer",
+              _optimizer_runs("fashion-mnist")),
+        Group("cifar10-lenet", "LeNet-5 on the CIFAR-10 subset (4000 train / 1000 test) with the eleven "
+              "optimizers (200 epochs)", "optimizer", _optimizer_runs("cifar10")),
+        Group("avila", "FCN (2x100) on Avila, K = 50", None, (SweepRun("fcn-avila", "fcn-avila"),)),
+        Group("resnet18", "ResNet18 on the CIFAR-10 subset, K = 50", None,
+              (SweepRun("resnet18-cifar10-sgd", "resnet18-cifar10-sgd"),)),
+    ]
+    return {group.name: group for group in g}
+
+
+GROUPS = _build_groups()
+
+
+def get_group(name: str, groups: dict[str, Group] | None = None) -> Group:
+    """The named group.
+
+    Raises:
+        SweepError: unknown name, listing the valid ones.
+    """
+    groups = GROUPS if groups is None else groups
+    if name not in groups:
+        raise SweepError(f"unknown sweep group {name!r}; valid groups: {', '.join(groups)}")
+    return groups[name]
+
+
+def find_run(ref: str, groups: dict[str, Group] | None = None) -> tuple[Group, SweepRun]:
+    """The (group, run) a "group/run" reference names."""
+    group_name, _, run_name = ref.partition("/")
+    group = get_group(group_name, groups)
+    for spec in group.runs:
+        if spec.name == run_name:
+            return group, spec
+    raise SweepError(f"group {group_name!r} has no run {run_name!r}")
+
+
+def source_of(group: Group, spec: SweepRun, groups: dict[str, Group] | None = None) -> tuple[Group, SweepRun]:
+    """The run that holds `spec`'s results: itself, or the run it is the same as (followed to the end)."""
+    seen = set()
+    while spec.same_as is not None:
+        if spec.same_as in seen:
+            raise SweepError(f"same_as cycle through {spec.same_as}")
+        seen.add(spec.same_as)
+        group, spec = find_run(spec.same_as, groups)
+    return group, spec
+
+
+# --- configurations -------------------------------------------------------------------------------------
+
+
+def nominal_config(spec: SweepRun) -> Config:
+    """The run's configuration in the paper's setting: its preset and fields, trained without the init control."""
+    cfg = config_lib.apply_overrides(presets.get(spec.preset), dict(spec.fields))
+    return dataclasses.replace(cfg, init_control=False)
+
+
+def run_config(spec: SweepRun, overrides: dict[str, Any]) -> Config:
+    """The run's configuration with the sweep's overrides applied, validated.
+
+    A smaller `epochs` drops the spectrum epochs beyond it (they cannot be measured), so that `epochs=2`
+    works on the reference run; the change is recorded with the overrides.
+
+    Raises:
+        ConfigError: an unknown field, a bad value, or an inconsistent result (naming the run).
+    """
+    base = nominal_config(spec)
+    cfg = config_lib.apply_overrides(base, overrides)
+    if "spectrum_epochs" not in overrides and cfg.epochs is not None:
+        cfg = dataclasses.replace(cfg, spectrum_epochs=tuple(e for e in cfg.spectrum_epochs if e <= cfg.epochs))
+    try:
+        return config_lib.validate(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"run {spec.name} ({spec.preset}): {err}") from None
+
+
+def applied_overrides(spec: SweepRun, cfg: Config) -> dict[str, Any]:
+    """The fields on which the run's configuration departs from its nominal one (JSON-ready), for overrides.json."""
+    diff = config_lib.differences(nominal_config(spec), cfg)
+    return {name: config_lib.to_dict(cfg)[name] for name in sorted(diff)}
+
+
+def control_fields(cfg: Config) -> dict[str, Any]:
+    """The fields a random-initialisation control depends on (CONTROL_FIELDS), JSON-ready."""
+    data = config_lib.to_dict(cfg)
+    return {name: data[name] for name in CONTROL_FIELDS}
+
+
+def control_key(cfg: Config) -> str:
+    """The name of the control a run shares with every run of the same initial network and Hessian sample.
+
+    Readable prefix (dataset, model, seed), then 10 hex digits of the sha256 of the sorted CONTROL_FIELDS.
+    """
+    fields = control_fields(cfg)
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{cfg.dataset}-{cfg.model}-seed{cfg.seed}-{digest}"
+
+
+def control_config(cfg: Config) -> Config:
+    """A canonical config of a run's control: the control fields, and defaults for everything training-only.
+
+    The control's record therefore does not depend on which of its runs computed it first.
+    """
+    base = Config()
+    fields = {name: getattr(cfg, name) for name in CONTROL_FIELDS}
+    batch = base.batch_size if cfg.train_size is None else min(base.batch_size, cfg.train_size)
+    return dataclasses.replace(base, preset="init-control", batch_size=batch, epochs=1, init_control=True,
+                               spectrum_epochs=(), **fields)
+
+
+# --- locks ------------------------------------------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive lock file with a heartbeat: held while its owner refreshes it, stale after LOCK_STALE_S.
+
+    `acquire()` creates the file with O_EXCL (atomic, also on NFS v3+); a lock whose file has not been
+    touched for `stale_after` seconds, or whose owner is a dead process on this host, is taken over. While
+    held, a daemon thread touches the file every `heartbeat` seconds.
+    """
+
+    def __init__(self, path: Path, *, stale_after: float = LOCK_STALE_S, heartbeat: float = LOCK_HEARTBEAT_S):
+        self.path = Path(path)
+        self.stale_after = stale_after
+        self.heartbeat = heartbeat
+        self.token = uuid.uuid4().hex
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def owner(self) -> dict[str, Any] | None:
+        """The lock file's owner record, or None when there is no (readable) lock."""
+        try:
+            return json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def is_stale(self) -> bool:
+        """Not refreshed for `stale_after` seconds, or owned by a process of this host that is gone."""
+        try:
+            age = time.time() - self.path.stat().st_mtime
+        except FileNotFoundError:
+            return True
+        owner = self.owner() or {}
+        if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+            try:
+                os.kill(owner["pid"], 0)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                pass
+        return age > self.stale_after
+
+    def _take_over(self) -> None:
+        """Remove a stale lock, unless another process replaced it meanwhile (then leave it)."""
+        seen = (self.owner() or {}).get("token")
+        aside = self.path.with_name(f"{self.path.name}.stale-{self.token}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        moved = None
+        try:
+            moved = json.loads(aside.read_text()).get("token")
+        except (OSError, ValueError):
+            pass
+        if moved != seen:  # a fresh lock was renamed by mistake: put it back
+            os.rename(aside, self.path)
+        else:
+            aside.unlink(missing_ok=True)
+
+    def acquire(self) -> bool:
+        """Take the lock if free (or stale). Returns whether this process holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not self.is_stale():
+                    return False
+                self._take_over()
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}, f)
+            self._thread = threading.Thread(target=self._beat, daemon=True)
+            self._thread.start()
+            return True
+        return False
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the file if it is still this process's lock."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if (self.owner() or {}).get("token") == self.token:
+            self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# --- roots, states, publishing ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Roots:
+    """Where published results go and where runs train (checkpoints stay in `work`)."""
+
+    results: Path
+    work: Path
+
+    @classmethod
+    def checked(cls, results: str | os.PathLike, work: str | os.PathLike) -> Roots:
+        """Roots that keep checkpoints out of results/: neither may lie inside the other.
+
+        Raises:
+            SweepError: one root inside the other.
+        """
+        r, w = Path(results), Path(work)
+        ra, wa = r.resolve(), w.resolve()
+        if ra == wa or ra in wa.parents or wa in ra.parents:
+            raise SweepError(f"--work {w} and --results {r} must be separate directories (checkpoints are written "
+                             "under --work and must never land under --results)")
+        return cls(r, w)
+
+    def published(self, group: str, run: str) -> Path:
+        return self.results / group / run
+
+    def workdir(self, group: str, run: str) -> Path:
+        return self.work / group / run
+
+    def control(self, key: str) -> Path:
+        return self.results / CONTROLS / key
+
+    def lock(self, name: str) -> RunLock:
+        return RunLock(self.work / ".locks" / f"{name}.lock")
+
+
+def is_published(path: Path) -> bool:
+    """A published run or control: its results.json exists (it arrives with the directory's rename)."""
+    return (path / rundir.RESULTS).is_file()
+
+
+def run_state(roots: Roots, group: Group, spec: SweepRun, groups: dict[str, Group] | None = None) -> str:
+    """done, partial (with how far), running elsewhere, or missing; `same_as` runs report their source's."""
+    if spec.same_as is not None:
+        src_group, src = source_of(group, spec, groups)
+        return f"{run_state(roots, src_group, src, groups)} (= {src_group.name}/{src.name})"
+    if is_published(roots.published(group.name, spec.name)):
+        return "done"
+    work = roots.workdir(group.name, spec.name)
+    lock = roots.lock(f"{group.name}--{spec.name}")
+    running = " running" if lock.path.exists() and not lock.is_stale() else ""
+    epochs = rundir.checkpoint_epochs(work)
+    if epochs:
+        return f"partial{running} (checkpoint of epoch {epochs[-1]})"
+    return "running" if running else "missing"
+
+
+def _copy_file(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+
+
+def publish(files: dict[str, Path], extra: dict[str, Any], dest: Path) -> None:
+    """Place files (relative name -> source path) and JSON documents into `dest` in one rename.
+
+    The files are copied into a hidden staging directory beside `dest`, then renamed: `dest` appears
+    complete or not at all. A staging directory left by a killed process is removed first.
+
+    Raises:
+        SweepError: a file would place a checkpoint under results/, or `dest` exists already.
+    """
+    bad = [name for name in files if "checkpoints" in Path(name).parts]
+    if bad:
+        raise SweepError(f"refusing to publish checkpoints into {dest}: {bad}")
+    if dest.exists():
+        raise SweepError(f"{dest} exists already; it is not overwritten")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    for old in dest.parent.glob(f".staging-{dest.name}-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    staging = dest.parent / f".staging-{dest.name}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        for name, src in sorted(files.items()):
+            _copy_file(src, staging / name)
+        for name, obj in sorted(extra.items()):
+            (staging / name).write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+        os.rename(staging, dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def run_files(work: Path) -> dict[str, Path]:
+    """The files of a finished run directory that are published (PUBLISHED_FILES and the spectra dirs)."""
+    files = {name: work / name for name in PUBLISHED_FILES if (work / name).is_file()}
+    subdirs = [work / "init"] + sorted((work / "epochs").glob("*"), key=lambda p: p.name)
+    for sub in subdirs:
+        for name in SPECTRUM_FILES:
+            if (sub / name).is_file():
+                files[str((sub / name).relative_to(work))] = sub / name
+    return files
+
+
+# --- controls -----------------------------------------------------------------------------------------------
+
+
+def compute_control(cfg: Config, dest: Path, *, progress: bool, echo: Callable) -> None:
+    """Measure the initial network of `cfg` (no training) and publish it as the control `dest`.
+
+    The initial state is `build_experiment(control_config(cfg)).template`, the same state as a run's
+    epoch-0 checkpoint; its metrics are the run's epoch-0 metrics (`driver.initial_metrics`).
+    """
+    import tempfile
+
+    from train import driver, experiment, loop, record, run
+
+    ccfg = control_config(cfg)
+    exp = experiment.build_experiment(ccfg, progress)
+    metrics = driver.initial_metrics(exp, loop.make_eval_step(exp.fm), exp.template)
+    echo(f"control {dest.name}: top {exp.cfg.k} at initialisation, {exp.num_params} parameters, "
+         f"{exp.cfg.hessian_samples} Hessian samples")
+    result = run.measure_state(exp, exp.template, metrics, epoch=0, step=0, checkpoint=None, progress=progress)
+    with tempfile.TemporaryDirectory(prefix="hspec-control-") as tmp:
+        record.save(result, Path(tmp) / rundir.RESULTS)
+        record.plot(result, Path(tmp) / rundir.PLOT, f"random initialisation: {dest.name}")
+        files = {name: Path(tmp) / name for name in SPECTRUM_FILES}
+        publish(files, {CONTROL_KEY: {"key": dest.name, "fields": control_fields(cfg)}}, dest)
+    echo(f"control {dest.name}: {result.verdict}")
+
+
+def ensure_control(cfg: Config, roots: Roots, *, progress: bool, echo: Callable) -> str:
+    """Compute the run's control unless it is published or being computed elsewhere.
+
+    Returns:
+        "done", "computed" or "running elsewhere".
+    """
+    key = control_key(cfg)
+    dest = roots.control(key)
+    if is_published(dest):
+        return "done"
+    lock = roots.lock(f"control--{key}")
+    if not lock.acquire():
+        echo(f"control {key}: being computed by another process ({lock.owner()}); skipped")
+        return "running elsewhere"
+    try:
+        if not is_published(dest):  # another process may have finished it just before
+            compute_control(cfg, dest, progress=progress, echo=echo)
+    finally:
+        lock.release()
+    return "computed"
+
+
+def control_pointer(cfg: Config) -> dict[str, Any]:
+    """control.json of a run: the control's key and its path relative to the run's published directory."""
+    key = control_key(cfg)
+    return {"key": key, "path": f"../../{CONTROLS}/{key}", "fields": control_fields(cfg)}
+
+
+def distinct_controls(groups: dict[str, Group], overrides: dict[str, Any]) -> list[tuple[str, Config]]:
+    """(key, config) of every distinct control of the groups' own runs (not `same_as`), in group order."""
+    out: dict[str, Config] = {}
+    for group in groups.values():
+        for spec in group.runs:
+            if spec.same_as is None:
+                cfg = run_config(spec, overrides)
+                out.setdefault(control_key(cfg), cfg)
+    return list(out.items())
+
+
+# --- the sweep ------------------------------------------------------------------------------------------
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """"I/N" -> (I, N), 0 <= I < N; None -> (0, 1).
+
+    Raises:
+        SweepError: not of that form.
+    """
+    if text is None:
+        return 0, 1
+    i, sep, n = text.partition("/")
+    try:
+        i_, n_ = int(i), int(n)
+    except ValueError:
+        i_, n_ = -1, 0
+    if not sep or n_ < 1 or not 0 <= i_ < n_:
+        raise SweepError(f"--shard {text!r}: give I/N with 0 <= I < N, e.g. --shard 0/4 "
+                         "(Slurm: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
+    return i_, n_
+
+
+def shard(items: list, index: int, count: int) -> list:
+    """Items index, index + count, index + 2·count, ... of a list in its fixed order."""
+    return items[index::count]
+
+
+def _prefixed(echo: Callable, prefix: str) -> Callable:
+    return lambda text: echo("\n".join(f"{prefix} {line}" for line in str(text).splitlines()))
+
+
+def sweep_run(roots: Roots, group: Group, spec: SweepRun, cfg: Config, *, progress: bool, echo: Callable,
+              groups: dict[str, Group] | None = None) -> str:
+    """Bring one run to "done": skip it, resume it or train it, then publish it. Returns its state."""
+    from train import run
+
+    say = _prefixed(echo, f"[{group.name}/{spec.name}]")
+    if spec.same_as is not None:
+        state = run_state(roots, group, spec, groups)
+        say(f"same training as {spec.same_as}: {state}" + ("" if state.startswith("done") else
+            f"; it is run by `python -m train sweep {spec.same_as.split('/')[0]}`"))
+        return state
+    dest = roots.published(group.name, spec.name)
+    if is_published(dest):
+        say("done (in results); skipped")
+        return "done"
+    with roots.lock(f"{group.name}--{spec.name}") as held:
+        if not held:
+            say("being worked on by another process; skipped")
+            return "running elsewhere"
+        ensure_control(cfg, roots, progress=progress, echo=say)
+        work = roots.workdir(group.name, spec.name)
+        resume = bool(rundir.checkpoint_epochs(work))
+        say(("resuming from its checkpoints in " if resume else "training in ") + str(work))
+        run.train_run(cfg, work, resume=resume, progress=progress, echo=say)
+        publish(run_files(work), {CONTROL_POINTER: control_pointer(cfg), OVERRIDES: applied_overrides(spec, cfg)},
+                dest)
+        say(f"published to {dest}")
+    return "done"
+
+
+def sweep_controls(roots: Roots, overrides: dict[str, Any], shard_: tuple[int, int], *, progress: bool,
+                   echo: Callable, groups: dict[str, Group]) -> list[str]:
+    """Compute every missing control of every group (this shard's share). Returns the failures."""
+    failures = []
+    for key, cfg in shard(distinct_controls(groups, overrides), *shard_):
+        try:
+            state = ensure_control(cfg, roots, progress=progress, echo=echo)
+            if state == "done":
+                echo(f"control {key}: done (in results); skipped")
+        except Exception as err:  # noqa: BLE001  (one failed control must not stop the others)
+            echo(f"control {key}: FAILED: {type(err).__name__}: {err}")
+            failures.append(key)
+    return failures
+
+
+def sweep(name: str, *, roots: Roots, overrides: dict[str, Any] | None = None, shard_: tuple[int, int] = (0, 1),
+          progress: bool = True, echo: Callable = print, groups: dict[str, Group] | None = None) -> list[str]:
+    """Run this shard's share of a group: every run brought to "done" (or reported as waiting).
+
+    Configurations are checked before anything runs, so that a bad override fails at once. A run that
+    fails (a control that does not converge, a non-finite loss) is reported and the others continue.
+
+    Returns:
+        The names of the runs (or controls) that failed.
+    """
+    groups = GROUPS if groups is None else groups
+    overrides = dict(overrides or {})
+    group = get_group(name, groups)
+    if group.name == CONTROLS:
+        return sweep_controls(roots, overrides, shard_, progress=progress, echo=echo, groups=groups)
+    specs = shard(list(group.runs), *shard_)
+    cfgs = {spec.name: run_config(spec, overrides) for spec in specs}
+    failures = []
+    for spec in specs:
+        try:
+            sweep_run(roots, group, spec, cfgs[spec.name], progress=progress, echo=echo, groups=groups)
+        except Exception as err:  # noqa: BLE001  (a job array must finish its other runs)
+            echo(f"[{group.name}/{spec.name}] FAILED: {type(err).__name__}: {err}")
+            failures.append(spec.name)
+    return failures
+
+
+def listing(roots: Roots, name: str | None = None, overrides: dict[str, Any] | None = None,
+            groups: dict[str, Group] | None = None) -> str:
+    """Groups with their run counts by state, or one group's runs with their states and controls."""
+    groups = GROUPS if groups is None else groups
+    overrides = dict(overrides or {})
+    if name is None:
+        lines = []
+        for group in groups.values():
+            if group.name == CONTROLS:
+                keys = [k for k, _ in distinct_controls(groups, overrides)]
+                done = sum(is_published(roots.control(k)) for k in keys)
+                lines.append(f"{group.name:<22} {len(keys):>3} controls: {done} done  -- {group.description}")
+                continue
+            states = [run_state(roots, group, spec, groups).split()[0] for spec in group.runs]
+            counts = ", ".join(f"{states.count(s)} {s}" for s in ("done", "partial", "running", "missing")
+                               if states.count(s))
+            lines.append(f"{group.name:<22} {len(group.runs):>3} runs: {counts}  -- {group.description}")
+        return "\n".join(lines)
+    group = get_group(name, groups)
+    if group.name == CONTROLS:
+        return "\n".join(f"{key:<40} {'done' if is_published(roots.control(key)) else 'missing'}"
+                         for key, _ in distinct_controls(groups, overrides))
+    lines = [f"{group.name}: {group.description}"]
+    for spec in group.runs:
+        cfg = run_config(source_of(group, spec, groups)[1], overrides)
+        ctl = "done" if is_published(roots.control(control_key(cfg))) else "missing"
+        lines.append(f"  {spec.name:<18} {spec.preset:<32} {run_state(roots, group, spec, groups)}  "
+                     f"[control {ctl}]")
+    return "\n".join(lines)
+
+
+# --- sensitivity --------------------------------------------------------------------------------------------
+
+SENSITIVITY_KS = (100, 300, 500, 1000)
+SENSITIVITY_SAMPLES = (500, 1000, 2000)
+SENSITIVITY_STARTS = 3
+# The paper's procedure: one Lanczos run of m = K ... 3K steps, its Ritz values taken as they are.
+PAPER_MULTIPLIERS = (1.0, 1.25, 1.5, 2.0, 3.0)
+STUDIES = ("k_prefix", "hessian_samples", "lanczos_starts", "paper_procedure")
+
+
+@dataclasses.dataclass(frozen=True)
+class SensitivitySpec:
+    """What the sensitivity study varies (each tuple filtered to what the network allows)."""
+
+    ks: tuple[int, ...] = SENSITIVITY_KS
+    samples: tuple[int, ...] = SENSITIVITY_SAMPLES
+    starts: int = SENSITIVITY_STARTS
+    multipliers: tuple[float, ...] = PAPER_MULTIPLIERS
+    studies: tuple[str, ...] = STUDIES
+
+
+def _fit_entry(values: Any, k: int) -> dict[str, Any]:
+    """The verdict of the top k of `values` as a record's fit block, plus the verdict text."""
+    import hspec
+
+    from train import record
+
+    verdict = hspec.power_law_verdict(values, k)
+    return {"k": int(k), "verdict": verdict.verdict, "fit": record.fit_block(verdict, 0.05)}
+
+
+def _converged(op: Any, k: int, key: Any, num_steps: int, max_steps: int | None, progress: bool) -> Any:
+    """The strict top k of an operator, the Krylov space grown (by default up to 4x) until they converge."""
+    import hspec
+
+    num_steps = min(op.dim, num_steps or hspec.default_num_steps(k, op.dim))
+    max_steps = max_steps or hspec.default_max_steps(num_steps, op.dim)
+    return hspec.top_eigenvalues(op, k=k, key=key, num_steps=num_steps, max_steps=max_steps, strict=True,
+                                 progress=progress)
+
+
+def _base_spectrum(op: Any, cfg: Config, spec: SensitivitySpec, key: Any, progress: bool) -> dict[str, Any]:
+    """One converged top-K run long enough for every truncation of the paper's procedure; JSON-ready.
+
+    It starts at max(the run's Lanczos steps, max multiplier · K) steps, so that every m = c·K is a
+    prefix of this one run (with full reorthogonalisation a truncated run is exactly a shorter run).
+    """
+    import numpy as np
+
+    k = cfg.k
+    m0 = min(op.dim, max(cfg.lanczos_steps or 0, math.ceil(max(spec.multipliers, default=1.0) * k), k + 1))
+    top = _converged(op, k, key, m0, cfg.max_lanczos_steps, progress)
+    lz = top.lanczos
+    return {"k": k, "eigenvalues": np.asarray(top.eigenvalues), "residuals": np.asarray(top.residuals),
+            "num_converged": top.num_converged, "lanczos_steps": top.num_steps, "alphas": lz.alphas[0],
+            "betas": lz.betas[0], "seconds": top.seconds}
+
+
+def k_prefix_study(base: dict[str, Any], spec: SensitivitySpec) -> list[dict[str, Any]]:
+    """The verdict and s of the top-K prefixes of one converged spectrum, K in spec.ks (<= the spectrum's K)."""
+    ks = sorted({k for k in spec.ks if 2 <= k <= base["k"]} | {base["k"]})
+    return [_fit_entry(base["eigenvalues"][:k], k) for k in ks]
+
+
+def paper_procedure_study(base: dict[str, Any], spec: SensitivitySpec) -> list[dict[str, Any]]:
+    """Ritz values of ONE Lanczos run truncated at m = c·K steps, taken as they are, against converged ones.
+
+    For each m: the positive Ritz values, the verdict of the top K Ritz values (undefined when some are
+    non-positive), and how far the top K lie from the converged top K (max |θ_i − λ_i| / λ_1, and how
+    many agree to 1e-3 of λ_1).
+    """
+    import hspec
+    import numpy as np
+
+    k, conv = base["k"], np.asarray(base["eigenvalues"])
+    alphas, betas = np.asarray(base["alphas"]), np.asarray(base["betas"])
+    out = []
+    for c in sorted(set(spec.multipliers)):
+        m = int(round(c * k))
+        if m > len(alphas) or m < 2:
+            continue
+        ritz, _ = hspec.tridiagonal_eigh(alphas[:m], betas[: m - 1])
+        top = ritz[:k]
+        entry = {"multiplier": c, "m": m, "num_ritz_positive": int(np.sum(ritz > 0)), "ritz_values": top}
+        if top.size < k:
+            entry.update(verdict=f"undefined: only {top.size} Ritz values for K = {k}", fit=None)
+        else:
+            entry.update(_fit_entry(top, k))
+            err = np.abs(top - conv) / abs(conv[0])
+            entry.update(max_rel_error=float(err.max()), num_within_1e3=int(np.sum(err <= 1e-3)))
+        out.append(entry)
+    return out
+
+
+def _sample_operator(exp: Any, state: Any, size: int) -> Any:
+    """The Hessian operator of `state` on a Hessian sample of `size` examples (the run's sample stream)."""
+    import hspec
+
+    from train import data
+    from train.hessian import hessian_batches, hessian_loss
+
+    sample = exp.hessian if size == exp.cfg.hessian_samples else data.hessian_sample(exp.ds, size,
+                                                                                      exp.keys.hessian_sample)
+    batches = hessian_batches(sample.x, sample.y, exp.cfg.hessian_batch_size)
+    return hspec.hessian_operator(hessian_loss(exp.fm.eval_def, state.rest), state.params, batches=batches)
+
+
+def hessian_samples_study(exp: Any, state: Any, base: dict[str, Any], spec: SensitivitySpec,
+                          progress: bool) -> list[dict[str, Any]]:
+    """The verdict at K with each Hessian-sample size (drawn from the run's sample stream)."""
+    from train.catalog import NUM_CLASSES
+
+    cfg, out = exp.cfg, []
+    for n in sorted(set(spec.samples)):
+        entry: dict[str, Any] = {"hessian_samples": n}
+        if n > len(exp.ds.y_train) or n * (NUM_CLASSES[cfg.dataset] - 1) < 2 * cfg.k:
+            entry["skipped"] = (f"{n} samples: more than the {len(exp.ds.y_train)} training examples, or a "
+                                f"Gauss-Newton rank below 2K = {2 * cfg.k}")
+        elif n == cfg.hessian_samples:
+            entry.update(_fit_entry(base["eigenvalues"], cfg.k), num_converged=base["num_converged"],
+                         lanczos_steps=base["lanczos_steps"])
+        else:
+            top = _converged(_sample_operator(exp, state, n), cfg.k, exp.keys.lanczos_start, cfg.lanczos_steps,
+                             cfg.max_lanczos_steps, progress)
+            entry.update(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
+                         lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
+        out.append(entry)
+    return out
+
+
+def lanczos_starts_study(exp: Any, op: Any, base: dict[str, Any], spec: SensitivitySpec,
+                         progress: bool) -> list[dict[str, Any]]:
+    """The verdict at K from several Lanczos start vectors: start 0 is the run's key, start i its fold_in(i)."""
+    import jax
+
+    cfg, out = exp.cfg, []
+    for i in range(spec.starts):
+        if i == 0:
+            entry = dict(_fit_entry(base["eigenvalues"], cfg.k), num_converged=base["num_converged"])
+        else:
+            key = jax.random.fold_in(exp.keys.lanczos_start, i)
+            top = _converged(op, cfg.k, key, cfg.lanczos_steps, cfg.max_lanczos_steps, progress)
+            entry = dict(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
+                         eigenvalues=top.eigenvalues)
+        out.append({"start": i, "key": "lanczos_start" if i == 0 else f"fold_in(lanczos_start, {i})", **entry})
+    return out
+
+
+def _display_path(path: Path) -> str:
+    """A path as recorded: relative to the working directory when inside it, else its last two parts."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(*path.resolve().parts[-2:]))
+
+
+def _sensitivity_setup(run: Path, epoch: int | None, overrides: dict[str, Any]) -> tuple[Any, dict, Any, Path]:
+    """The run's experiment (spectrum fields overridden), the checkpoint's meta, its state and path."""
+    from train import checkpoint as ckpt
+    from train import experiment, loop
+
+    where = rundir.find_checkpoint(Path(run), epoch)
+    meta = ckpt.read_meta(where)
+    bad = [k for k in overrides if k not in config_lib.SPECTRUM_FIELDS]
+    if bad:
+        raise ConfigError(f"sensitivity --set changes only the spectrum fields "
+                          f"({', '.join(config_lib.SPECTRUM_FIELDS)}); not {', '.join(bad)}")
+    overrides = dict(overrides)
+    if "k" in overrides and "lanczos_steps" not in overrides:
+        overrides["lanczos_steps"] = None  # the rule for the new K
+    exp = experiment.build_experiment(config_lib.apply_overrides(config_lib.from_dict(meta["config"]), overrides))
+    state, _ = ckpt.restore(where, exp.template)
+    return exp, meta, loop.TrainState(*state), where
+
+
+def sensitivity(run: str | os.PathLike, *, results: str | os.PathLike = RESULTS_ROOT, epoch: int | None = None,
+                name: str | None = None, overrides: dict[str, Any] | None = None,
+                spec: SensitivitySpec = SensitivitySpec(), progress: bool = True, echo: Callable = print) -> Path:
+    """How the verdict and s of a trained network and of its initialisation depend on the method's choices.
+
+    Writes results/sensitivity/<name>/: base.json (one converged top-K run per state, with its Lanczos
+    coefficients), then one JSON per study (STUDIES), each {"provenance", "trained": [...], "init": [...]}.
+    A study whose file exists is skipped, so a killed study resumes.
+
+    Args:
+        run: a run directory with checkpoints (or a checkpoints/epoch_N directory).
+        results: the results root. epoch: which checkpoint (default: the newest).
+        name: the output folder's name (default: "<run name>-epoch<E>").
+        overrides: spectrum fields (k, hessian_samples, lanczos_steps, ...); K is the largest K studied.
+        spec: what to vary.
+
+    Returns:
+        The output directory.
+    """
+    from train import record
+
+    exp, meta, trained, where = _sensitivity_setup(Path(run), epoch, dict(overrides or {}))
+    e = meta["epoch"]
+    out = Path(results) / SENSITIVITY / (name or f"{Path(run).resolve().name}-epoch{e}")
+    out.mkdir(parents=True, exist_ok=True)
+    states = {"trained": trained, "init": exp.template}
+    provenance = {"run": _display_path(Path(run)), "epoch": e, "preset": exp.cfg.preset, "k": exp.cfg.k,
+                  "hessian_samples": exp.cfg.hessian_samples, "seed": exp.cfg.seed, "num_params": exp.num_params,
+                  "overrides": dict(sorted((overrides or {}).items())), "spec": dataclasses.asdict(spec)}
+    ops = {label: _sample_operator(exp, s, exp.cfg.hessian_samples) for label, s in states.items()}
+    base = _load_or_compute_base(out, exp, ops, spec, provenance, progress, echo)
+    for study in spec.studies:
+        path = out / f"{study}.json"
+        if path.exists():
+            echo(f"{study}: {path} exists; skipped")
+            continue
+        echo(f"{study}: trained and init")
+        doc = {"provenance": provenance}
+        for label, state in states.items():
+            doc[label] = _study(study, exp, state, ops[label], base[label], spec, progress)
+        record.write_json(path, doc)
+    return out
+
+
+def _load_or_compute_base(out: Path, exp: Any, ops: dict, spec: SensitivitySpec, provenance: dict,
+                          progress: bool, echo: Callable) -> dict[str, Any]:
+    """base.json: the converged top-K run of each state, computed once (reused when the study resumes)."""
+    from train import record
+
+    path = out / "base.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    doc: dict[str, Any] = {"provenance": provenance}
+    for label, op in ops.items():
+        echo(f"converged top {exp.cfg.k} of the {label} network ({op.dim} parameters)")
+        doc[label] = _base_spectrum(op, exp.cfg, spec, exp.keys.lanczos_start, progress)
+    record.write_json(path, doc)
+    return json.loads(path.read_text())
+
+
+def _study(study: str, exp: Any, state: Any, op: Any, base: dict, spec: SensitivitySpec, progress: bool) -> list:
+    """One study of one state."""
+    if study == "k_prefix":
+        return k_prefix_study(base, spec)
+    if study == "paper_procedure":
+        return paper_procedure_study(base, spec)
+    if study == "hessian_samples":
+        return hessian_samples_study(exp, state, base, spec, progress)
+    if study == "lanczos_starts":
+        return lanczos_starts_study(exp, op, base, spec, progress)
+    raise SweepError(f"unknown study {study!r}; valid: {', '.join(STUDIES)}")
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+
+def _common_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field of every run (repeatable), e.g. --set epochs=2 --set k=20")
+    p.add_argument("--results", default=RESULTS_ROOT, help=f"published results root (default: {RESULTS_ROOT}/)")
+    p.add_argument("--data-dir", help="data directory (default: env HSPEC_DATA_DIR, else ~/.cache/hspec/data); "
+                                      "exported as HSPEC_DATA_DIR, so that no path of this machine enters config.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _sweep_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train sweep", description=__doc__.split("\n\n")[2],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="groups: " + ", ".join(GROUPS))
+    p.add_argument("group", nargs="?", help="the group to run (see --list)")
+    p.add_argument("--list", action="store_true", help="list the groups, or GROUP's runs, with their states")
+    p.add_argument("--shard", help="run only runs I, I+N, ... of the group (0 <= I < N), e.g. 0/4")
+    p.add_argument("--work", default=WORK_ROOT, help=f"where runs train, checkpoints included (default: {WORK_ROOT}/)")
+    _common_args(p)
+    return p
+
+
+def _use_data_dir(path: str | None) -> None:
+    if path:
+        from train.data.dataset import ENV_DATA_DIR
+
+        os.environ[ENV_DATA_DIR] = os.path.abspath(path)
+
+
+def main(argv: list[str]) -> int:
+    """`python -m train sweep`: exit 0 when every run of the shard is done or waits on another group, 1 on a failure."""
+    args = _sweep_parser().parse_args(argv)
+    overrides = config_lib.parse_assignments(args.sets)
+    roots = Roots.checked(args.results, args.work)
+    if args.list:
+        print(listing(roots, args.group, overrides))
+        return 0
+    if not args.group:
+        raise SweepError("name a group (python -m train sweep GROUP), or --list to see them: " + ", ".join(GROUPS))
+    _use_data_dir(args.data_dir)
+    failures = sweep(args.group, roots=roots, overrides=overrides, shard_=parse_shard(args.shard),
+                     progress=not args.no_progress)
+    print(listing(roots, args.group, overrides))
+    if failures:
+        print(f"failed: {', '.join(failures)} (run the sweep again to retry; finished runs are skipped)")
+    return 1 if failures else 0
+
+
+def _numbers(text: str | None, kind: type) -> tuple:
+    return () if not text else tuple(kind(x) for x in text.split(",") if x.strip())
+
+
+def _sensitivity_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train sensitivity",
+                                description="The verdict and s of a trained network and of its initialisation "
+                                            "against K, the Hessian sample, the Lanczos start and the paper's "
+                                            "unconverged procedure. Writes results/sensitivity/<name>/*.json.")
+    p.add_argument("--run", required=True, help="a run directory with checkpoints (e.g. "
+                                                "runs/sweeps/checkpoints/lenet-mnist-sgd)")
+    p.add_argument("--epoch", type=int, help="which checkpoint (default: the newest)")
+    p.add_argument("--name", help="output folder under <results>/sensitivity (default: <run>-epoch<E>)")
+    p.add_argument("--ks", help=f"K values refitted from one converged spectrum (default: "
+                                f"{','.join(map(str, SENSITIVITY_KS))}; the spectrum's K is the run's k)")
+    p.add_argument("--samples", help=f"Hessian-sample sizes (default: {','.join(map(str, SENSITIVITY_SAMPLES))})")
+    p.add_argument("--starts", type=int, default=SENSITIVITY_STARTS, help="Lanczos start vectors")
+    p.add_argument("--multipliers", help=f"the paper's procedure: m = c*K for these c (default: "
+                                         f"{','.join(map(str, PAPER_MULTIPLIERS))})")
+    p.add_argument("--studies", help=f"which studies (default: all of {','.join(STUDIES)})")
+    _common_args(p)
+    return p
+
+
+def main_sensitivity(argv: list[str]) -> int:
+    """`python -m train sensitivity`."""
+    args = _sensitivity_parser().parse_args(argv)
+    overrides = config_lib.parse_assignments(args.sets)
+    typed = config_lib.apply_overrides(Config(), overrides)
+    spec = SensitivitySpec(ks=_numbers(args.ks, int) or SENSITIVITY_KS,
+                           samples=_numbers(args.samples, int) or SENSITIVITY_SAMPLES, starts=args.starts,
+                           multipliers=_numbers(args.multipliers, float) or PAPER_MULTIPLIERS,
+                           studies=_numbers(args.studies, str) or STUDIES)
+    unknown = [s for s in spec.studies if s not in STUDIES]
+    if unknown:
+        raise SweepError(f"unknown studies {unknown}; valid: {', '.join(STUDIES)}")
+    _use_data_dir(args.data_dir)
+    out = sensitivity(args.run, results=args.results, epoch=args.epoch, name=args.name,
+                      overrides={k: getattr(typed, k) for k in overrides}, spec=spec, progress=not args.no_progress)
+    print(f"sensitivity written to {out}")
+    return 0
+
+
+def iter_groups(groups: dict[str, Group] | None = None) -> Iterator[Group]:
+    """The groups with runs of their own (every group but `controls`), in order."""
+    for group in (GROUPS if groups is None else groups).values():
+        if group.name != CONTROLS:
+            yield group
