@@ -159,6 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "spectrum":
             return _main_spectrum(argv[1:])
+        if argv and argv[0] in ("sweep", "sensitivity"):
+            from train import sweep
+
+            return (sweep.main if argv[0] == "sweep" else sweep.main_sensitivity)(argv[1:])
+        if argv and argv[0] == "report":
+            from train import report
+
+            return report.main(argv[1:])
         return _main_train(argv)
     except Exception as err:
         status = _exit_status(err)
