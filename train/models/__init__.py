@@ -1,8 +1,10 @@
-"""The paper's networks in Flax NNX: LeNet-5, FCNs, CIFAR ResNet-18 and linear networks.
+"""The paper's networks in Flax NNX: LeNet-5, FCNs, CIFAR ResNet-18, linear networks, GPT-2, Llama, LoRA.
 
-`build(name, num_classes=..., input_shape=..., rngs=...)` returns a module whose `__call__(x)` gives
+The image and tabular classifiers are built by name: `build(name, num_classes=..., input_shape=..., rngs=...)` returns a module whose `__call__(x)` gives
 logits; BatchNorm follows `model.train()` / `model.eval()` (the Hessian is always taken in eval mode).
-New models start in training mode, as in PyTorch.
+New models start in training mode, as in PyTorch. The language models are built from their own frozen
+configs (`gpt2.GPT2(gpt2.preset("nano"), rngs=...)`, `llama.Llama(...)`, `lora.apply_lora(model, ...)`);
+`train.llm` trains them and tracks their spectra.
 """
 
 from __future__ import annotations
@@ -13,10 +15,14 @@ from collections.abc import Callable, Sequence
 import jax
 from flax import nnx
 
+from train.models import gpt2, llama, lora
 from train.models.fcn import FCN
 from train.models.layers import Conv2D, conv2d, max_pool2d
 from train.models.lenet import LeNet5
 from train.models.linear import LinearNet
+from train.models.gpt2 import GPT2, GPT2Config
+from train.models.llama import Llama, LlamaConfig
+from train.models.lora import apply_lora
 from train.models.resnet import ResNet18
 
 MODELS: dict[str, Callable[..., nnx.Module]] = {
@@ -26,7 +32,8 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "linear": LinearNet,
 }
 
-__all__ = ["MODELS", "build", "count_params", "LeNet5", "FCN", "ResNet18", "LinearNet", "Conv2D", "conv2d", "max_pool2d"]
+__all__ = ["MODELS", "build", "count_params", "LeNet5", "FCN", "ResNet18", "LinearNet", "Conv2D", "conv2d", "max_pool2d",
+           "gpt2", "llama", "lora", "GPT2", "GPT2Config", "Llama", "LlamaConfig", "apply_lora"]
 
 
 def build(name: str, *, num_classes: int, input_shape: Sequence[int], rngs: nnx.Rngs, **kwargs) -> nnx.Module:
