@@ -979,7 +979,7 @@ def main(argv: list[str]) -> int:
         raise SweepError("name a group (python -m train sweep GROUP), or --list to see them: " + ", ".join(GROUPS))
     _use_data_dir(args.data_dir)
     failures = sweep(args.group, roots=roots, overrides=overrides, shard_=parse_shard(args.shard),
-                     progress=not args.no_progress)
+                     progress=not args.no_progress, echo=lambda text: print(text, flush=True))
     print(listing(roots, args.group, overrides))
     if failures:
         print(f"failed: {', '.join(failures)} (run the sweep again to retry; finished runs are skipped)")

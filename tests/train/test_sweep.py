@@ -1,0 +1,368 @@
+"""Sweeps: the groups, overrides, control keys, shards, locks and atomic publishing; a tiny group swept for real
+(skip, resume, a held lock, a failing run, one shared control checked against the epoch-0 checkpoint); and the
+sensitivity study on the tiny run, its numbers recomputed another way."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+import hspec
+from train import config as config_lib
+from train import presets, record, run, sweep
+from train.__main__ import main
+from train.catalog import OPTIMIZERS
+from train.hessian import hessian_batches, loss_fn_from_model
+
+# --- the groups -----------------------------------------------------------------------------------------------
+
+
+def test_groups_hold_the_papers_settings():
+    g = sweep.GROUPS
+    assert [s.preset for s in g["optimizers"].runs] == [f"lenet-mnist-{o.replace('_', '-')}" for o in OPTIMIZERS]
+    assert [s.preset for s in g["batch-size"].runs] == [f"lenet-mnist-batch{b}" for b in presets.BATCH_SIZES]
+    assert [s.preset for s in g["batch-size-iters1000"].runs] == [
+        f"lenet-mnist-iters1000-batch{b}" for b in presets.BATCH_SIZES]
+    assert [s.preset for s in g["train-size"].runs] == [f"lenet-mnist-n{n}" for n in presets.TRAIN_SIZES]
+    assert [s.name for s in g["label-noise"].runs] == ["noise40", "noise80", "random-labels"]
+    assert [sweep.nominal_config(s).depth for s in g["fcn-depth"].runs] == [1, 2, 4]
+    assert [sweep.nominal_config(s).width for s in g["fcn-width"].runs] == list(range(10, 101, 10))
+    ref = sweep.nominal_config(g["checkpoints"].runs[0])
+    assert (ref.preset, ref.epochs, ref.spectrum_epochs, ref.k) == ("lenet-mnist-sgd", 50, (1, 2, 3, 10, 20, 30), 1000)
+    assert {(sweep.nominal_config(s).preset, sweep.nominal_config(s).seed) for s in g["seeds"].runs} == {
+        (p, seed) for p in ("lenet-mnist-sgd", "lenet-mnist-batch640", "lenet-mnist-batch768") for seed in (0, 1, 2)}
+    assert [sweep.nominal_config(s).k for s in g["avila"].runs + g["resnet18"].runs] == [50, 50]
+    assert {sweep.nominal_config(s).dataset for s in g["cifar10-lenet"].runs} == {"cifar10"}
+    for group in g.values():
+        assert len({s.name for s in group.runs}) == len(group.runs)
+        assert all(not sweep.nominal_config(s).init_control for s in group.runs)  # controls are computed apart
+
+
+def test_same_as_runs_are_the_same_training():
+    aliases = [(group, spec) for group in sweep.GROUPS.values() for spec in group.runs if spec.same_as]
+    assert len(aliases) == 6  # optimizers/sgd, batch128, width100, three seed-0 runs
+    for group, spec in aliases:
+        _, src = sweep.source_of(group, spec)
+        assert src.same_as is None
+        diff = config_lib.differences(sweep.nominal_config(spec), sweep.nominal_config(src),
+                                      ignore=("preset",) + config_lib.SPECTRUM_FIELDS)
+        assert diff == {}, (spec.name, diff)
+
+
+def test_overrides_apply_to_every_run_and_are_recorded():
+    overrides = config_lib.parse_assignments(["epochs=2", "k=20"])
+    for group in sweep.iter_groups():
+        for spec in group.runs:
+            cfg = sweep.run_config(spec, overrides)
+            assert cfg.k == 20 and (cfg.epochs == 2 or spec.preset.startswith("lenet-mnist-iters1000"))
+    ref = sweep.GROUPS["checkpoints"].runs[0]
+    cfg = sweep.run_config(ref, overrides)
+    # Spectrum epochs beyond the shorter run are dropped, and that is recorded with the overrides.
+    assert cfg.spectrum_epochs == (1, 2)
+    assert sweep.applied_overrides(ref, cfg) == {"epochs": 2, "k": 20, "spectrum_epochs": [1, 2]}
+    assert sweep.applied_overrides(ref, sweep.run_config(ref, {})) == {}
+    with pytest.raises(config_lib.ConfigError, match="unknown config field 'epoch'"):
+        sweep.run_config(ref, {"epoch": "2"})
+
+
+def test_control_key_depends_only_on_network_and_hessian_sample():
+    key = lambda ref, **o: sweep.control_key(sweep.run_config(sweep.find_run(ref)[1], o))  # noqa: E731
+    ref = key("checkpoints/lenet-mnist-sgd")
+    # Optimizer, learning rate, batch size and length of training do not change the initial network.
+    assert {key(f"optimizers/{s.name}") for s in sweep.GROUPS["optimizers"].runs} == {ref}
+    assert key("batch-size/batch8192") == key("batch-size-iters1000/batch512") == ref
+    assert key("checkpoints/lenet-mnist-sgd", epochs="3") == ref
+    # The seed, the data options, the Hessian sample and the spectrum settings do.
+    others = [key("seeds/baseline-seed1"), key("train-size/n600"), key("label-noise/noise40"),
+              key("label-noise/random-labels"), key("checkpoints/lenet-mnist-sgd", k="20"),
+              key("checkpoints/lenet-mnist-sgd", hessian_samples="500"), key("fcn-width/width10"),
+              key("fashion-mnist/sgd")]
+    assert len(set(others) | {ref}) == len(others) + 1
+    keys = [k for k, _ in sweep.distinct_controls(sweep.GROUPS, {})]
+    assert len(keys) == len(set(keys)) and ref in keys and all(o in keys for o in others[:4])
+
+
+def test_control_config_keeps_the_control_fields_and_nothing_of_training():
+    spec = sweep.find_run("optimizers/adam")[1]
+    cfg = sweep.run_config(spec, {"epochs": "7", "train_size": "300", "hessian_samples": "200"})
+    ccfg = sweep.control_config(cfg)
+    assert sweep.control_fields(ccfg) == sweep.control_fields(cfg)
+    assert (ccfg.optimizer, ccfg.learning_rate, ccfg.batch_size, ccfg.preset) == ("sgd", None, 128, "init-control")
+    assert ccfg.init_control and config_lib.validate(ccfg)
+    assert sweep.control_config(sweep.run_config(spec, {"train_size": "100", "hessian_samples": "50",
+                                                         "batch_size": "32"})).batch_size == 100
+
+
+def test_shards_partition_the_group_in_a_fixed_order():
+    runs = list(sweep.GROUPS["fcn-width"].runs)
+    for n in range(1, 6):
+        parts = [sweep.shard(runs, *sweep.parse_shard(f"{i}/{n}")) for i in range(n)]
+        assert sorted(r.name for p in parts for r in p) == sorted(r.name for r in runs)
+        assert all(p == sorted(p, key=runs.index) for p in parts)
+    assert sweep.parse_shard(None) == (0, 1)
+    for bad in ("3/3", "-1/2", "a/b", "1", "0/0"):
+        with pytest.raises(sweep.SweepError, match="give I/N"):
+            sweep.parse_shard(bad)
+
+
+def test_cli_errors_are_one_line(capsys, tmp_path):
+    assert main(["sweep", "nope", "--results", str(tmp_path / "r"), "--work", str(tmp_path / "w")]) == 2
+    assert "unknown sweep group 'nope'" in capsys.readouterr().err
+    assert main(["sweep", "optimizers", "--results", str(tmp_path / "r"), "--work", str(tmp_path / "r" / "w")]) == 2
+    assert "must be separate directories" in capsys.readouterr().err
+    assert main(["sweep", "optimizers", "--shard", "5/2", "--results", str(tmp_path / "r"),
+                 "--work", str(tmp_path / "w")]) == 2
+    assert main(["sweep", "optimizers", "--set", "k=x", "--results", str(tmp_path / "r"),
+                 "--work", str(tmp_path / "w")]) == 2
+    assert "'k' expects int" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists() and not (tmp_path / "w").exists()
+
+
+def test_list_shows_every_group(capsys, tmp_path):
+    assert main(["sweep", "--list", "--results", str(tmp_path / "r"), "--work", str(tmp_path / "w")]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()] == list(sweep.GROUPS)
+    assert "11 runs: 11 missing" in out.splitlines()[1]
+
+
+# --- locks and publishing ------------------------------------------------------------------------------------
+
+
+def test_lock_is_exclusive_refreshed_and_taken_over_when_stale(tmp_path):
+    path = tmp_path / "locks" / "x.lock"
+    a = sweep.RunLock(path, heartbeat=0.05)
+    assert a.acquire() and not sweep.RunLock(path).acquire()
+    old = time.time() - 100
+    os.utime(path, (old, old))
+    time.sleep(0.3)
+    assert path.stat().st_mtime > old + 50  # the heartbeat touched it
+    a.release()
+    assert not path.exists()
+    again = sweep.RunLock(path)
+    assert again.acquire()
+    again.release()
+    # Stale: not refreshed for longer than stale_after (a dead process on another machine).
+    path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "t"}))
+    os.utime(path, (old, old))
+    b = sweep.RunLock(path, stale_after=60)
+    assert b.acquire() and b.owner()["token"] == b.token
+    b.release()
+    # Stale: a process of this host that is gone, however fresh its file.
+    child = subprocess.Popen(["true"])
+    child.wait()
+    dead = child.pid
+    path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "token": "t"}))
+    c = sweep.RunLock(path)
+    assert c.is_stale() and c.acquire()
+    c.release()
+
+
+def test_publish_is_all_or_nothing_and_never_places_checkpoints(tmp_path):
+    src = tmp_path / "work"
+    (src / "checkpoints").mkdir(parents=True)
+    (src / "results.json").write_text("{}")
+    (src / "checkpoints" / "x").write_text("weights")
+    dest = tmp_path / "results" / "g" / "run"
+    with pytest.raises(sweep.SweepError, match="refusing to publish checkpoints"):
+        sweep.publish({"checkpoints/x": src / "checkpoints" / "x"}, {}, dest)
+    with pytest.raises(FileNotFoundError):
+        sweep.publish({"results.json": src / "results.json", "zz.json": src / "missing.json"}, {}, dest)
+    assert not dest.exists() and list(dest.parent.iterdir()) == []  # no staging directory left behind
+    (dest.parent / ".staging-run-dead").mkdir()  # left by a killed process
+    sweep.publish({"results.json": src / "results.json"}, {"control.json": {"key": "k"}}, dest)
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["run"]
+    assert json.loads((dest / "control.json").read_text()) == {"key": "k"} and (dest / "results.json").read_text() == "{}"
+    with pytest.raises(sweep.SweepError, match="exists already"):
+        sweep.publish({}, {}, dest)
+
+
+# --- a tiny group, swept for real ------------------------------------------------------------------------
+
+TINY = sweep.Group("tiny", "tests", "optimizer", (
+    sweep.SweepRun("a", "tiny-fcn-mnist"),
+    sweep.SweepRun("b", "tiny-fcn-mnist", (("optimizer", "adam"),)),
+    sweep.SweepRun("c", "tiny-fcn-mnist-2epochs"),
+    sweep.SweepRun("d", "tiny-fcn-mnist", same_as="tiny/a"),
+    # Fails when its data are loaded (batch larger than MNIST): the others must still finish.
+    sweep.SweepRun("e", "tiny-fcn-mnist", (("train_size", None), ("batch_size", 100000))),
+))
+OVERRIDES = ["--set", "trace_samples=3"]
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_before_spectra(line: str) -> None:
+    if line.startswith("spectrum at epoch"):
+        raise _Killed(line)
+
+
+@pytest.fixture(scope="module")
+def swept(data_dir, tmp_path_factory):
+    """The tiny group swept twice: first with run b locked by a live process elsewhere and run c killed after
+    training (before its spectra), then again after b's lock went stale."""
+    root = tmp_path_factory.mktemp("sweep")
+    roots = sweep.Roots.checked(root / "results", root / "work")
+    args = ["sweep", "tiny", "--results", str(roots.results), "--work", str(roots.work), "--data-dir", str(data_dir),
+            "--no-progress"] + OVERRIDES
+    logs = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sweep.GROUPS, "tiny", TINY)
+        mp.setenv("HSPEC_DATA_DIR", str(data_dir))
+        c_cfg = sweep.run_config(TINY.runs[2], config_lib.parse_assignments(OVERRIDES[1:]))
+        with pytest.raises(_Killed):
+            run.train_run(c_cfg, roots.workdir("tiny", "c"), progress=False, echo=_kill_before_spectra)
+        lock = roots.lock("tiny--b")
+        lock.path.parent.mkdir(parents=True)
+        lock.path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "t"}))
+        states = {"b_locked": sweep.run_state(roots, TINY, TINY.runs[1]),
+                  "c_killed": sweep.run_state(roots, TINY, TINY.runs[2])}
+        mp.setattr("builtins.print", lambda *a, **k: logs.append(" ".join(map(str, a))))
+        rc1 = main(args)
+        first = list(logs)
+        old = time.time() - 3600
+        os.utime(lock.path, (old, old))
+        mtime_a = (roots.published("tiny", "a") / "results.json").stat().st_mtime_ns
+        rc2 = main(args)
+        failures = sweep.sweep("controls", roots=roots, overrides={"trace_samples": "3"}, progress=False,
+                               echo=logs.append, groups={"tiny": TINY, "controls": sweep.GROUPS["controls"]})
+    return {"roots": roots, "rc": (rc1, rc2), "first": "\n".join(first), "logs": "\n".join(logs),
+            "states": states, "mtime_a": mtime_a, "control_failures": failures}
+
+
+def test_sweep_publishes_finished_runs_and_reports_failures(swept):
+    roots = swept["roots"]
+    assert swept["rc"] == (1, 1)  # run e fails both times; the others finish
+    assert "[tiny/e] FAILED: ConfigError: batch_size=100000 exceeds the 60000 training examples" in swept["logs"]
+    assert "[tiny/b] being worked on by another process; skipped" in swept["first"]
+    assert swept["states"] == {"b_locked": "running", "c_killed": "partial (checkpoint of epoch 2)"}
+    published = sorted(p.name for p in (roots.results / "tiny").iterdir())
+    assert published == ["a", "b", "c"]  # d is a's result, e failed
+    for name in published:
+        where = roots.published("tiny", name)
+        files = sorted(str(p.relative_to(where)) for p in where.rglob("*") if p.is_file())
+        expected = ["config.json", "control.json", "metrics.jsonl", "overrides.json", "results.json", "spectrum.png",
+                    "table.txt"]
+        assert files == sorted(expected + (["epochs/1/results.json", "epochs/1/spectrum.png"] if name == "c" else []))
+        assert (where / "results.json").read_bytes() == (roots.workdir("tiny", name) / "results.json").read_bytes()
+        cfg = json.loads((where / "config.json").read_text())
+        assert cfg["init_control"] is False and cfg["trace_samples"] == 3 and cfg["data_dir"] is None
+        assert json.loads((where / "overrides.json").read_text()) == {"trace_samples": 3}
+    assert not [p for p in roots.results.rglob("*") if "checkpoints" in p.name or p.name.startswith(".staging")]
+    listing = sweep.listing(roots, "tiny", {"trace_samples": "3"}, groups={"tiny": TINY, **sweep.GROUPS})
+    assert "d " in listing and "done (= tiny/a)" in listing
+
+
+def test_second_sweep_skips_done_runs_and_takes_over_a_stale_lock(swept):
+    logs = swept["logs"].split(swept["first"], 1)[1]
+    assert "[tiny/a] done (in results); skipped" in logs and "[tiny/b] training in" in logs
+    assert (swept["roots"].published("tiny", "a") / "results.json").stat().st_mtime_ns == swept["mtime_a"]
+
+
+def test_killed_run_resumes_without_training_again(swept):
+    first = swept["first"]
+    assert "[tiny/c] resuming from its checkpoints" in first and "[tiny/c] epoch 1/2" not in first
+    metrics = (swept["roots"].published("tiny", "c") / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in metrics] == [0, 1, 2]
+
+
+def test_one_control_per_key_equals_the_epoch0_checkpoint(swept, tmp_path, data_dir, monkeypatch):
+    monkeypatch.setenv("HSPEC_DATA_DIR", str(data_dir))
+    roots = swept["roots"]
+    pointers = {n: json.loads((roots.published("tiny", n) / "control.json").read_text()) for n in "abc"}
+    assert len({p["key"] for p in pointers.values()}) == 1  # a, b, c differ only in training
+    where = roots.published("tiny", "a") / pointers["a"]["path"]
+    assert where.resolve().parent == (roots.results / "controls").resolve()
+    controls = sorted(p.name for p in (roots.results / "controls").iterdir())
+    assert len(controls) == 2  # a/b/c's and e's (full MNIST): e's control was computed before e failed
+    control = record.load(where / "results.json")
+    assert control.setting["trained"] is False and control.setting["preset"] == "init-control"
+    assert json.loads((where / "key.json").read_text())["fields"]["trace_samples"] == 3
+    # Recomputed another way: the run's own epoch-0 checkpoint, restored and measured.
+    again = run.spectrum_of_checkpoint(roots.workdir("tiny", "a"), epoch=0, out=tmp_path / "e0", echo=lambda s: None)
+    np.testing.assert_allclose(control.eigenvalues, again.eigenvalues, rtol=1e-6)
+    first_line = json.loads((roots.published("tiny", "a") / "metrics.jsonl").read_text().splitlines()[0])
+    assert control.metrics["test_acc"] == first_line["test_acc"]
+    assert swept["control_failures"] == [] and "skipped" in swept["logs"].rsplit("[tiny/e]", 1)[1]
+
+
+# --- sensitivity ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sensitivity(swept, data_dir):
+    roots = swept["roots"]
+    args = ["sensitivity", "--run", str(roots.workdir("tiny", "a")), "--results", str(roots.results), "--name", "t",
+            "--ks", "4,10", "--samples", "64,128", "--starts", "2", "--multipliers", "1,2,3", "--no-progress",
+            "--data-dir", str(data_dir)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HSPEC_DATA_DIR", str(data_dir))
+        assert main(args) == 0
+        out = roots.results / "sensitivity" / "t"
+        mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+        assert main(args) == 0  # resumes: every file exists, nothing is recomputed
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
+    docs = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
+    return roots, docs
+
+
+def test_sensitivity_k_prefixes_refit_one_converged_spectrum(sensitivity):
+    roots, docs = sensitivity
+    base = np.asarray(docs["base"]["trained"]["eigenvalues"])
+    # The base run is the run's own spectrum (same key, same sample, same steps).
+    own = record.load(roots.published("tiny", "a") / "results.json")
+    np.testing.assert_allclose(base, own.eigenvalues, rtol=1e-6)
+    for entry in docs["k_prefix"]["trained"]:
+        k = entry["k"]
+        top = base[:k]
+        beta = 1 + k / np.sum(np.log(top / top[-1]))  # the MLE with the cutoff at λ_K, by hand
+        assert entry["fit"]["beta"] == pytest.approx(beta, rel=1e-9)
+        assert entry["fit"]["s"] == pytest.approx(1 / (beta - 1), rel=1e-9)
+    assert [e["k"] for e in docs["k_prefix"]["init"]] == [4, 10]
+    control_key = json.loads((roots.published("tiny", "a") / "control.json").read_text())["key"]
+    control = record.load(roots.results / "controls" / control_key / "results.json")
+    np.testing.assert_allclose(docs["base"]["init"]["eigenvalues"], control.eigenvalues, rtol=1e-6)
+
+
+def test_sensitivity_paper_procedure_is_one_truncated_lanczos_run(sensitivity, data_dir, monkeypatch):
+    monkeypatch.setenv("HSPEC_DATA_DIR", str(data_dir))
+    roots, docs = sensitivity
+    entries = docs["paper_procedure"]["trained"]
+    assert [e["m"] for e in entries] == [10, 20, 30]
+    # Recomputed another way: a separate Lanczos run of m = 10 steps from the same start.
+    model, exp = run.load_model(roots.workdir("tiny", "a"))
+    loss, params = loss_fn_from_model(model)
+    op = hspec.hessian_operator(loss, params, batches=hessian_batches(exp.hessian.x, exp.hessian.y, 128))
+    direct = hspec.lanczos(op, 10, key=exp.keys.lanczos_start).ritz_values[0]
+    np.testing.assert_allclose(entries[0]["ritz_values"], direct, atol=1e-4 * direct[0])
+    assert entries[0]["num_ritz_positive"] == int(np.sum(direct > 0))
+    base = np.asarray(docs["base"]["trained"]["eigenvalues"])
+    err = np.abs(np.asarray(entries[-1]["ritz_values"]) - base).max() / base[0]
+    assert entries[-1]["max_rel_error"] == pytest.approx(err, rel=1e-9)
+
+
+def test_sensitivity_samples_and_starts(sensitivity):
+    _, docs = sensitivity
+    samples = {e["hessian_samples"]: e for e in docs["hessian_samples"]["trained"]}
+    assert samples[128]["fit"] == docs["k_prefix"]["trained"][-1]["fit"]  # the run's own sample
+    assert samples[64]["num_converged"] == 10 and samples[64]["fit"]["s"] != samples[128]["fit"]["s"]
+    starts = docs["lanczos_starts"]["trained"]
+    assert [s["key"] for s in starts] == ["lanczos_start", "fold_in(lanczos_start, 1)"]
+    # Another start vector converges to the same top eigenvalues.
+    base = np.asarray(docs["base"]["trained"]["eigenvalues"])
+    np.testing.assert_allclose(starts[1]["eigenvalues"], base, rtol=1e-3)
+    assert docs["k_prefix"]["provenance"]["run"].endswith("tiny/a")
+
+
+def test_sensitivity_refuses_training_fields(swept, capsys):
+    rc = main(["sensitivity", "--run", str(swept["roots"].workdir("tiny", "a")), "--set", "epochs=3"])
+    assert rc == 2 and "changes only the spectrum fields" in capsys.readouterr().err
