@@ -23,3 +23,14 @@ def test_readme_example_runs(capsys):
     fit = hspec.fit_power_law(top.eigenvalues)
     assert verdict.is_power_law == fit.is_power_law and np.isclose(verdict.fit.d_ks, fit.d_ks)
     assert verdict.verdict in capsys.readouterr().out
+
+
+def test_readme_operator_example_gives_the_loss_function_numbers():
+    section = README.read_text().split("## Use it on any loss", 1)[1]
+    first, second = re.findall(r"```python\n(.*?)```", section, re.S)[:2]
+    scope: dict = {}
+    exec(compile(first, "README.md", "exec"), scope)
+    exec(compile(second, "README.md", "exec"), scope)
+    np.testing.assert_allclose(scope["top"].eigenvalues, hspec.top_eigenvalues(
+        scope["loss"], scope["params"], k=50, key=scope["jax"].random.key(3)).eigenvalues, rtol=1e-5)
+    assert np.isfinite(scope["trace"].trace) and scope["trace"].num_samples == 50
