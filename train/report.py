@@ -371,8 +371,21 @@ def _epoch_rows(row: Row, where: Path) -> list[Row]:
     return rows + [dataclasses.replace(row, run=f"epoch {row.value} (final)")]
 
 
+def control_reductions(fields: dict[str, Any], users: list[str]) -> list[str]:
+    """How a control departs from the paper's setting: its fields against those of the first run using it."""
+    for user in users:
+        try:
+            nominal = sweep.nominal_config(sweep.find_run(user)[1])
+        except sweep.SweepError:  # a run of a group that no longer exists
+            continue
+        paper = sweep.control_fields(nominal)
+        return [f"{name}={fields[name]} (paper {paper[name]})" for name in sweep.CONTROL_FIELDS
+                if name in fields and fields[name] != paper[name] and not (name in _RULE_FIELDS and paper[name] is None)]
+    return []
+
+
 def control_rows(results: Path) -> list[Row]:
-    """Every published control, with the runs that use it."""
+    """Every published control, with the runs that use it (and how it departs from the paper's setting)."""
     users: dict[str, list[str]] = {}
     for pointer in sorted(results.glob(f"*/*/{sweep.CONTROL_POINTER}")):
         key = (_read_json(pointer) or {}).get("key")
@@ -382,7 +395,9 @@ def control_rows(results: Path) -> list[Row]:
         used = users.get(where.name, [])
         note = f"used by {len(used)} run(s)" + (f": {_names(used[:4])}" + (", ..." if len(used) > 4 else "")
                                                 if used else "")
-        rows.append(Row(where.name, record.load(where / rundir.RESULTS), value=None, notes=(note,)))
+        reduced = control_reductions((_read_json(where / sweep.CONTROL_KEY) or {}).get("fields", {}), used)
+        notes = (("reduced: " + "; ".join(reduced),) if reduced else ()) + (note,)
+        rows.append(Row(where.name, record.load(where / rundir.RESULTS), value=None, notes=notes))
     return rows
 
 
@@ -626,7 +641,12 @@ def sensitivity_section(results: Path) -> str:
             parts.append("The paper's procedure: the Ritz values of one Lanczos run of m steps, taken without a "
                          "convergence check (what PyHessian's density() returns), against the converged top K.\n\n"
                          + "\n".join(lines))
-    return "\n\n".join(parts) if parts else "Not run yet (`python -m train sensitivity --run <run directory>`)."
+    variants = ("LeNet variants: `train/models/lenet.py`'s LeNet5 takes `conv1_padding` (an architecture choice) and "
+                "`init` (\"torch\" or \"flax\"), and two implementations of the same convolution and max pooling; "
+                "it has no pooling-type option. No config field reaches them (`MODEL_FIELDS['lenet5']` is empty), so "
+                "no LeNet variant is trained or studied here.")
+    body = "\n\n".join(parts) if parts else "Not run yet (`python -m train sensitivity --run <run directory>`)."
+    return body + "\n\n" + variants
 
 
 def _group_figures(name: str, rows: list[Row], figures: Path, rel: str) -> list[str]:

@@ -426,13 +426,23 @@ def is_published(path: Path) -> bool:
     return (path / rundir.RESULTS).is_file()
 
 
+def published_overrides(path: Path) -> dict[str, Any]:
+    """The overrides a published run was trained with ({} for the paper's setting)."""
+    try:
+        return json.loads((path / OVERRIDES).read_text())
+    except FileNotFoundError:
+        return {}
+
+
 def run_state(roots: Roots, group: Group, spec: SweepRun, groups: dict[str, Group] | None = None) -> str:
     """done, partial (with how far), running elsewhere, or missing; `same_as` runs report their source's."""
     if spec.same_as is not None:
         src_group, src = source_of(group, spec, groups)
         return f"{run_state(roots, src_group, src, groups)} (= {src_group.name}/{src.name})"
-    if is_published(roots.published(group.name, spec.name)):
-        return "done"
+    dest = roots.published(group.name, spec.name)
+    if is_published(dest):
+        stored = published_overrides(dest)
+        return "done" + (f" (overrides {json.dumps(stored, sort_keys=True)})" if stored else "")
     work = roots.workdir(group.name, spec.name)
     lock = roots.lock(f"{group.name}--{spec.name}")
     running = " running" if lock.path.exists() and not lock.is_stale() else ""
@@ -598,6 +608,10 @@ def sweep_run(roots: Roots, group: Group, spec: SweepRun, cfg: Config, *, progre
         return state
     dest = roots.published(group.name, spec.name)
     if is_published(dest):
+        stored, wanted = published_overrides(dest), applied_overrides(spec, cfg)
+        if stored != wanted:
+            raise SweepError(f"{dest} was published with overrides {stored}, this sweep asks {wanted}; it is kept as "
+                             f"it is: to redo the run, delete {dest} and {roots.workdir(group.name, spec.name)}")
         say("done (in results); skipped")
         return "done"
     with roots.lock(f"{group.name}--{spec.name}") as held:

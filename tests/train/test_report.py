@@ -166,6 +166,8 @@ def synthetic_results(tmp_path) -> tuple[Path, dict]:
     results = tmp_path / "results"
     ctl = "mnist-lenet5-seed0-0123456789"
     record.save(synth(exponential(), test_acc=0.1, trained=False), results / "controls" / ctl / "results.json")
+    fields = sweep.control_fields(sweep.nominal_config(sweep.find_run("checkpoints/lenet-mnist-sgd")[1]))
+    record.write_json(results / "controls" / ctl / "key.json", {"key": ctl, "fields": {**fields, "k": K}})
     s = {"sgd": 1.0, "vanilla-sgd": 1.1, "adam": 1.3, "radam": 1.25}
     acc = {"sgd": 0.991, "vanilla-sgd": 0.989, "adam": 0.985, "radam": 0.987}
     trace = {"sgd": 30.0, "vanilla-sgd": 35.0, "adam": 50.0, "radam": 45.0}
@@ -204,6 +206,8 @@ def test_report_tables_claims_and_numbers(synthetic_results, tmp_path, capsys):
     # The reduced run is flagged, and so is its overview line.
     assert "reduced: 2 of 50 epochs; sweep overrides: epochs" in section("fcn-depth")
     assert "| fcn-depth | 1 of 3 (1 reduced) |" in text
+    # The control was measured at K = 100, not the paper's 1000: flagged.
+    assert "reduced: k=100 (paper 1000); used by 10 run(s): batch-size/batch1024" in section("controls")
     # Seeds: mean ± sd over the reference (seed 0) and seeds 1, 2, recomputed here.
     fitted = [facts["ref"].fit["s"]] + [synth(power_law(x)).fit["s"] for x in facts["seeds"].values()]
     assert f"| baseline | 3 | {np.mean(fitted):.4f} ± {np.std(fitted, ddof=1):.4f} |" in section("seeds")

@@ -259,7 +259,15 @@ def test_sweep_publishes_finished_runs_and_reports_failures(swept):
         assert json.loads((where / "overrides.json").read_text()) == {"trace_samples": 3}
     assert not [p for p in roots.results.rglob("*") if "checkpoints" in p.name or p.name.startswith(".staging")]
     listing = sweep.listing(roots, "tiny", {"trace_samples": "3"}, groups={"tiny": TINY, **sweep.GROUPS})
-    assert "d " in listing and "done (= tiny/a)" in listing
+    assert 'done (overrides {"trace_samples": 3}) (= tiny/a)' in listing
+
+
+def test_a_run_published_with_other_overrides_is_kept_and_reported(swept):
+    roots, spec = swept["roots"], TINY.runs[0]
+    before = (roots.published("tiny", "a") / "results.json").read_bytes()
+    with pytest.raises(sweep.SweepError, match=r"published with overrides \{'trace_samples': 3\}, this sweep asks \{\}"):
+        sweep.sweep_run(roots, TINY, spec, sweep.run_config(spec, {}), progress=False, echo=lambda s: None)
+    assert (roots.published("tiny", "a") / "results.json").read_bytes() == before
 
 
 def test_second_sweep_skips_done_runs_and_takes_over_a_stale_lock(swept):
