@@ -669,7 +669,8 @@ def _group_figures(name: str, rows: list[Row], figures: Path, rel: str) -> list[
 def group_section(name: str, rows: list[Row], figures: Path, rel: str) -> str:
     """A group's section: description, claims with our verdicts, the table, seeds' error bars, figures."""
     group = sweep.get_group(name)
-    parts = [f"## {name}\n\n{group.description}."]
+    command = ("python -m train sweep controls" if name == sweep.CONTROLS else f"python -m train sweep {name}")
+    parts = [f"## {name}\n\n{group.description[:1].upper()}{group.description[1:]}. Produced by `{command}`."]
     if name in _NOTES:
         parts.append(_NOTES[name])
     if not _done(rows):
