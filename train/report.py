@@ -328,6 +328,11 @@ def reductions(config: dict[str, Any], nominal: config_lib.Config, data: dict[st
     return out
 
 
+def _visible(path: Path) -> bool:
+    """Not a hidden entry (a staging directory of a publish in progress, or left by a killed one)."""
+    return not path.name.startswith(".") and not path.parent.name.startswith(".")
+
+
 def _read_json(path: Path) -> Any:
     return json.loads(path.read_text()) if path.is_file() else None
 
@@ -387,11 +392,11 @@ def control_reductions(fields: dict[str, Any], users: list[str]) -> list[str]:
 def control_rows(results: Path) -> list[Row]:
     """Every published control, with the runs that use it (and how it departs from the paper's setting)."""
     users: dict[str, list[str]] = {}
-    for pointer in sorted(results.glob(f"*/*/{sweep.CONTROL_POINTER}")):
+    for pointer in sorted(p for p in results.glob(f"*/*/{sweep.CONTROL_POINTER}") if _visible(p.parent)):
         key = (_read_json(pointer) or {}).get("key")
         users.setdefault(key, []).append(f"{pointer.parent.parent.name}/{pointer.parent.name}")
     rows = []
-    for where in sorted(p for p in (results / sweep.CONTROLS).glob("*") if sweep.is_published(p)):
+    for where in sorted(p for p in (results / sweep.CONTROLS).glob("*") if _visible(p) and sweep.is_published(p)):
         used = users.get(where.name, [])
         note = f"used by {len(used)} run(s)" + (f": {_names(used[:4])}" + (", ..." if len(used) > 4 else "")
                                                 if used else "")
@@ -614,7 +619,7 @@ def _study_cell(entry: dict[str, Any]) -> str:
 def sensitivity_section(results: Path) -> str:
     """The sensitivity studies of results/sensitivity/<name>/ as tables (trained network and its initialisation)."""
     parts = []
-    for where in sorted(p for p in (results / sweep.SENSITIVITY).glob("*") if p.is_dir()):
+    for where in sorted(p for p in (results / sweep.SENSITIVITY).glob("*") if _visible(p) and p.is_dir()):
         docs = {s: _read_json(where / f"{s}.json") for s in sweep.STUDIES}
         prov = next((d["provenance"] for d in docs.values() if d), None)
         if prov is None:

@@ -187,6 +187,10 @@ def synthetic_results(tmp_path) -> tuple[Path, dict]:
     _write_run(results, "fcn-depth", "depth1", synth(power_law(1.0), model="fcn", depth=1), control_key=None,
                config_changes={"epochs": 2})
     _write_run(results, "label-noise", "noise40", synth(power_law(1.0), labels="noisy"), control_key=ctl)
+    # Left by a publish killed half-way: never read.
+    record.save(synth(power_law(2.0)), results / "controls" / ".staging-x-1234" / "results.json")
+    record.save(synth(power_law(1.0)), results / "label-noise" / ".staging-noise80-1234" / "results.json")
+    record.write_json(results / "label-noise" / ".staging-noise80-1234" / "control.json", {"key": ctl, "path": "x"})
     return results, {"s": s, "acc": acc, "trace": trace, "seeds": seeds, "ref": ref}
 
 
@@ -206,6 +210,7 @@ def test_report_tables_claims_and_numbers(synthetic_results, tmp_path, capsys):
     # The reduced run is flagged, and so is its overview line.
     assert "reduced: 2 of 50 epochs; sweep overrides: epochs" in section("fcn-depth")
     assert "| fcn-depth | 1 of 3 (1 reduced) |" in text
+    assert "staging" not in text and "| controls | 1 of 1 (1 reduced) |" in text
     # The control was measured at K = 100, not the paper's 1000: flagged.
     assert "reduced: k=100 (paper 1000); used by 10 run(s): batch-size/batch1024" in section("controls")
     # Seeds: mean ± sd over the reference (seed 0) and seeds 1, 2, recomputed here.
