@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
             from train import sweep
 
             return (sweep.main if argv[0] == "sweep" else sweep.main_sensitivity)(argv[1:])
+        if argv and argv[0] == "llm":
+            from train.llm import cli as llm_cli
+
+            return llm_cli.main(argv[1:])
         if argv and argv[0] == "report":
             from train import report
 

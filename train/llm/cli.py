@@ -1,0 +1,138 @@
+"""`python -m train llm`: train a language model, measure its Hessian spectrum at each checkpoint, track it.
+
+Usage:
+  python -m train llm --preset NAME [--out DIR] [--work DIR] [--resume] [--set key=value ...]
+                      [--weights DIR] [--data-dir DIR] [--distributed] [--no-progress]
+  python -m train llm --list-presets
+  python -m train llm --show-config --preset NAME [--set key=value ...]
+
+Results go to --out (default results/llm/<preset>): steps/<step>/results.json, tracking.json, tracking.png
+and table.txt; checkpoints and metrics to --work (default runs/llm/<name of --out>). `--resume` continues
+from the newest checkpoint, bit-identically, and measures any checkpoint left unmeasured. `--set` changes
+any field (see --show-config), `--set model.n_layer=2` an architecture field. `--distributed` calls
+jax.distributed.initialize() first (coordinator, process count and id from the environment, e.g. SLURM or
+JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID): run the same command on every host.
+
+Exit status: 0 success, 2 bad input (config, data, weights, output directory, checkpoint), 3 non-finite
+loss, 4 spectrum not converged (resume with a larger --set max_lanczos_steps=...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from train.llm import presets
+
+EPILOG = """examples:
+  python -m train llm --preset gpt2-nano-shakespeare-cpu                 the CPU run (about 45 min on 2 cores)
+  python -m train llm --preset gpt2-nano-shakespeare-cpu --resume        continue it after a kill
+  python -m train llm --preset gpt2-nano-shakespeare                     the paper's nano run (GPU)
+  python -m train llm --preset gpt2-medium-finetune-shakespeare --weights ~/models/gpt2-medium
+  python -m train llm --preset tinyllama-lora-mathqa --weights ~/models/TinyLlama-1.1B-Chat-v1.0 --data-dir ~/data
+  python -m train llm --preset gpt2-nano-shakespeare --set k=500 --set subset=block:2 --out results/llm/nano-b2
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `llm` subcommand's parser."""
+    p = argparse.ArgumentParser(prog="python -m train llm", description="\n\n".join(__doc__.split("\n\n")[1:]),
+                                epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", help="an LLM preset (see --list-presets)")
+    p.add_argument("--out", help="results directory (default results/llm/<preset>)")
+    p.add_argument("--work", help="checkpoints and metrics (default runs/llm/<name of --out>)")
+    p.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field (repeatable); model.<field> for the architecture")
+    p.add_argument("--weights", help="pre-trained weights: an HF directory with config.json + model.safetensors")
+    p.add_argument("--data-dir", help="data root (default: env HSPEC_DATA_DIR, else ~/.cache/hspec/data)")
+    p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host)")
+    p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def resolve_config(args: argparse.Namespace) -> presets.LLMConfig:
+    """The preset (or, on --resume without --preset, the stored run's config) with the --set overrides."""
+    work = Path(args.work) if args.work else None
+    if args.preset is None:
+        stored = work / "config.json" if work else None
+        if not (args.resume and stored and stored.is_file()):
+            raise presets.LLMConfigError("give --preset NAME (or --resume with --work of an existing run)")
+        base = presets.from_dict(json.loads(stored.read_text()))
+    else:
+        base = presets.get(args.preset)
+    return presets.apply_overrides(base, presets.parse_assignments(args.sets))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `python -m train llm`; known errors become one line and an exit status.
+
+    Args:
+        argv: the arguments after "llm".
+
+    Returns:
+        The exit status.
+    """
+    args = parser().parse_args(sys.argv[2:] if argv is None else argv)
+    try:
+        if args.list_presets:
+            print(presets.listing())
+            return 0
+        cfg = resolve_config(args)
+        if args.show_config:
+            print(json.dumps(presets.to_dict(cfg), indent=1))
+            return 0
+        return _run(args, cfg)
+    except Exception as err:
+        status = exit_status(err)
+        if status is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        if status == 4:
+            print("hint: the checkpoint is saved; continue with --resume --set max_lanczos_steps=<larger> "
+                  "(or a smaller --set k=...)", file=sys.stderr)
+        return status
+
+
+def _run(args: argparse.Namespace, cfg: presets.LLMConfig) -> int:
+    """Train and measure; print the table."""
+    if args.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    from train.llm import track, train
+
+    out = Path(args.out or os.path.join("results", "llm", cfg.preset))
+    work = Path(args.work) if args.work else Path("runs") / "llm" / out.name
+    data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
+    tracking = train.run(cfg, out, work=work, resume=args.resume, weights=args.weights, data_dir=data_dir,
+                         progress=not args.no_progress)
+    print(track.table(tracking))
+    print(f"tracking: {out / 'tracking.json'} and {out / 'tracking.png'}; checkpoints in {work / 'checkpoints'}")
+    return 0
+
+
+def exit_status(err: Exception) -> int | None:
+    """2 bad input, 3 non-finite loss, 4 not converged; None for anything else (a bug: traceback)."""
+    import hspec
+    from train.checkpoint import CheckpointError
+    from train.data.dataset import DataError
+    from train.llm.weights import CheckpointError as WeightsError
+    from train.loop import NonFiniteLossError
+    from train.rundir import OutputDirError
+
+    if isinstance(err, NonFiniteLossError):
+        return 3
+    if isinstance(err, hspec.NotConvergedError):
+        return 4
+    bad_input = (presets.LLMConfigError, CheckpointError, WeightsError, DataError, FileNotFoundError, OutputDirError)
+    return 2 if isinstance(err, bad_input) else None
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,412 @@
+"""Named LLM runs: the paper's language-model settings (METHOD.md section 5) and a CPU-sized variant.
+
+One frozen dataclass, `LLMConfig`, holds everything a run needs: the model (GPT-2 or Llama, from scratch
+or from pre-trained weights, optionally with LoRA), the data, the optimiser (AdamW, weight decay 0.1 on
+matrices only, gradient clipping 1.0, constant or warm-up + cosine learning rate), the checkpoint steps
+and the spectrum measured at each of them (parameter subset, K, Lanczos starts, Hessian sequences).
+
+`resolve(cfg)` gives the config actually run (model sizes that come from the data or the weights are
+filled in later); `departures(cfg)` lists every way it differs from the paper's setting, and that list is
+written into each results.json. `apply_overrides(cfg, {"k": "200", "model.n_layer": "2"})` is what
+`--set key=value` does: values are parsed by the field's type, and `model.<field>` changes one
+architecture field (GPT2Config / LlamaConfig) of the preset's model.
+
+Choices the paper leaves open, made here and visible in each description: the betas (nanoGPT's: 0.99 for
+character-level Shakespeare, 0.95 elsewhere), dropout (nanoGPT's 0.2 for GPT2-nano, 0 elsewhere), how
+65,536 tokens per step are made (micro-batch x block x accumulation), the number of pre-training steps on
+OpenWebText (not stated: 10,000 here), the fine-tuning checkpoints, LoRA on q_proj and v_proj (PEFT's
+default for Llama), and the test-loss sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from typing import Any
+
+__all__ = ["LLMConfig", "PRESETS", "get", "listing", "apply_overrides", "parse_assignments", "departures",
+           "PAPER", "LLMConfigError", "to_dict", "from_dict"]
+
+MODELS = ("gpt2", "llama")
+DATASETS = ("shakespeare_char", "shakespeare_gpt2", "openwebtext", "mathqa")
+SCHEDULES = ("constant", "cosine")
+COMBINES = ("pool", "mean")
+
+
+class LLMConfigError(ValueError):
+    """A preset name, override or field value that cannot be used; the message says which and why."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LLMConfig:
+    """One LLM run: model, data, optimiser, checkpoints and the spectrum measured at each.
+
+    Attributes:
+        preset: the preset's name (also the default run name).
+        model: "gpt2" or "llama".
+        model_size: a `gpt2.PRESETS` / `llama.PRESETS` name ("nano", "small", ..., "tinyllama-1.1b").
+        model_overrides: (field, value) pairs replacing architecture fields of that preset.
+        pretrained: start from the weights in --weights (an HF safetensors directory), not from scratch.
+        dropout: GPT-2 dropout (embeddings, attention, residuals) in training mode.
+        remat: recompute each block in the backward pass (activation memory).
+        lora_rank: LoRA rank r (0: no LoRA; then every parameter is trained).
+        lora_alpha, lora_dropout, lora_targets: the adapters' scale numerator, input dropout, layers.
+        dataset: "shakespeare_char", "shakespeare_gpt2", "openwebtext" or "mathqa".
+        train_split, eval_split: the splits trained on and measured for the test loss.
+        block_size: tokens per training sequence.
+        micro_batch: sequences per forward pass; grad_accum: micro-batches per optimiser step.
+        steps: optimiser steps.
+        learning_rate, min_lr, warmup_steps, schedule: constant, or nanoGPT's linear warm-up then cosine
+            decay to min_lr at `steps`.
+        beta1, beta2, eps, weight_decay, grad_clip: AdamW (decay on matrices only) and global-norm clipping.
+        checkpoint_steps: steps whose state is checkpointed and measured (0: the initialisation).
+        save_every: extra resume checkpoints every this many steps (0: none); only the newest is kept.
+        keep_checkpoints: keep every measured checkpoint (False: only the newest).
+        seed: the run's seed (train.keys streams).
+        subset: parameters the Hessian is taken over: "last_block", "block:<i>", "lora", "lora_last_block",
+            "all", or "re:<regex on parameter paths>".
+        k: top eigenvalues fitted (capped by the subset size, with a warning).
+        num_starts, combine: Lanczos starts and how their Ritz values are combined ("pool" or "mean").
+        lanczos_steps, max_lanczos_steps: the Krylov space's initial size and its limit (None: hspec's rule).
+        hessian_sequences: sequences of the fixed Hessian batch (training split).
+        hessian_batch: sequences per Hessian-vector-product batch.
+        trace_samples: Hutchinson probes for Tr(H).
+        eval_sequences: held-out sequences of the fixed test-loss sample; eval_batch: per forward pass.
+        data_parallel: devices along the batch axis (0: all devices / model_parallel).
+        model_parallel: devices the parameters are sharded over.
+        description: one line for --list-presets.
+    """
+
+    preset: str = "custom"
+    model: str = "gpt2"
+    model_size: str = "nano"
+    model_overrides: tuple[tuple[str, Any], ...] = ()
+    pretrained: bool = False
+    dropout: float = 0.0
+    remat: bool = False
+    lora_rank: int = 0
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    dataset: str = "shakespeare_char"
+    train_split: str = "train"
+    eval_split: str = "val"
+    block_size: int = 256
+    micro_batch: int = 64
+    grad_accum: int = 1
+    steps: int = 1000
+    learning_rate: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    checkpoint_steps: tuple[int, ...] = (0, 50, 100, 200, 500, 1000)
+    save_every: int = 0
+    keep_checkpoints: bool = True
+    seed: int = 0
+    subset: str = "last_block"
+    k: int = 1000
+    num_starts: int = 3
+    combine: str = "pool"
+    lanczos_steps: int | None = None
+    max_lanczos_steps: int | None = None
+    hessian_sequences: int = 256
+    hessian_batch: int = 32
+    trace_samples: int = 20
+    eval_sequences: int = 2048
+    eval_batch: int = 64
+    data_parallel: int = 0
+    model_parallel: int = 1
+    description: str = ""
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens per optimiser step: micro_batch x block_size x grad_accum (padding included for MathQA)."""
+        return self.micro_batch * self.block_size * self.grad_accum
+
+    @property
+    def sequences_per_step(self) -> int:
+        """Sequences per optimiser step."""
+        return self.micro_batch * self.grad_accum
+
+    def model_fields(self) -> dict[str, Any]:
+        """The architecture overrides as a dict."""
+        return dict(self.model_overrides)
+
+    def __post_init__(self):
+        check(self)
+
+
+def check(cfg: LLMConfig) -> None:
+    """Refuse values no run could use, naming the field and the valid choices.
+
+    Args:
+        cfg: the configuration.
+
+    Raises:
+        LLMConfigError: the first bad field.
+    """
+    choices = {"model": MODELS, "dataset": DATASETS, "schedule": SCHEDULES, "combine": COMBINES}
+    for name, valid in choices.items():
+        if getattr(cfg, name) not in valid:
+            raise LLMConfigError(f"{name}={getattr(cfg, name)!r} is not one of {list(valid)}")
+    positive = ("block_size", "micro_batch", "grad_accum", "k", "num_starts", "hessian_sequences", "hessian_batch",
+                "trace_samples", "eval_sequences", "eval_batch", "model_parallel")
+    bad = [n for n in positive if getattr(cfg, n) < 1]
+    if bad:
+        raise LLMConfigError(f"{', '.join(bad)} must be at least 1 (got {[getattr(cfg, n) for n in bad]})")
+    if cfg.steps < 0 or cfg.warmup_steps < 0 or cfg.save_every < 0 or cfg.data_parallel < 0:
+        raise LLMConfigError("steps, warmup_steps, save_every and data_parallel cannot be negative")
+    if any(s < 0 or s > cfg.steps for s in cfg.checkpoint_steps) or 0 not in cfg.checkpoint_steps:
+        raise LLMConfigError(f"checkpoint_steps {list(cfg.checkpoint_steps)} must include 0 and lie in "
+                             f"[0, steps={cfg.steps}]")
+    if not cfg.subset.startswith(("re:", "block:")) and cfg.subset not in ("last_block", "lora", "lora_last_block",
+                                                                            "all"):
+        raise LLMConfigError(f"subset={cfg.subset!r}: use last_block, block:<i>, lora, lora_last_block, all or "
+                             "re:<regex>")
+    if cfg.subset.startswith("lora") and cfg.lora_rank < 1:
+        raise LLMConfigError(f"subset={cfg.subset!r} needs LoRA adapters: set lora_rank >= 1")
+    if cfg.dataset == "mathqa" and cfg.model != "llama":
+        raise LLMConfigError("dataset=mathqa is tokenised with the Llama SentencePiece tokenizer: use model=llama")
+
+
+# The paper's LLM settings (METHOD.md section 5), for departures().
+PAPER: dict[str, dict[str, Any]] = {
+    "gpt2-nano-shakespeare": dict(model_size="nano", n_layer=6, n_head=6, n_embd=384, tokens_per_step=65536,
+                                  steps=1000, learning_rate=6e-4, schedule="constant",
+                                  checkpoint_steps=(0, 50, 100, 200, 500, 1000)),
+    "openwebtext": dict(tokens_per_step=65536, learning_rate=6e-4, min_lr=6e-5, warmup_steps=2000,
+                        schedule="cosine"),
+    "finetune-shakespeare": dict(tokens_per_step=32768, learning_rate=1e-5, min_lr=1e-6, warmup_steps=1000,
+                                 schedule="cosine", steps=5000),
+    "tinyllama-lora-mathqa": dict(learning_rate=1e-4, min_lr=1e-5, warmup_steps=500, schedule="cosine",
+                                  sequences_per_step=32, steps=1000, lora_rank=16, lora_alpha=32.0,
+                                  lora_dropout=0.1),
+}
+# Shared by every paper setting (METHOD.md sections 1 and 5).
+PAPER_SPECTRUM = dict(k=1000, num_starts=3, hessian_sequences=256, weight_decay=0.1)
+
+
+def _nano(**extra) -> LLMConfig:
+    """GPT2-nano on character-level Shakespeare as the paper trains it (METHOD.md section 5)."""
+    fields = dict(model="gpt2", model_size="nano", dropout=0.2, dataset="shakespeare_char", block_size=256,
+                  micro_batch=64, grad_accum=4, steps=1000, learning_rate=6e-4, schedule="constant", beta2=0.99,
+                  checkpoint_steps=(0, 50, 100, 200, 500, 1000), k=1000, hessian_sequences=256)
+    return LLMConfig(**{**fields, **extra})
+
+
+def _openwebtext(size: str) -> LLMConfig:
+    """GPT-2 `size` pre-trained from scratch on OpenWebText (nanoGPT's train_gpt2 at 65,536 tokens per step)."""
+    return LLMConfig(preset=f"gpt2-{size}-openwebtext", model="gpt2", model_size=size,
+                     model_overrides=(("bias", False), ("gelu", "exact"), ("vocab_size", 50304)),
+                     remat=size != "small", dataset="openwebtext", block_size=1024, micro_batch=16, grad_accum=4,
+                     steps=10000, learning_rate=6e-4, min_lr=6e-5, warmup_steps=2000, schedule="cosine",
+                     checkpoint_steps=(0, 500, 1000, 2000, 5000, 10000), save_every=500,
+                     description=f"GPT-2 {size} from scratch on OpenWebText ({{data}}/openwebtext/train.bin), "
+                                 "65,536 tokens/step, lr 6e-4, 2000 warm-up, cosine to 6e-5, 10k steps (steps "
+                                 "not stated by the paper); GPU")
+
+
+def _finetune(size: str) -> LLMConfig:
+    """Pre-trained GPT-2 `size` fine-tuned on Shakespeare in GPT-2 tokens (nanoGPT's finetune_shakespeare)."""
+    return LLMConfig(preset=f"gpt2-{size}-finetune-shakespeare", model="gpt2", model_size=size, pretrained=True,
+                     remat=size != "small", dataset="shakespeare_gpt2", block_size=1024, micro_batch=8,
+                     grad_accum=4, steps=5000, learning_rate=1e-5, min_lr=1e-6, warmup_steps=1000,
+                     schedule="cosine", checkpoint_steps=(0, 250, 500, 1000, 2000, 3500, 5000), save_every=250,
+                     description=f"pre-trained GPT-2 {size} (--weights) fine-tuned on Shakespeare (GPT-2 BPE), "
+                                 "32,768 tokens/step, lr 1e-5, 1000 warm-up, cosine to 1e-6, 5000 steps; GPU")
+
+
+def _build() -> dict[str, LLMConfig]:
+    """Every preset by name."""
+    p = {
+        "gpt2-nano-shakespeare": _nano(
+            preset="gpt2-nano-shakespeare",
+            description="the paper's run: GPT2-nano (6/6/384) on character Shakespeare, 65,536 tokens/step "
+                        "(64 x 256 x 4), constant lr 6e-4, 1000 steps, spectra at 0/50/100/200/500/1000; GPU"),
+        # CPU-sized (sizes measured on 2 shared cores, see the report in results/llm/): nanoGPT's own CPU
+        # recipe for this data set (4 layers, 4 heads, 128 wide, block 64, no dropout), 4,096 tokens per
+        # step, K = 200 from 3 pooled starts over 64 Hessian sequences.
+        "gpt2-nano-shakespeare-cpu": _nano(
+            preset="gpt2-nano-shakespeare-cpu", model_overrides=(("n_embd", 128), ("n_head", 4), ("n_layer", 4)),
+            dropout=0.0, block_size=64, micro_batch=64, grad_accum=1, steps=600,
+            checkpoint_steps=(0, 25, 50, 100, 200, 400, 600), save_every=50, k=200, lanczos_steps=200,
+            max_lanczos_steps=800, hessian_sequences=64, hessian_batch=64, eval_sequences=512, eval_batch=128,
+            description="CPU-sized nano run (about 45 min on 2 cores): 4/4/128 GPT-2, block 64, 4,096 "
+                        "tokens/step, 600 steps, K=200, 64 Hessian sequences; departures recorded"),
+        "tinyllama-lora-mathqa": LLMConfig(
+            preset="tinyllama-lora-mathqa", model="llama", model_size="tinyllama-1.1b", pretrained=True, remat=True,
+            lora_rank=16, lora_alpha=32.0, lora_dropout=0.1, lora_targets=("q_proj", "v_proj"), dataset="mathqa",
+            eval_split="test", block_size=512, micro_batch=32, grad_accum=1, steps=1000, learning_rate=1e-4,
+            min_lr=1e-5, warmup_steps=500, schedule="cosine", subset="lora", hessian_batch=16, eval_sequences=512,
+            eval_batch=16, save_every=100,
+            description="TinyLlama-1.1B-Chat (--weights) + LoRA r16 alpha32 dropout0.1 on q/v, MathQA "
+                        "(train.json), batch 32, lr 1e-4, 500 warm-up, cosine to 1e-5, 1000 steps; Hessian over "
+                        "all adapters; GPU"),
+    }
+    for size in ("small", "medium", "large"):
+        p[f"gpt2-{size}-openwebtext"] = _openwebtext(size)
+        p[f"gpt2-{size}-finetune-shakespeare"] = _finetune(size)
+    return p
+
+
+PRESETS: dict[str, LLMConfig] = _build()
+
+
+def get(name: str) -> LLMConfig:
+    """The preset called `name`.
+
+    Raises:
+        LLMConfigError: unknown name (the closest names are suggested).
+    """
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, PRESETS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise LLMConfigError(f"unknown LLM preset {name!r}{hint} (python -m train llm --list-presets lists them)")
+    return PRESETS[name]
+
+
+def listing() -> str:
+    """The presets as a table a person can read: name, tokens/step, steps, K, description."""
+    lines = [f"{'preset':<34} {'tokens/step':>11} {'steps':>6} {'K':>5}  description"]
+    for name, cfg in PRESETS.items():
+        lines.append(f"{name:<34} {cfg.tokens_per_step:>11,} {cfg.steps:>6} {cfg.k:>5}  {cfg.description}")
+    return "\n".join(lines)
+
+
+# -------------------------------------------------------------------------------------------------- overrides
+
+
+def parse_assignments(items: list[str]) -> dict[str, str]:
+    """`["k=200", "model.n_layer=2"]` -> {"k": "200", "model.n_layer": "2"}.
+
+    Raises:
+        LLMConfigError: an item without "=".
+    """
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise LLMConfigError(f"override {item!r} is not key=value (e.g. --set k=200)")
+        out[key.strip().replace("-", "_")] = value.strip()
+    return out
+
+
+def _parse_scalar(text: str, kind: type, name: str) -> Any:
+    """One value of a field's scalar type from its command-line text."""
+    try:
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1", "yes")
+        return kind(text)
+    except ValueError:
+        raise LLMConfigError(f"{name}={text!r} is not a valid {kind.__name__}") from None
+
+
+def _parse_value(text: str, annotation: Any, name: str) -> Any:
+    """A field's value from text, following its annotation (int, float, bool, str, optional, tuple)."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple:
+        return tuple(_parse_scalar(t, args[0], name) for t in text.split(",") if t.strip())
+    if type(None) in args:  # Optional[X]
+        if text.lower() in ("none", "null", ""):
+            return None
+        return _parse_scalar(text, next(a for a in args if a is not type(None)), name)
+    return _parse_scalar(text, annotation, name)
+
+
+def _model_value(text: str) -> Any:
+    """An architecture field's value: int, float, bool or string, whichever parses first."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def apply_overrides(cfg: LLMConfig, assignments: dict[str, Any]) -> LLMConfig:
+    """A copy of `cfg` with fields replaced (`--set key=value`); `model.<field>` sets an architecture field.
+
+    Args:
+        cfg: the base configuration.
+        assignments: field -> value (text is parsed by the field's type; typed values pass through).
+
+    Returns:
+        The new configuration (checked).
+
+    Raises:
+        LLMConfigError: an unknown field (with close matches) or a value of the wrong type.
+    """
+    hints = typing.get_type_hints(LLMConfig)
+    fields, model = {}, dict(cfg.model_overrides)
+    for key, value in assignments.items():
+        if key.startswith("model."):
+            model[key[len("model."):]] = _model_value(value) if isinstance(value, str) else value
+            continue
+        if key not in hints or key == "model_overrides":
+            close = difflib.get_close_matches(key, hints, n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise LLMConfigError(f"unknown LLM config field {key!r}{hint} (architecture fields: model.<name>)")
+        fields[key] = _parse_value(value, hints[key], key) if isinstance(value, str) else value
+    fields["model_overrides"] = tuple(sorted(model.items()))
+    return dataclasses.replace(cfg, **fields)
+
+
+def to_dict(cfg: LLMConfig) -> dict[str, Any]:
+    """The configuration as JSON-ready data (model_overrides as a dict), plus tokens_per_step."""
+    out = dataclasses.asdict(cfg)
+    out["model_overrides"] = dict(cfg.model_overrides)
+    out["tokens_per_step"] = cfg.tokens_per_step
+    return out
+
+
+def from_dict(data: dict[str, Any]) -> LLMConfig:
+    """Rebuild a configuration written by `to_dict` (a run's config.json)."""
+    hints = typing.get_type_hints(LLMConfig)
+    fields = {k: v for k, v in data.items() if k in hints}
+    fields["model_overrides"] = tuple(sorted(dict(data.get("model_overrides", {})).items()))
+    for name, value in fields.items():
+        if typing.get_origin(hints[name]) is tuple and name != "model_overrides" and value is not None:
+            fields[name] = tuple(value)
+    return LLMConfig(**fields)
+
+
+# -------------------------------------------------------------------------------------------------- departures
+
+
+def _paper_setting(cfg: LLMConfig) -> dict[str, Any] | None:
+    """The paper's setting this configuration belongs to (by dataset and model), or None."""
+    if cfg.dataset == "shakespeare_char":
+        return PAPER["gpt2-nano-shakespeare"]
+    if cfg.dataset == "openwebtext":
+        return PAPER["openwebtext"]
+    if cfg.dataset == "shakespeare_gpt2":
+        return PAPER["finetune-shakespeare"]
+    return PAPER["tinyllama-lora-mathqa"]
+
+
+def departures(cfg: LLMConfig, model_fields: dict[str, Any] | None = None) -> list[str]:
+    """Every way `cfg` departs from the paper's setting, one readable line each (written into results).
+
+    Args:
+        cfg: the configuration run.
+        model_fields: the architecture actually built (n_layer, n_head, n_embd ...), when known.
+
+    Returns:
+        Lines such as "k: 200 (paper 1000)".
+    """
+    paper = {**PAPER_SPECTRUM, **_paper_setting(cfg)}
+    ours = dict(dataclasses.asdict(cfg), tokens_per_step=cfg.tokens_per_step,
+                sequences_per_step=cfg.sequences_per_step, **(model_fields or {}))
+    out = [f"{name}: {ours[name]} (paper {value})" for name, value in paper.items()
+           if name in ours and ours[name] != value]
+    if cfg.subset not in ("last_block", "lora"):
+        out.append(f"subset: {cfg.subset} (paper: the last layer)")
+    return out
