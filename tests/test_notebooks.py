@@ -20,7 +20,9 @@ def _execute(path: Path) -> str:
     from nbclient import NotebookClient
 
     book = nbformat.read(path, as_version=4)
-    NotebookClient(book, timeout=240, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    client = NotebookClient(book, timeout=240, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    client.execute()
     return "\n".join(out.get("text", "") for cell in book.cells if cell.cell_type == "code"
                      for out in cell.outputs if out.output_type == "stream")
 

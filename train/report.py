@@ -203,7 +203,8 @@ def rule_sgd_below_adam(rows: list[Row]) -> Outcome:
     if "sgd" not in s or not adam:
         return Outcome(UNDECIDED, "needs SGD and at least one Adam-family optimizer with a defined s")
     lowest = min(adam, key=adam.get)
-    detail = f"s(SGD) = {s['sgd']:.3f}; smallest Adam-family s = {adam[lowest]:.3f} ({lowest}), over {len(adam)} of them"
+    detail = (f"s(SGD) = {s['sgd']:.3f}; smallest Adam-family s = {adam[lowest]:.3f} ({lowest}), "
+              f"over {len(adam)} of them")
     return Outcome(AGREE if s["sgd"] < adam[lowest] else DISAGREE, detail)
 
 
@@ -265,7 +266,8 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
     ),
     "optimizers": _OPTIMIZER_CLAIMS,
     "batch-size": (Claim("The power-law structure breaks down abruptly above a critical batch size.",
-                         rule_batch_size, "in increasing batch size the verdict changes once, from power law to none"),),
+                         rule_batch_size,
+                         "in increasing batch size the verdict changes once, from power law to none"),),
     "batch-size-iters1000": (Claim("The power-law structure breaks down abruptly above a critical batch size.",
                                    rule_batch_size,
                                    "in increasing batch size the verdict changes once, from power law to none"),),
@@ -384,8 +386,9 @@ def control_reductions(fields: dict[str, Any], users: list[str]) -> list[str]:
         except sweep.SweepError:  # a run of a group that no longer exists
             continue
         paper = sweep.control_fields(nominal)
-        return [f"{name}={fields[name]} (paper {paper[name]})" for name in sweep.CONTROL_FIELDS
-                if name in fields and fields[name] != paper[name] and not (name in _RULE_FIELDS and paper[name] is None)]
+        differs = [name for name in sweep.CONTROL_FIELDS if name in fields and fields[name] != paper[name]]
+        return [f"{name}={fields[name]} (paper {paper[name]})" for name in differs
+                if not (name in _RULE_FIELDS and paper[name] is None)]
     return []
 
 
@@ -425,8 +428,8 @@ def load_group(results: str | os.PathLike, name: str) -> list[Row]:
 
 # --- tables ------------------------------------------------------------------------------------------------
 
-TABLE_HEAD = ("| run | K | d_KS | d_c | verdict | β ± σ | s | λ_max | Tr(H) | test error | converged | control | notes |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+TABLE_HEAD = ("| run | K | d_KS | d_c | verdict | β ± σ | s | λ_max | Tr(H) | test error | converged | control "
+              "| notes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def short_verdict(result: SpectrumResult) -> str:
@@ -507,7 +510,8 @@ def correlation_table(rows: list[Row]) -> str:
     done = [r for r in _done(rows) if test_error(r.result) is not None]
     lines = ["| measure | Pearson r with test error | Kendall τ with test error | n |", "|---|---|---|---|"]
     for name, get in (("s", _s), ("d_KS", lambda x: x.fit.get("d_ks")),
-                      ("λ_max", lambda x: x.sharpness.get("lambda_max")), ("Tr(H)", lambda x: x.sharpness.get("trace"))):
+                      ("λ_max", lambda x: x.sharpness.get("lambda_max")),
+                      ("Tr(H)", lambda x: x.sharpness.get("trace"))):
         pts = [(get(r.result), test_error(r.result)) for r in done if get(r.result) is not None]
         x, y = [p[0] for p in pts], [p[1] for p in pts]
         lines.append(f"| {name} | {_fmt(pearson(x, y), '+.3f')} | {_fmt(kendall(x, y), '+.3f')} | {len(pts)} |")
@@ -633,7 +637,8 @@ def sensitivity_section(results: Path) -> str:
             doc = docs[study]
             if doc:
                 lines = [f"| {label} | trained | initialisation |", "|---|---|---|"]
-                lines += [f"| {a[key]} | {_study_cell(a)} | {_study_cell(b)} |" for a, b in zip(doc["trained"], doc["init"])]
+                lines += [f"| {a[key]} | {_study_cell(a)} | {_study_cell(b)} |"
+                          for a, b in zip(doc["trained"], doc["init"])]
                 parts.append("\n".join(lines))
         if docs["paper_procedure"]:
             lines = ["| m (steps) | network | positive Ritz values | top-K Ritz values as they are | "
@@ -745,7 +750,8 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
 
 def main(argv: list[str]) -> int:
     """`python -m train report`."""
-    p = argparse.ArgumentParser(prog="python -m train report", description=__doc__.split("\n\n")[1])
+    p = argparse.ArgumentParser(prog="python -m train report",
+                                description="Rewrite REPRODUCTION.md and its figures from the published results.")
     p.add_argument("--results", default=sweep.RESULTS_ROOT, help="the results root (default: results/)")
     p.add_argument("--out", default="REPRODUCTION.md", help="the markdown file (default: ./REPRODUCTION.md); "
                                                             f"figures go to {FIGURES}/ beside it")

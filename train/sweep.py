@@ -40,7 +40,7 @@ minutes belongs to a dead process and is taken over. A Slurm job array runs a wh
     #SBATCH --cpus-per-task=4
     #SBATCH --mem=16G
     #SBATCH --time=24:00:00
-    #SBATCH --output=logs/%x-%a.out
+    #SBATCH --output=logs/%x-%a.out      # mkdir logs before sbatch
     cd "$SLURM_SUBMIT_DIR"               # the repository, on a file system every node sees
     source .venv/bin/activate
     export HSPEC_DATA_DIR=/shared/hspec-data
@@ -51,6 +51,13 @@ Submitting the same script again after a time-out resumes each unfinished run fr
 checkpoint (wait ten minutes, or the dead tasks' locks still count as held). Then
 `python -m train sweep controls` (as an array too), `python -m train report`, and commit results/ and
 REPRODUCTION.md.
+
+Sensitivity (`python -m train sensitivity --run runs/sweeps/checkpoints/lenet-mnist-sgd`): for a trained network
+and its initialisation, one converged top-K Lanczos run (long enough for every truncation below) gives the
+verdict and s at K = 100, 300, 500, 1000 (its top-K prefixes refitted) and the paper's own procedure (the
+Ritz values of that one run truncated at m = K, 1.25K, 1.5K, 2K, 3K steps, taken as they are, against the
+converged values); further runs give the verdict with 500, 1000 and 2000 Hessian samples and from other
+Lanczos start vectors. Each study is a JSON file in results/sensitivity/<name>/, skipped when it exists.
 """
 
 from __future__ import annotations
@@ -963,9 +970,12 @@ def _common_args(p: argparse.ArgumentParser) -> None:
 
 
 def _sweep_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train sweep", description=__doc__.split("\n\n")[2],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="groups: " + ", ".join(GROUPS))
+    slurm = next(part for part in __doc__.split("\n\n") if part.lstrip().startswith("#!/bin/bash"))
+    p = argparse.ArgumentParser(prog="python -m train sweep", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Train every run of a named group (skipping finished runs, resuming "
+                                            "killed ones), compute the random-initialisation controls, and publish "
+                                            "each finished run into <results>/<group>/<run>/ (never checkpoints).",
+                                epilog="groups: " + ", ".join(GROUPS) + "\n\na Slurm job array:\n" + slurm)
     p.add_argument("group", nargs="?", help="the group to run (see --list)")
     p.add_argument("--list", action="store_true", help="list the groups, or GROUP's runs, with their states")
     p.add_argument("--shard", help="run only runs I, I+N, ... of the group (0 <= I < N), e.g. 0/4")

@@ -3,8 +3,6 @@ results tree (the tables' numbers recomputed here, the output byte-stable, no pa
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +83,8 @@ def test_batch_size_step(flags, status):
 
 
 def test_train_size_and_capacity_steps_go_the_other_way():
-    rows = [row(f"n{n}", synth(power_law(1.0) if n >= 3000 else exponential()), value=n) for n in (600, 1000, 3000, 60000)]
+    rows = [row(f"n{n}", synth(power_law(1.0) if n >= 3000 else exponential()), value=n)
+            for n in (600, 1000, 3000, 60000)]
     out = report.rule_train_size(rows)
     assert out.status == AGREE and "power law at training-set size 3000, 60000" in out.detail
     assert report.rule_batch_size(rows).status == DISAGREE
@@ -206,7 +205,8 @@ def test_report_tables_claims_and_numbers(synthetic_results, tmp_path, capsys):
     assert "**disagree**: 1 of 1 show a power law (noise40)" in section("label-noise")
     assert "Not run yet." in section("resnet18") and "Not run yet." in section("fashion-mnist")
     # The alias: optimizers/sgd is the reference run.
-    assert "| sgd | 100 |" in section("optimizers") and "same run as checkpoints/lenet-mnist-sgd" in section("optimizers")
+    assert "| sgd | 100 |" in section("optimizers")
+    assert "same run as checkpoints/lenet-mnist-sgd" in section("optimizers")
     # The reduced run is flagged, and so is its overview line.
     assert "reduced: 2 of 50 epochs; sweep overrides: epochs" in section("fcn-depth")
     assert "| fcn-depth | 1 of 3 (1 reduced) |" in text

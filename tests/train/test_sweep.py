@@ -9,9 +9,7 @@ import os
 import socket
 import subprocess
 import time
-from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 
@@ -179,7 +177,8 @@ def test_publish_is_all_or_nothing_and_never_places_checkpoints(tmp_path):
     (dest.parent / ".staging-run-dead").mkdir()  # left by a killed process
     sweep.publish({"results.json": src / "results.json"}, {"control.json": {"key": "k"}}, dest)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["run"]
-    assert json.loads((dest / "control.json").read_text()) == {"key": "k"} and (dest / "results.json").read_text() == "{}"
+    assert json.loads((dest / "control.json").read_text()) == {"key": "k"}
+    assert (dest / "results.json").read_text() == "{}"
     with pytest.raises(sweep.SweepError, match="exists already"):
         sweep.publish({}, {}, dest)
 
@@ -265,7 +264,8 @@ def test_sweep_publishes_finished_runs_and_reports_failures(swept):
 def test_a_run_published_with_other_overrides_is_kept_and_reported(swept):
     roots, spec = swept["roots"], TINY.runs[0]
     before = (roots.published("tiny", "a") / "results.json").read_bytes()
-    with pytest.raises(sweep.SweepError, match=r"published with overrides \{'trace_samples': 3\}, this sweep asks \{\}"):
+    message = r"published with overrides \{'trace_samples': 3\}, this sweep asks \{\}"
+    with pytest.raises(sweep.SweepError, match=message):
         sweep.sweep_run(roots, TINY, spec, sweep.run_config(spec, {}), progress=False, echo=lambda s: None)
     assert (roots.published("tiny", "a") / "results.json").read_bytes() == before
 
