@@ -95,6 +95,10 @@ def test_control_config_keeps_the_control_fields_and_nothing_of_training():
     assert sweep.control_fields(ccfg) == sweep.control_fields(cfg)
     assert (ccfg.optimizer, ccfg.learning_rate, ccfg.batch_size, ccfg.preset) == ("sgd", None, 128, "init-control")
     assert ccfg.init_control and config_lib.validate(ccfg)
+    # Every control of every group is a valid configuration whose own key is the key it is filed under.
+    for key, run_cfg in sweep.distinct_controls(sweep.GROUPS, {}):
+        control = config_lib.validate(sweep.control_config(run_cfg))
+        assert sweep.control_key(control) == key
     assert sweep.control_config(sweep.run_config(spec, {"train_size": "100", "hessian_samples": "50",
                                                          "batch_size": "32"})).batch_size == 100
 
