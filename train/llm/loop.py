@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 
 __all__ = ["TrainState", "OptimSpec", "lr_schedule", "decay_mask", "make_optimizer", "SplitModel", "split_model",
-           "make_train_step", "make_eval_step", "hessian_loss", "token_loss", "full_params"]
+           "accumulated_grads", "make_train_step", "make_eval_step", "hessian_loss", "token_loss", "full_params"]
 
 
 class TrainState(NamedTuple):
@@ -132,6 +132,34 @@ def token_loss(logits: jax.Array, y: jax.Array, w: jax.Array) -> tuple[jax.Array
     return jnp.sum(ce * w), jnp.sum(w)
 
 
+def accumulated_grads(train_def: Any) -> Callable:
+    """`grads(params, fixed, xs, ys, ws, key) -> (mean token loss, gradient)` over a step's micro-batches.
+
+    Each micro-batch contributes the gradient of sum(w * CE) / (the whole step's sum of w), so the sum over
+    the micro-batches is exactly the gradient of the step's mean token loss, however it is split. Micro-batch
+    i draws its dropout masks from fold_in(key, i).
+    """
+
+    def micro_loss(params, fixed, x, y, w, key, total):
+        logits = nnx.merge(train_def, params, fixed)(x, rngs=key)
+        loss_sum, _ = token_loss(logits, y, w)
+        return loss_sum / total
+
+    def grads(params, fixed, xs, ys, ws, key):
+        total = jnp.maximum(jnp.sum(ws), 1.0)
+
+        def accumulate(acc, inputs):
+            x, y, w, i = inputs
+            loss, g = jax.value_and_grad(micro_loss)(params, fixed, x, y, w, jax.random.fold_in(key, i), total)
+            return jax.tree.map(jnp.add, acc, g), loss
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        summed, losses = jax.lax.scan(accumulate, zeros, (xs, ys, ws, jnp.arange(xs.shape[0])))
+        return jnp.sum(losses), summed
+
+    return grads
+
+
 @functools.lru_cache(maxsize=16)
 def make_train_step(train_def: Any, spec: OptimSpec) -> Callable:
     """The jitted optimiser step (cached per graph definition and optimiser, so runs share one compile).
@@ -145,24 +173,12 @@ def make_train_step(train_def: Any, spec: OptimSpec) -> Callable:
         (accum, micro_batch, block); `key` is fold_in(dropout, step). The state is donated.
     """
     tx = make_optimizer(spec)
-
-    def micro_loss(params, fixed, x, y, w, key, total):
-        logits = nnx.merge(train_def, params, fixed)(x, rngs=key)
-        loss_sum, _ = token_loss(logits, y, w)
-        return loss_sum / total
+    grads_fn = accumulated_grads(train_def)
 
     def step(state: TrainState, fixed, xs, ys, ws, key):
-        total = jnp.maximum(jnp.sum(ws), 1.0)
-
-        def accumulate(grads, inputs):
-            x, y, w, i = inputs
-            loss, g = jax.value_and_grad(micro_loss)(state.params, fixed, x, y, w, jax.random.fold_in(key, i), total)
-            return jax.tree.map(jnp.add, grads, g), loss
-
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        grads, losses = jax.lax.scan(accumulate, zeros, (xs, ys, ws, jnp.arange(xs.shape[0])))
+        loss, grads = grads_fn(state.params, fixed, xs, ys, ws, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), opt_state), jnp.sum(losses)
+        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
 
     return jax.jit(step, donate_argnums=0)
 
