@@ -137,8 +137,12 @@ def hessian_record(exp: Experiment) -> dict[str, Any]:
             "dataset_indices": None if full is None else np.asarray(full)[idx]}
 
 
-def data_record(ds: Any) -> dict[str, Any]:
-    """Where the data came from and what the options did to it."""
+def data_record(ds: Any, data_dir: str | None = None) -> dict[str, Any]:
+    """Where the data came from (the data root written as <data_dir>: no machine paths in committed
+    results) and what the options did to it."""
+    from train.data import resolve_data_dir
+
+    root = str(resolve_data_dir(data_dir).absolute())
     noise = None if ds.y_train_clean is None else float(np.mean(ds.y_train != ds.y_train_clean))
-    return {"source": ds.source, "num_train": int(len(ds.y_train)), "num_test": int(len(ds.y_test)),
-            "realised_label_noise": noise}
+    return {"source": ds.source.replace(root, "<data_dir>"), "num_train": int(len(ds.y_train)),
+            "num_test": int(len(ds.y_test)), "realised_label_noise": noise}

@@ -66,7 +66,7 @@ class SpectrumResult:
         hessian_sample: size and indices of the examples the Hessian is computed on.
         data: where the data came from and what the options did to it.
         num_params: parameters of the network (or of the measured subset).
-        checkpoint: the checkpoint measured, or None.
+        checkpoint: the checkpoint measured, relative to the results file's directory, or None.
         hspec_version: the engine's version.
         keys: how the run's PRNG keys were derived (train.keys.derivation).
         schema_version: the layout of this record.

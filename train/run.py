@@ -54,7 +54,7 @@ def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epo
         state: the training state measured.
         metrics: that state's metrics record (train/test loss and accuracy).
         epoch, step: how far it was trained (epoch 0: the control at initialisation).
-        checkpoint: the checkpoint the state came from, recorded.
+        checkpoint: the checkpoint the state came from (relative to the results file), recorded.
         progress: show the Lanczos progress bar.
     """
     from train.hessian import hessian_batches, hessian_loss
@@ -71,7 +71,7 @@ def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epo
         fit=m.fit, verdict=m.verdict, spectrum=m.spectrum, sharpness=m.sharpness, eigengap_fit=m.eigengap_fit,
         metrics={k: metrics[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
         timing=dict(m.timing, spectrum_total_s=time.perf_counter() - t0), hessian_sample=hessian_record(exp),
-        data=data_record(exp.ds), num_params=exp.num_params, checkpoint=checkpoint,
+        data=data_record(exp.ds, cfg.data_dir), num_params=exp.num_params, checkpoint=checkpoint,
         hspec_version=hspec.__version__, keys=keys.derivation(exp.keys))
 
 
@@ -79,8 +79,10 @@ def measure_checkpoint(exp: Experiment, path: Path, out_dir: Path, title: str,
                        progress: bool = True) -> record.SpectrumResult:
     """Measure a saved checkpoint and write its results.json and rank-eigenvalue plot into `out_dir`."""
     state, meta = ckpt.restore(path, exp.template)
+    # Relative to the results file: committed results carry no machine paths.
+    where = os.path.relpath(Path(path).absolute(), Path(out_dir).absolute())
     result = measure_state(exp, loop.TrainState(*state), meta["metrics"][-1], epoch=meta["epoch"],
-                           step=meta["step"], checkpoint=str(path), progress=progress)
+                           step=meta["step"], checkpoint=where, progress=progress)
     record.save(result, out_dir / rundir.RESULTS)
     record.plot(result, out_dir / rundir.PLOT, title)
     return result

@@ -150,7 +150,8 @@ def _dense_hessian_eigenvalues(out: Path, data_dir) -> tuple[np.ndarray, float]:
     res = json.loads((out / "results.json").read_text())
     cfg = C.load_json(str(out / "config.json"))
     exp = experiment.build_experiment(cfg)
-    state, _ = ckpt.restore(res["checkpoint"], exp.template)
+    assert not os.path.isabs(res["checkpoint"]) and "<data_dir>" in res["data"]["source"]
+    state, _ = ckpt.restore(out / res["checkpoint"], exp.template)
     ds = data.apply_options(data.load("mnist", data_dir), train_size=cfg.train_size,
                             key=keys.run_keys(cfg.seed).data_options)
     idx = np.asarray(res["hessian_sample"]["indices"])
