@@ -159,10 +159,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if argv and argv[0] == "spectrum":
             return _main_spectrum(argv[1:])
-        if argv and argv[0] in ("sweep", "sensitivity"):
+        if argv and argv[0] == "sweep":
             from train import sweep
 
-            return (sweep.main if argv[0] == "sweep" else sweep.main_sensitivity)(argv[1:])
+            return sweep.main(argv[1:])
+        if argv and argv[0] == "sensitivity":
+            from train import sensitivity
+
+            return sensitivity.main_sensitivity(argv[1:])
         if argv and argv[0] == "llm":
             from train.llm import cli as llm_cli
 

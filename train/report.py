@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from train import config as config_lib
-from train import record, rundir, sweep
+from train import record, rundir, sensitivity, sweep
 from train.record import SpectrumResult
 
 FIGURES = "reproduction"
@@ -624,7 +624,7 @@ def sensitivity_section(results: Path) -> str:
     """The sensitivity studies of results/sensitivity/<name>/ as tables (trained network and its initialisation)."""
     parts = []
     for where in sorted(p for p in (results / sweep.SENSITIVITY).glob("*") if _visible(p) and p.is_dir()):
-        docs = {s: _read_json(where / f"{s}.json") for s in sweep.STUDIES}
+        docs = {s: _read_json(where / f"{s}.json") for s in sensitivity.STUDIES}
         prov = next((d["provenance"] for d in docs.values() if d), None)
         if prov is None:
             continue

@@ -1,0 +1,314 @@
+"""The sensitivity study: how much the verdict and s move with K, the Hessian sample, the Lanczos start, and
+the paper's own unconverged procedure, for a trained network and its initialisation.
+
+    python -m train sensitivity --run RUN_DIR [--epoch E] [--name NAME] [--set key=value ...] ...
+
+For a trained network (e.g. `--run runs/sweeps/checkpoints/lenet-mnist-sgd`) and its initialisation, one converged top-K Lanczos run (long enough for every truncation below) gives the
+verdict and s at K = 100, 300, 500, 1000 (its top-K prefixes refitted) and the paper's own procedure (the
+Ritz values of that one run truncated at m = K, 1.25K, 1.5K, 2K, 3K steps, taken as they are, against the
+converged values); further runs give the verdict with 500, 1000 and 2000 Hessian samples and from other
+Lanczos start vectors. Each study is a JSON file in results/sensitivity/<name>/, skipped when it exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from train import config as config_lib
+from train import rundir
+from train.config import Config, ConfigError
+from train.sweep import RESULTS_ROOT, SENSITIVITY, SweepError, _common_args, _use_data_dir
+
+SENSITIVITY_KS = (100, 300, 500, 1000)
+SENSITIVITY_SAMPLES = (500, 1000, 2000)
+SENSITIVITY_STARTS = 3
+# The paper's procedure: one Lanczos run of m = K ... 3K steps, its Ritz values taken as they are.
+PAPER_MULTIPLIERS = (1.0, 1.25, 1.5, 2.0, 3.0)
+STUDIES = ("k_prefix", "hessian_samples", "lanczos_starts", "paper_procedure")
+
+
+@dataclasses.dataclass(frozen=True)
+class SensitivitySpec:
+    """What the sensitivity study varies (each tuple filtered to what the network allows)."""
+
+    ks: tuple[int, ...] = SENSITIVITY_KS
+    samples: tuple[int, ...] = SENSITIVITY_SAMPLES
+    starts: int = SENSITIVITY_STARTS
+    multipliers: tuple[float, ...] = PAPER_MULTIPLIERS
+    studies: tuple[str, ...] = STUDIES
+
+
+def _fit_entry(values: Any, k: int) -> dict[str, Any]:
+    """The verdict of the top k of `values` as a record's fit block, plus the verdict text."""
+    import hspec
+
+    from train import record
+
+    verdict = hspec.power_law_verdict(values, k)
+    return {"k": int(k), "verdict": verdict.verdict, "fit": record.fit_block(verdict, 0.05)}
+
+
+def _converged(op: Any, k: int, key: Any, num_steps: int, max_steps: int | None, progress: bool) -> Any:
+    """The strict top k of an operator, the Krylov space grown (by default up to 4x) until they converge."""
+    import hspec
+
+    num_steps = min(op.dim, num_steps or hspec.default_num_steps(k, op.dim))
+    max_steps = max_steps or hspec.default_max_steps(num_steps, op.dim)
+    return hspec.top_eigenvalues(op, k=k, key=key, num_steps=num_steps, max_steps=max_steps, strict=True,
+                                 progress=progress)
+
+
+def _base_spectrum(op: Any, cfg: Config, spec: SensitivitySpec, key: Any, progress: bool) -> dict[str, Any]:
+    """One converged top-K run long enough for every truncation of the paper's procedure; JSON-ready.
+
+    It starts at max(the run's Lanczos steps, max multiplier · K) steps, so that every m = c·K is a
+    prefix of this one run (with full reorthogonalisation a truncated run is exactly a shorter run).
+    """
+    import numpy as np
+
+    k = cfg.k
+    m0 = min(op.dim, max(cfg.lanczos_steps or 0, math.ceil(max(spec.multipliers, default=1.0) * k), k + 1))
+    top = _converged(op, k, key, m0, cfg.max_lanczos_steps, progress)
+    lz = top.lanczos
+    return {"k": k, "eigenvalues": np.asarray(top.eigenvalues), "residuals": np.asarray(top.residuals),
+            "num_converged": top.num_converged, "lanczos_steps": top.num_steps, "alphas": lz.alphas[0],
+            "betas": lz.betas[0], "seconds": top.seconds}
+
+
+def k_prefix_study(base: dict[str, Any], spec: SensitivitySpec) -> list[dict[str, Any]]:
+    """The verdict and s of the top-K prefixes of one converged spectrum, K in spec.ks (<= the spectrum's K)."""
+    ks = sorted({k for k in spec.ks if 2 <= k <= base["k"]} | {base["k"]})
+    return [_fit_entry(base["eigenvalues"][:k], k) for k in ks]
+
+
+def paper_procedure_study(base: dict[str, Any], spec: SensitivitySpec) -> list[dict[str, Any]]:
+    """Ritz values of ONE Lanczos run truncated at m = c·K steps, taken as they are, against converged ones.
+
+    For each m: the positive Ritz values, the verdict of the top K Ritz values (undefined when some are
+    non-positive), and how far the top K lie from the converged top K (max |θ_i − λ_i| / λ_1, and how
+    many agree to 1e-3 of λ_1).
+    """
+    import hspec
+    import numpy as np
+
+    k, conv = base["k"], np.asarray(base["eigenvalues"])
+    alphas, betas = np.asarray(base["alphas"]), np.asarray(base["betas"])
+    out = []
+    for c in sorted(set(spec.multipliers)):
+        m = int(round(c * k))
+        if m > len(alphas) or m < 2:
+            continue
+        ritz, _ = hspec.tridiagonal_eigh(alphas[:m], betas[: m - 1])
+        top = ritz[:k]
+        entry = {"multiplier": c, "m": m, "num_ritz_positive": int(np.sum(ritz > 0)), "ritz_values": top}
+        if top.size < k:
+            entry.update(verdict=f"undefined: only {top.size} Ritz values for K = {k}", fit=None)
+        else:
+            entry.update(_fit_entry(top, k))
+            err = np.abs(top - conv) / abs(conv[0])
+            entry.update(max_rel_error=float(err.max()), num_within_1e3=int(np.sum(err <= 1e-3)))
+        out.append(entry)
+    return out
+
+
+def _sample_operator(exp: Any, state: Any, size: int) -> Any:
+    """The Hessian operator of `state` on a Hessian sample of `size` examples (the run's sample stream)."""
+    import hspec
+
+    from train import data
+    from train.hessian import hessian_batches, hessian_loss
+
+    sample = exp.hessian if size == exp.cfg.hessian_samples else data.hessian_sample(exp.ds, size,
+                                                                                      exp.keys.hessian_sample)
+    batches = hessian_batches(sample.x, sample.y, exp.cfg.hessian_batch_size)
+    return hspec.hessian_operator(hessian_loss(exp.fm.eval_def, state.rest), state.params, batches=batches)
+
+
+def hessian_samples_study(exp: Any, state: Any, base: dict[str, Any], spec: SensitivitySpec,
+                          progress: bool) -> list[dict[str, Any]]:
+    """The verdict at K with each Hessian-sample size (drawn from the run's sample stream)."""
+    from train.catalog import NUM_CLASSES
+
+    cfg, out = exp.cfg, []
+    for n in sorted(set(spec.samples)):
+        entry: dict[str, Any] = {"hessian_samples": n}
+        if n > len(exp.ds.y_train) or n * (NUM_CLASSES[cfg.dataset] - 1) < 2 * cfg.k:
+            entry["skipped"] = (f"{n} samples: more than the {len(exp.ds.y_train)} training examples, or a "
+                                f"Gauss-Newton rank below 2K = {2 * cfg.k}")
+        elif n == cfg.hessian_samples:
+            entry.update(_fit_entry(base["eigenvalues"], cfg.k), num_converged=base["num_converged"],
+                         lanczos_steps=base["lanczos_steps"])
+        else:
+            top = _converged(_sample_operator(exp, state, n), cfg.k, exp.keys.lanczos_start, cfg.lanczos_steps,
+                             cfg.max_lanczos_steps, progress)
+            entry.update(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
+                         lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
+        out.append(entry)
+    return out
+
+
+def lanczos_starts_study(exp: Any, op: Any, base: dict[str, Any], spec: SensitivitySpec,
+                         progress: bool) -> list[dict[str, Any]]:
+    """The verdict at K from several Lanczos start vectors: start 0 is the run's key, start i its fold_in(i)."""
+    import jax
+
+    cfg, out = exp.cfg, []
+    for i in range(spec.starts):
+        if i == 0:
+            entry = dict(_fit_entry(base["eigenvalues"], cfg.k), num_converged=base["num_converged"])
+        else:
+            key = jax.random.fold_in(exp.keys.lanczos_start, i)
+            top = _converged(op, cfg.k, key, cfg.lanczos_steps, cfg.max_lanczos_steps, progress)
+            entry = dict(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
+                         eigenvalues=top.eigenvalues)
+        out.append({"start": i, "key": "lanczos_start" if i == 0 else f"fold_in(lanczos_start, {i})", **entry})
+    return out
+
+
+def _display_path(path: Path) -> str:
+    """A path as recorded: relative to the working directory when inside it, else its last two parts."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(Path(*path.resolve().parts[-2:]))
+
+
+def _sensitivity_setup(run: Path, epoch: int | None, overrides: dict[str, Any]) -> tuple[Any, dict, Any, Path]:
+    """The run's experiment (spectrum fields overridden), the checkpoint's meta, its state and path."""
+    from train import checkpoint as ckpt
+    from train import experiment, loop
+
+    where = rundir.find_checkpoint(Path(run), epoch)
+    meta = ckpt.read_meta(where)
+    bad = [k for k in overrides if k not in config_lib.SPECTRUM_FIELDS]
+    if bad:
+        raise ConfigError(f"sensitivity --set changes only the spectrum fields "
+                          f"({', '.join(config_lib.SPECTRUM_FIELDS)}); not {', '.join(bad)}")
+    overrides = dict(overrides)
+    if "k" in overrides and "lanczos_steps" not in overrides:
+        overrides["lanczos_steps"] = None  # the rule for the new K
+    exp = experiment.build_experiment(config_lib.apply_overrides(config_lib.from_dict(meta["config"]), overrides))
+    state, _ = ckpt.restore(where, exp.template)
+    return exp, meta, loop.TrainState(*state), where
+
+
+def sensitivity(run: str | os.PathLike, *, results: str | os.PathLike = RESULTS_ROOT, epoch: int | None = None,
+                name: str | None = None, overrides: dict[str, Any] | None = None,
+                spec: SensitivitySpec = SensitivitySpec(), progress: bool = True, echo: Callable = print) -> Path:
+    """How the verdict and s of a trained network and of its initialisation depend on the method's choices.
+
+    Writes results/sensitivity/<name>/: base.json (one converged top-K run per state, with its Lanczos
+    coefficients), then one JSON per study (STUDIES), each {"provenance", "trained": [...], "init": [...]}.
+    A study whose file exists is skipped, so a killed study resumes.
+
+    Args:
+        run: a run directory with checkpoints (or a checkpoints/epoch_N directory).
+        results: the results root. epoch: which checkpoint (default: the newest).
+        name: the output folder's name (default: "<run name>-epoch<E>").
+        overrides: spectrum fields (k, hessian_samples, lanczos_steps, ...); K is the largest K studied.
+        spec: what to vary.
+
+    Returns:
+        The output directory.
+    """
+    from train import record
+
+    exp, meta, trained, where = _sensitivity_setup(Path(run), epoch, dict(overrides or {}))
+    e = meta["epoch"]
+    out = Path(results) / SENSITIVITY / (name or f"{Path(run).resolve().name}-epoch{e}")
+    out.mkdir(parents=True, exist_ok=True)
+    states = {"trained": trained, "init": exp.template}
+    provenance = {"run": _display_path(Path(run)), "epoch": e, "preset": exp.cfg.preset, "k": exp.cfg.k,
+                  "hessian_samples": exp.cfg.hessian_samples, "seed": exp.cfg.seed, "num_params": exp.num_params,
+                  "overrides": dict(sorted((overrides or {}).items())), "spec": dataclasses.asdict(spec)}
+    ops = {label: _sample_operator(exp, s, exp.cfg.hessian_samples) for label, s in states.items()}
+    base = _load_or_compute_base(out, exp, ops, spec, provenance, progress, echo)
+    for study in spec.studies:
+        path = out / f"{study}.json"
+        if path.exists():
+            echo(f"{study}: {path} exists; skipped")
+            continue
+        echo(f"{study}: trained and init")
+        doc = {"provenance": provenance}
+        for label, state in states.items():
+            doc[label] = _study(study, exp, state, ops[label], base[label], spec, progress)
+        record.write_json(path, doc)
+    return out
+
+
+def _load_or_compute_base(out: Path, exp: Any, ops: dict, spec: SensitivitySpec, provenance: dict,
+                          progress: bool, echo: Callable) -> dict[str, Any]:
+    """base.json: the converged top-K run of each state, computed once (reused when the study resumes)."""
+    from train import record
+
+    path = out / "base.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    doc: dict[str, Any] = {"provenance": provenance}
+    for label, op in ops.items():
+        echo(f"converged top {exp.cfg.k} of the {label} network ({op.dim} parameters)")
+        doc[label] = _base_spectrum(op, exp.cfg, spec, exp.keys.lanczos_start, progress)
+    record.write_json(path, doc)
+    return json.loads(path.read_text())
+
+
+def _study(study: str, exp: Any, state: Any, op: Any, base: dict, spec: SensitivitySpec, progress: bool) -> list:
+    """One study of one state."""
+    if study == "k_prefix":
+        return k_prefix_study(base, spec)
+    if study == "paper_procedure":
+        return paper_procedure_study(base, spec)
+    if study == "hessian_samples":
+        return hessian_samples_study(exp, state, base, spec, progress)
+    if study == "lanczos_starts":
+        return lanczos_starts_study(exp, op, base, spec, progress)
+    raise SweepError(f"unknown study {study!r}; valid: {', '.join(STUDIES)}")
+
+
+def _numbers(text: str | None, kind: type) -> tuple:
+    return () if not text else tuple(kind(x) for x in text.split(",") if x.strip())
+
+
+def _sensitivity_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train sensitivity",
+                                description="The verdict and s of a trained network and of its initialisation "
+                                            "against K, the Hessian sample, the Lanczos start and the paper's "
+                                            "unconverged procedure. Writes results/sensitivity/<name>/*.json.")
+    p.add_argument("--run", required=True, help="a run directory with checkpoints (e.g. "
+                                                "runs/sweeps/checkpoints/lenet-mnist-sgd)")
+    p.add_argument("--epoch", type=int, help="which checkpoint (default: the newest)")
+    p.add_argument("--name", help="output folder under <results>/sensitivity (default: <run>-epoch<E>)")
+    p.add_argument("--ks", help=f"K values refitted from one converged spectrum (default: "
+                                f"{','.join(map(str, SENSITIVITY_KS))}; the spectrum's K is the run's k)")
+    p.add_argument("--samples", help=f"Hessian-sample sizes (default: {','.join(map(str, SENSITIVITY_SAMPLES))})")
+    p.add_argument("--starts", type=int, default=SENSITIVITY_STARTS, help="Lanczos start vectors")
+    p.add_argument("--multipliers", help=f"the paper's procedure: m = c*K for these c (default: "
+                                         f"{','.join(map(str, PAPER_MULTIPLIERS))})")
+    p.add_argument("--studies", help=f"which studies (default: all of {','.join(STUDIES)})")
+    _common_args(p)
+    return p
+
+
+def main_sensitivity(argv: list[str]) -> int:
+    """`python -m train sensitivity`."""
+    args = _sensitivity_parser().parse_args(argv)
+    overrides = config_lib.parse_assignments(args.sets)
+    typed = config_lib.apply_overrides(Config(), overrides)
+    spec = SensitivitySpec(ks=_numbers(args.ks, int) or SENSITIVITY_KS,
+                           samples=_numbers(args.samples, int) or SENSITIVITY_SAMPLES, starts=args.starts,
+                           multipliers=_numbers(args.multipliers, float) or PAPER_MULTIPLIERS,
+                           studies=_numbers(args.studies, str) or STUDIES)
+    unknown = [s for s in spec.studies if s not in STUDIES]
+    if unknown:
+        raise SweepError(f"unknown studies {unknown}; valid: {', '.join(STUDIES)}")
+    _use_data_dir(args.data_dir)
+    out = sensitivity(args.run, results=args.results, epoch=args.epoch, name=args.name,
+                      overrides={k: getattr(typed, k) for k in overrides}, spec=spec, progress=not args.no_progress)
+    print(f"sensitivity written to {out}")
+    return 0
