@@ -1,0 +1,337 @@
+"""LLM training and spectra on tiny configurations: optimiser, accumulation, LoRA, data, resume, the pipelines.
+
+Every number is checked against something computed another way: nanoGPT's learning-rate formula, a hand
+AdamW step, the full-batch gradient, numpy windows and cross-entropies, the dense float64 Hessian of the
+measured subset (jax.hessian), and an uninterrupted run's checkpoint digest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from train import checkpoint as ckpt
+from train import keys as keys_lib
+from train.llm import cli, loop, presets, train
+from train.llm import data as data_lib
+from train.models import gpt2, lora
+
+# Tiny: 2 layers, 2 heads, width 32, block 32; K=8 from 3 pooled starts; 8 Hessian sequences.
+TINY = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "block_size": 32, "micro_batch": 4,
+        "grad_accum": 2, "steps": 4, "checkpoint_steps": "0,2,4", "save_every": 1, "k": 8, "lanczos_steps": 40,
+        "max_lanczos_steps": 200, "hessian_sequences": 8, "hessian_batch": 4, "eval_sequences": 8, "eval_batch": 4,
+        "trace_samples": 4, "dropout": 0.1}
+
+
+def tiny(preset: str = "gpt2-nano-shakespeare-cpu", **extra) -> presets.LLMConfig:
+    return presets.apply_overrides(presets.get(preset), {k: str(v) for k, v in {**TINY, **extra}.items()})
+
+
+@pytest.fixture(autouse=True)
+def _highest_precision():
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+# -------------------------------------------------------------------------------------------------- optimiser
+
+
+def _nanogpt_lr(it: int, lr: float, min_lr: float, warmup: int, decay: int) -> float:
+    """nanoGPT train.py's get_lr, transcribed."""
+    if it < warmup:
+        return lr * (it + 1) / (warmup + 1)
+    if it > decay:
+        return min_lr
+    ratio = (it - warmup) / (decay - warmup)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (lr - min_lr)
+
+
+def test_schedules_are_nanogpts():
+    spec = loop.OptimSpec(1e-4, 1e-5, 500, 1000, "cosine", 0.9, 0.95, 1e-8, 0.1, 1.0)
+    schedule = loop.lr_schedule(spec)
+    for it in (0, 1, 250, 499, 500, 501, 750, 999, 1000):
+        assert float(schedule(it)) == pytest.approx(_nanogpt_lr(it, 1e-4, 1e-5, 500, 1000), rel=1e-5)
+    constant = loop.lr_schedule(dataclasses.replace(spec, schedule="constant"))
+    assert float(constant(0)) == float(constant(999)) == pytest.approx(1e-4)
+
+
+def test_first_adamw_step_by_hand_clips_and_decays_matrices_only():
+    spec = loop.OptimSpec(1e-2, 1e-3, 0, 10, "constant", 0.9, 0.95, 1e-8, 0.1, 1.0)
+    params = {"kernel": jnp.array([[1.0, -2.0], [0.5, 3.0]]), "scale": jnp.array([2.0, -1.0])}
+    grads = {"kernel": jnp.array([[3.0, 0.0], [-4.0, 1.0]]), "scale": jnp.array([2.0, -2.0])}
+    tx = loop.make_optimizer(spec)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    norm = math.sqrt(9 + 16 + 1 + 4 + 4)
+    for name in params:
+        g = np.asarray(grads[name]) / norm  # clipped to global norm 1
+        # Adam's first step: m_hat = g, v_hat = g^2, so the step is g / (|g| + eps); decoupled decay on matrices.
+        adam = g / (np.abs(g) + 1e-8)
+        decay = 0.1 * np.asarray(params[name]) if name == "kernel" else 0.0
+        np.testing.assert_allclose(np.asarray(updates[name]), -1e-2 * (adam + decay), rtol=1e-5, atol=1e-7)
+
+
+# -------------------------------------------------------------------------------------------------- steps
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    cfg = gpt2.GPT2Config(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=65, bias=False, dropout=0.0,
+                          gelu="exact")
+    return cfg, gpt2.GPT2(cfg, rngs=nnx.Rngs(0))
+
+
+def _numpy_ce(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -np.take_along_axis(logp, y[..., None], -1)[..., 0]
+
+
+def test_accumulated_gradient_is_the_full_batch_gradient(tiny_model):
+    cfg, model = tiny_model
+    split, params, fixed = loop.split_model(nnx.clone(model), lora=False)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 65, (2, 3, 32)), rng.integers(0, 65, (2, 3, 32))
+    w = rng.integers(0, 2, (2, 3, 32)).astype(np.float32)  # masked tokens, unequal per micro-batch
+    loss, grads = jax.jit(loop.accumulated_grads(split.train_def))(params, fixed, x, y, w, jax.random.key(0))
+
+    def full(p):  # one batch of all 6 sequences, the mean over the weighted tokens
+        logits = nnx.merge(split.train_def, p, fixed)(x.reshape(6, 32), rngs=jax.random.key(1))
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, y.reshape(6, 32))
+        return jnp.sum(ce * w.reshape(6, 32)) / w.sum()
+
+    want_loss, want = jax.value_and_grad(full)(params)
+    assert float(loss) == pytest.approx(float(want_loss), rel=1e-6)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7)
+
+
+def test_lora_step_trains_the_adapters_only(tiny_model):
+    _, model = tiny_model
+    model = nnx.clone(model)
+    lora.apply_lora(model, targets=("attn.c_attn",), rank=2, alpha=4.0, dropout=0.1, rngs=nnx.Rngs(1))
+    split, adapters, base = loop.split_model(model, lora=True)
+    assert {p[-1] for p, _ in jax.tree_util.tree_flatten_with_path(adapters)[0]} and all(
+        "lora_" in jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(adapters)[0])
+    base_before = jax.tree.map(np.array, base)
+    spec = loop.OptimSpec(1e-2, 1e-3, 0, 10, "constant", 0.9, 0.95, 1e-8, 0.1, 1.0)
+    step = loop.make_train_step(split.train_def, spec)
+    state = loop.init_state(adapters, spec)
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 65, (1, 2, 32)), rng.integers(0, 65, (1, 2, 32))
+    b_before = [np.array(v) for p, v in jax.tree_util.tree_flatten_with_path(adapters)[0] if "lora_b" in str(p)]
+    for s in range(2):
+        state, loss = step(state, base, x, y, np.ones((1, 2, 32), np.float32), jax.random.key(s))
+    b_after = [np.array(v) for p, v in jax.tree_util.tree_flatten_with_path(state.params)[0] if "lora_b" in str(p)]
+    assert all(np.any(a != b) for a, b in zip(b_after, b_before))  # B starts at zero and moves
+    for a, b in zip(jax.tree.leaves(base), jax.tree.leaves(base_before)):
+        np.testing.assert_array_equal(a, b)  # the base never changes
+
+
+# -------------------------------------------------------------------------------------------------- data
+
+
+def test_windows_are_shifted_slices_drawn_per_step():
+    tokens = np.arange(1000, dtype=np.uint16)
+    src = data_lib.Windows(tokens, 16)
+    key = jax.random.key(3)
+    x, y, w = data_lib.train_batch(src, key, 7, 4, 2)
+    assert x.shape == y.shape == w.shape == (2, 4, 16) and np.all(w == 1)
+    words = np.asarray(jax.random.bits(jax.random.fold_in(key, 7), (8, 2), jnp.uint32)).astype(np.uint64)
+    starts = ((words[:, 0] << np.uint64(32)) | words[:, 1]) % np.uint64(1000 - 16)
+    np.testing.assert_array_equal(x.reshape(8, 16)[:, 0], starts.astype(np.int64))
+    np.testing.assert_array_equal(y, x + 1)  # the next token
+    again = data_lib.train_batch(src, key, 7, 4, 2)[0]
+    np.testing.assert_array_equal(again, x)
+    assert not np.array_equal(data_lib.train_batch(src, key, 8, 4, 2)[0], x)
+    big = data_lib.uniform_indices(key, 10_000, 9_000_000_000)  # OpenWebText-sized, past int32
+    assert big.min() >= 0 and big.max() < 9_000_000_000 and big.max() > 2**31
+
+
+def test_openwebtext_token_files_are_memory_mapped(tmp_path):
+    root = tmp_path / "openwebtext"
+    root.mkdir()
+    with pytest.raises(data_lib.DataNotFoundError, match=r"openwebtext/train.bin.*prepare.py"):
+        data_lib.load("openwebtext", data_dir=tmp_path, block=8)
+    np.arange(500, dtype=np.uint16).tofile(root / "train.bin")
+    (np.arange(100, dtype=np.uint16) + 50000).tofile(root / "val.bin")
+    d = data_lib.load("openwebtext", data_dir=tmp_path, block=8, vocab_size=50304)
+    assert isinstance(d.train.tokens, np.memmap) and d.vocab_size == 50304
+    x, y, _ = d.eval.take(np.array([3]))
+    np.testing.assert_array_equal(x[0], np.arange(50003, 50011))
+    np.testing.assert_array_equal(y[0], np.arange(50004, 50012))
+
+
+class CharTokenizer:
+    """Characters as ids 3..; BOS 1, EOS 2 (a stand-in SentencePiece)."""
+
+    bos_id, eos_id, vocab_size = 1, 2, 300
+
+    def encode(self, text):
+        return [3 + ord(c) % 290 for c in text]
+
+
+def test_mathqa_examples_put_the_loss_on_the_answer(data_dir, tmp_path):
+    examples, source = data_lib.mathqa_examples(data_dir, "dev")
+    assert len(examples) == 4475 and source.endswith("mathqa/dev.json")
+    prompt, answer = data_lib.format_mathqa(examples[0])
+    assert prompt.startswith("Question: a multiple choice test") and prompt.endswith("Answer:")
+    assert answer.endswith("The answer is c.") and '"' not in answer[:2]
+    tok = CharTokenizer()
+    x, y, w = data_lib.encode_example(prompt, answer, tok, 1024)
+    ids = [1] + tok.encode(prompt) + tok.encode(answer) + [2]
+    n_prompt = 1 + len(prompt)
+    np.testing.assert_array_equal(x[: len(ids) - 1], ids[:-1])
+    np.testing.assert_array_equal(y[: len(ids) - 1], ids[1:])
+    # The weight of target j is 1 exactly when target j is an answer token or EOS.
+    np.testing.assert_array_equal(np.flatnonzero(w), np.arange(n_prompt - 1, len(ids) - 1))
+    short = data_lib.encode_example(prompt, answer, tok, 40)  # truncated inside the prompt: no loss at all
+    assert short[0].shape == (40,) and short[2].sum() == 0
+    with pytest.raises(data_lib.DataNotFoundError, match=r"mathqa/train.json.*math-qa.github.io"):
+        data_lib.mathqa_examples(tmp_path, "train")
+
+
+# -------------------------------------------------------------------------------------------------- presets
+
+
+def test_presets_build_and_state_their_departures():
+    for name, cfg in presets.PRESETS.items():
+        assert cfg.preset == name and cfg.description and 0 in cfg.checkpoint_steps
+    nano = presets.get("gpt2-nano-shakespeare")
+    assert nano.tokens_per_step == 65536 and nano.steps == 1000 and nano.schedule == "constant"
+    assert nano.checkpoint_steps == (0, 50, 100, 200, 500, 1000) and presets.departures(
+        nano, {"n_layer": 6, "n_head": 6, "n_embd": 384}) == []
+    cpu = presets.get("gpt2-nano-shakespeare-cpu")
+    lines = presets.departures(cpu, {"n_layer": 4, "n_head": 4, "n_embd": 128})
+    assert any(line.startswith("k: 200") for line in lines) and any("tokens_per_step: 4096" in ln for ln in lines)
+    assert presets.get("gpt2-medium-finetune-shakespeare").tokens_per_step == 32768
+    assert presets.get("gpt2-large-openwebtext").tokens_per_step == 65536
+    lora_cfg = presets.get("tinyllama-lora-mathqa")
+    assert (lora_cfg.lora_rank, lora_cfg.lora_alpha, lora_cfg.lora_dropout, lora_cfg.sequences_per_step) == (16, 32.0, 0.1, 32)
+    changed = presets.apply_overrides(nano, {"k": "300", "model.n_layer": "2", "checkpoint_steps": "0,10",
+                                             "steps": "10", "lanczos_steps": "none"})
+    assert (changed.k, changed.model_fields(), changed.checkpoint_steps, changed.lanczos_steps) == (
+        300, {"n_layer": 2}, (0, 10), None)
+    assert presets.from_dict(json.loads(json.dumps(presets.to_dict(changed)))) == changed
+    with pytest.raises(presets.LLMConfigError, match="did you mean k"):
+        presets.apply_overrides(nano, {"kk": "3"})
+    with pytest.raises(presets.LLMConfigError, match="not a valid int"):
+        presets.apply_overrides(nano, {"k": "many"})
+
+
+def test_k_is_capped_by_the_subset_with_a_warning():
+    with pytest.warns(UserWarning, match="K=1000 exceeds the 64 parameters"):
+        assert train.capped_k(1000, 64) == 64
+    assert train.capped_k(10, 64) == 10
+
+
+# -------------------------------------------------------------------------------------------------- the run
+
+
+def _dense_check(out: Path, data_dir, cfg: presets.LLMConfig, step: int) -> None:
+    """The recorded top eigenvalues, lambda_max, Tr(H) and test loss against independent float64 numbers."""
+    from jax.flatten_util import ravel_pytree
+
+    res = json.loads((out / "steps" / str(step) / "results.json").read_text())
+    r = train.build(cfg, data_dir=str(data_dir))
+    state, _ = train.load_params(r, Path(res["checkpoint"]).parent, step)
+    params = loop.full_params(state.params, r.fixed)
+    tokens = data_lib.load("shakespeare_char", data_dir=data_dir, block=cfg.block_size)
+
+    def windows(source, key, n):  # the fixed sample's starts, from the key's 64-bit draws
+        words = np.asarray(jax.random.bits(key, (n, 2), jnp.uint32)).astype(np.uint64)
+        starts = (((words[:, 0] << np.uint64(32)) | words[:, 1]) % np.uint64(source.tokens.size - cfg.block_size))
+        rows = np.stack([source.tokens[s:s + cfg.block_size + 1] for s in starts.astype(np.int64)]).astype(np.int32)
+        return rows[:, :-1], rows[:, 1:]
+
+    keys = keys_lib.run_keys(cfg.seed)
+    xe, ye = windows(tokens.eval, jax.random.fold_in(keys.data_options, 0), cfg.eval_sequences)
+    logits = np.asarray(nnx.merge(r.split.eval_def, state.params, r.fixed)(xe))
+    assert res["metrics"]["test_loss"] == pytest.approx(float(_numpy_ce(logits, ye).mean()), rel=1e-5)
+
+    xh, yh = windows(tokens.train, keys.hessian_sample, cfg.hessian_sequences)
+    pattern = res["setting"]["subset_pattern"]
+    names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    import hspec
+
+    selected, fixed, merge = hspec.select_parameters(params, pattern)
+    with jax.enable_x64():
+        sel64 = [np.asarray(a, np.float64) for a in selected]
+        flat, unravel = ravel_pytree(sel64)
+
+        def loss(v):
+            p = merge(unravel(v), fixed)
+            z = nnx.merge(r.split.eval_def, p)(xh).astype(jnp.float64)
+            return optax.softmax_cross_entropy_with_integer_labels(z, yh).mean()
+
+        h = np.asarray(jax.jit(jax.hessian(loss))(flat))
+    dense = np.linalg.eigvalsh(h)[::-1]
+    assert res["setting"]["subset_size"] == flat.size < len(names) * 10**6
+    eig = np.asarray(res["spectrum"]["eigenvalues"])
+    k = res["fit"]["k"]
+    # Pooled over 3 starts, each converged value appears once per start: the distinct ones are the top ones.
+    distinct = np.unique(np.round(eig / dense[0], 4))[::-1] * dense[0]
+    np.testing.assert_allclose(distinct, dense[: distinct.size], rtol=2e-3, atol=1e-5 * dense[0])
+    assert res["sharpness"]["lambda_max"] == pytest.approx(dense[0], rel=1e-4)
+    assert abs(res["sharpness"]["trace"] - np.trace(h)) <= 5 * res["sharpness"]["trace_stderr"] + 1e-3 * abs(np.trace(h))
+    assert len(eig) == k and res["spectrum"]["num_converged"] == k
+
+
+def test_tiny_run_measures_the_dense_hessian_and_resumes_bit_identically(data_dir, tmp_path, capsys):
+    # The measured subset is small enough for a dense float64 Hessian: the last block's ln_2 and c_proj.
+    cfg = tiny(subset="re:^h/1/(ln_2|attn/c_proj)/", k=12)
+    straight = train.run(cfg, tmp_path / "a", work=tmp_path / "wa", data_dir=str(data_dir), progress=False)
+    assert [r["step"] for r in straight["checkpoints"]] == [0, 2, 4]
+    # Killed after checkpoint 2 (its spectrum written), then resumed from it.
+    train.run(cfg, tmp_path / "b", work=tmp_path / "wb", data_dir=str(data_dir), progress=False, until=2)
+    assert ckpt.list_epochs(tmp_path / "wb" / "checkpoints") == [0, 2]
+    (tmp_path / "b" / "steps" / "2" / "results.json").unlink()  # as if killed before measuring step 2
+    resumed = train.run(cfg, tmp_path / "b", work=tmp_path / "wb", data_dir=str(data_dir), progress=False, resume=True)
+    digests = [ckpt.read_meta(ckpt.epoch_path(w / "checkpoints", 4))["digest"] for w in (tmp_path / "wa", tmp_path / "wb")]
+    assert digests[0] == digests[1]
+    untimed = lambda rows: [{k: v for k, v in r.items() if k != "measure_s"} for r in rows]  # noqa: E731
+    assert untimed(straight["checkpoints"]) == untimed(resumed["checkpoints"])
+    assert straight["correlations"] == resumed["correlations"]
+    assert ckpt.list_epochs(tmp_path / "wa" / "checkpoints") == [0, 2, 4]  # resume checkpoints 1, 3 pruned
+    metrics = [json.loads(ln) for ln in (tmp_path / "wb" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    res = json.loads((tmp_path / "a" / "steps" / "4" / "results.json").read_text())
+    s = res["setting"]
+    assert (s["model"], s["preset"], s["step"], s["tokens_per_step"], s["lr"], s["k"]) == (
+        "gpt2", "gpt2-nano-shakespeare-cpu", 4, 256, 6e-4, 12)
+    assert (s["hessian_sequences"], s["num_starts"], s["combine"], s["subset"]) == (8, 3, "pool", cfg.subset)
+    assert any(d.startswith("subset:") for d in s["departures"]) and res["keys"]["llm"]["dropout"]
+    tracking = json.loads((tmp_path / "a" / "tracking.json").read_text())
+    assert {"setting", "checkpoints", "correlations", "claims"} <= set(tracking)
+    assert all(isinstance(r["d_ks"], float) for r in tracking["checkpoints"])
+    assert (tmp_path / "a" / "tracking.png").is_file() and (tmp_path / "a" / "table.txt").is_file()
+    _dense_check(tmp_path / "a", data_dir, cfg, 4)
+
+
+# -------------------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_lists_presets_and_names_missing_inputs(tmp_path, capsys, data_dir):
+    assert cli.main(["--list-presets"]) == 0
+    listing = capsys.readouterr().out
+    assert all(name in listing for name in presets.PRESETS)
+    rc = cli.main(["--preset", "gpt2-small-finetune-shakespeare", "--out", str(tmp_path / "o")])
+    assert rc == 2 and "--weights DIR" in capsys.readouterr().err
+    rc = cli.main(["--preset", "gpt2-small-finetune-shakespeare", "--weights", str(tmp_path / "nope"),
+                   "--out", str(tmp_path / "o")])
+    assert rc == 2 and str(tmp_path / "nope" / "config.json") in capsys.readouterr().err
+    rc = cli.main(["--preset", "gpt2-small-openwebtext", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),
+                   "--work", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(tmp_path / "openwebtext" / "train.bin") in err and "prepare.py" in err
+    rc = cli.main(["--preset", "gpt2-nano-shakespeare", "--set", "subset=lora"])
+    assert rc == 2 and "lora_rank" in capsys.readouterr().err
