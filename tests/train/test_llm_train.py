@@ -241,9 +241,11 @@ def _dense_check(out: Path, data_dir, cfg: presets.LLMConfig, step: int) -> None
     """The recorded top eigenvalues, lambda_max, Tr(H) and test loss against independent float64 numbers."""
     from jax.flatten_util import ravel_pytree
 
-    res = json.loads((out / "steps" / str(step) / "results.json").read_text())
+    where = out / "steps" / str(step)
+    res = json.loads((where / "results.json").read_text())
+    assert not Path(res["checkpoint"]).is_absolute() and res["data"]["source"] == "<data_dir>/tinyshakespeare/input.txt"
     r = train.build(cfg, data_dir=str(data_dir))
-    state, _ = train.load_params(r, Path(res["checkpoint"]).parent, step)
+    state, _ = train.load_params(r, (where / res["checkpoint"]).parent, step)
     params = loop.full_params(state.params, r.fixed)
     tokens = data_lib.load("shakespeare_char", data_dir=data_dir, block=cfg.block_size)
 

@@ -105,6 +105,16 @@ def _tokenizer(cfg: LLMConfig, weights: Path | None):
     return None
 
 
+def _without_root(info: Any, data_dir: str | None) -> Any:
+    """The data record with the data root written as <data_dir> (committed results carry no machine paths)."""
+    from train.data import resolve_data_dir
+
+    root = str(resolve_data_dir(data_dir).absolute())
+    if isinstance(info, dict):
+        return {k: _without_root(v, data_dir) for k, v in info.items()}
+    return info.replace(root, "<data_dir>") if isinstance(info, str) else info
+
+
 def _arch_fields(model_cfg: Any) -> dict[str, Any]:
     """The built architecture as flat fields for the setting."""
     return {k: v for k, v in dataclasses.asdict(model_cfg).items()}
@@ -211,6 +221,7 @@ def build(cfg: LLMConfig, *, weights: str | os.PathLike | None = None, data_dir:
     vocab = dict(cfg.model_overrides).get("vocab_size")
     data = data_lib.load(cfg.dataset, data_dir=data_dir, block=cfg.block_size, tokenizer=tokenizer,
                          train_split=cfg.train_split, eval_split=cfg.eval_split, vocab_size=vocab)
+    data = dataclasses.replace(data, info=_without_root(data.info, data_dir))
     keys = keys_lib.run_keys(cfg.seed)
     model, mcfg = build_model(cfg, data.vocab_size, keys.init, weights_dir)
     if getattr(mcfg, "vocab_size", data.vocab_size) < data.vocab_size:
@@ -223,7 +234,8 @@ def build(cfg: LLMConfig, *, weights: str | os.PathLike | None = None, data_dir:
     hessian = data_lib.fixed_batches(data.train, keys.hessian_sample, cfg.hessian_sequences, cfg.hessian_batch)
     held_out = data_lib.fixed_batches(data.eval, jax.random.fold_in(keys.data_options, data_lib.EVAL_TAG),
                                       cfg.eval_sequences, cfg.eval_batch)
-    info = {"arch": _arch_fields(mcfg), "arch_config": mcfg, "weights": None if weights_dir is None else str(weights_dir)}
+    # The weights directory's name only: committed results carry no machine paths.
+    info = {"arch": _arch_fields(mcfg), "arch_config": mcfg, "weights": None if weights_dir is None else weights_dir.name}
     return Run(cfg, data, info, split, state, fixed, keys, _place_batches(hessian, mesh), _place_batches(held_out, mesh),
                mesh, optim)
 
@@ -264,7 +276,7 @@ def measure_state(r: Run, trained: Any, step: int, *, train_loss: float | None, 
         trained: the trained parameters at this step (the fixed ones are the run's).
         step: the optimiser steps taken.
         train_loss: mean training loss of the last steps before it (None at step 0).
-        checkpoint: the checkpoint measured, recorded.
+        checkpoint: the checkpoint measured (relative to the results file), recorded.
         progress: Lanczos progress bar.
 
     Returns:
@@ -424,9 +436,10 @@ def _results_path(out: Path, step: int) -> Path:
 def _measure_and_write(r: Run, out: Path, ckpt_dir: Path, step: int, trained: Any, work: Path,
                        progress: bool) -> record.SpectrumResult:
     """Measure one checkpoint, write its results.json and rank plot, and print one line."""
-    path = ckpt.epoch_path(ckpt_dir, step)
+    # Relative to the results file: committed results carry no machine paths.
+    where = os.path.relpath(ckpt.epoch_path(ckpt_dir, step).absolute(), _results_path(out, step).parent.absolute())
     result = measure_state(r, trained, step, train_loss=_recent_train_loss(work / METRICS, step),
-                           checkpoint=str(path), progress=progress)
+                           checkpoint=where, progress=progress)
     if jax.process_index() == 0:
         record.save(result, _results_path(out, step))
         record.plot(result, _results_path(out, step).with_name("spectrum.png"), title=f"step {step}: {result.verdict}")
