@@ -32,7 +32,7 @@ MODELS = ("lenet5", "fcn", "resnet18", "linear")
 # Which config fields each model reads; a field set for a model that ignores it is an error, so that
 # an override never silently does nothing.
 MODEL_FIELDS = {
-    "lenet5": (),
+    "lenet5": ("conv1_padding", "pooling"),
     "resnet18": (),
     "fcn": ("depth", "width", "activation"),
     "linear": ("depth", "width", "activation", "batchnorm"),
@@ -65,6 +65,8 @@ class Config:
     width: int | None = None  # hidden width (fcn, linear)
     activation: str | None = None  # fcn: None means "relu"; linear: None (plain) or "relu"
     batchnorm: bool = False  # linear only
+    conv1_padding: int | None = None  # lenet5: None gives 2 on 28x28 inputs (the paper's form), else 0
+    pooling: str | None = None  # lenet5: None or "max" (the paper's form), "avg" (a sensitivity variant)
     # optimisation
     optimizer: str = "sgd"
     learning_rate: float | None = None  # None: the paper's rate, train.optim.paper_learning_rate
@@ -293,7 +295,8 @@ def _validate_model(cfg: Config) -> None:
     """Checks of the model fields: known model, and only the fields that model reads."""
     _require(cfg.model in MODELS, f"unknown model {cfg.model!r}; valid: {', '.join(MODELS)}")
     used = MODEL_FIELDS[cfg.model]
-    for name, unset in (("depth", None), ("width", None), ("activation", None), ("batchnorm", False)):
+    for name, unset in (("depth", None), ("width", None), ("activation", None), ("batchnorm", False),
+                        ("conv1_padding", None), ("pooling", None)):
         if name not in used:
             _require(getattr(cfg, name) == unset,
                      f"{name}={getattr(cfg, name)!r} is not used by model {cfg.model!r} "
@@ -305,6 +308,9 @@ def _validate_model(cfg: Config) -> None:
         _require(cfg.dataset != "avila", f"model {cfg.model!r} needs image data; avila is tabular (use fcn)")
     if cfg.model == "resnet18":
         _require(cfg.dataset in ("cifar10", "cifar100"), "resnet18 is the CIFAR ResNet; use cifar10/cifar100")
+    _require(cfg.pooling in (None, "max", "avg"), f"pooling must be 'max' or 'avg' (or none), got {cfg.pooling!r}")
+    _require(cfg.conv1_padding is None or cfg.conv1_padding >= 0,
+             f"conv1_padding must be >= 0 (or none), got {cfg.conv1_padding}")
 
 
 def _validate_optim(cfg: Config) -> None:
@@ -427,9 +433,11 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
         cfg: a resolved configuration.
 
     Returns:
-        The subset of depth/width/activation/batchnorm that the model reads.
+        The subset of depth/width/activation/batchnorm/conv1_padding/pooling that the model reads.
     """
-    return {name: getattr(cfg, name) for name in MODEL_FIELDS[cfg.model]}
+    # For the LeNet options None means "the model's own default" (the paper's form): not passed on.
+    return {name: getattr(cfg, name) for name in MODEL_FIELDS[cfg.model]
+            if not (name in ("conv1_padding", "pooling") and getattr(cfg, name) is None)}
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -280,6 +280,7 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
     "fcn-width": (Claim("The structure needs enough capacity (width).", rule_capacity,
                         "in increasing width the verdict changes once, from none to power law"),),
     "linear": (_TRAINED,),
+    "lenet-variants": (_TRAINED,),
     sweep.CONTROLS: (Claim("Randomly initialised networks do not show a power law.", rule_controls,
                            "no control is a power law"),),
     "seeds": (Claim(PL_CLAIM, rule_baseline_seeds, "all 3 seeds of the baseline are power laws and none of "
@@ -296,6 +297,8 @@ _NOTES = {
                      "CIFAR-10 is not run. These runs use the CIFAR-10 subset (4,000 training / 1,000 test images).",
     "resnet18": "ResNet18 trains on the CIFAR-10 subset (4,000 training / 1,000 test images), K = 50.",
     "seeds": "Seed 0 of each series is the run of the group named in its row.",
+    "lenet-variants": "The paper gives no LeNet layers; `paper-form` is the reference run (padding 2 on 28x28 "
+                      "inputs, max pooling, METHOD.md §5). The variants test how much that unstated choice matters.",
 }
 
 
@@ -651,10 +654,8 @@ def sensitivity_section(results: Path) -> str:
             parts.append("The paper's procedure: the Ritz values of one Lanczos run of m steps, taken without a "
                          "convergence check (what PyHessian's density() returns), against the converged top K.\n\n"
                          + "\n".join(lines))
-    variants = ("LeNet variants: `train/models/lenet.py`'s LeNet5 takes `conv1_padding` (an architecture choice) and "
-                "`init` (\"torch\" or \"flax\"), and two implementations of the same convolution and max pooling; "
-                "it has no pooling-type option. No config field reaches them (`MODEL_FIELDS['lenet5']` is empty), so "
-                "no LeNet variant is trained or studied here.")
+    variants = ("LeNet variants (the paper gives no layers): the `lenet-variants` group trains the variants "
+                "without the first convolution's padding and with average pooling beside the paper's form.")
     body = "\n\n".join(parts) if parts else "Not run yet (`python -m train sensitivity --run <run directory>`)."
     return body + "\n\n" + variants
 

@@ -84,7 +84,8 @@ PUBLISHED_FILES = (rundir.RESULTS, rundir.CONFIG, rundir.METRICS, rundir.PLOT, r
 SPECTRUM_FILES = (rundir.RESULTS, rundir.PLOT)
 # A random-initialisation control is a function of these fields only: the initial network (data, model,
 # seed) and the Hessian sample (training-set options, sample size) and how its spectrum is measured.
-CONTROL_FIELDS = ("dataset", "model", "depth", "width", "activation", "batchnorm", "seed", "train_size",
+CONTROL_FIELDS = ("dataset", "model", "depth", "width", "activation", "batchnorm", "conv1_padding", "pooling", "seed",
+                  "train_size",
                   "label_noise", "random_labels", "gaussian_inputs", "hessian_samples", "k", "lanczos_steps",
                   "max_lanczos_steps", "hessian_batch_size", "trace_samples")
 ADAM_FAMILY = ("adam", "amsgrad", "adabound", "yogi", "radam", "diffgrad")
@@ -167,6 +168,10 @@ def _build_groups() -> dict[str, Group]:
         Group("linear", "linear networks on MNIST, with or without ReLU and BatchNorm", None,
               tuple(SweepRun(n.removeprefix("linear-mnist-") if n != "linear-mnist" else "linear", n)
                     for n in ("linear-mnist", "linear-mnist-relu", "linear-mnist-bn", "linear-mnist-relu-bn"))),
+        Group("lenet-variants", "LeNet-5 on MNIST with SGD in the layer variants the paper leaves open: padding "
+              "of the first convolution, max or average pooling", None,
+              (SweepRun("paper-form", "lenet-mnist-sgd", same_as=REFERENCE),
+               SweepRun("nopad", "lenet-mnist-sgd-nopad"), SweepRun("avgpool", "lenet-mnist-sgd-avgpool"))),
         Group(CONTROLS, "the random-initialisation control of every run above and below, once per distinct "
               "network and Hessian sample (no training)", None, ()),
         Group("seeds", "seeds 0, 1, 2 of the reference run and of batch sizes 640 and 768 (error bars)", "seed",

@@ -276,3 +276,22 @@ def test_one_sgd_step_reduces_the_loss(name, shape, kwargs, request):
     decrease = float(value - jax.jit(loss)(new))
     # First order: the decrease is about lr |g|^2; demand at least half of it.
     assert decrease > 0.5 * lr * gnorm**2 > 0
+
+
+def test_lenet_variants_padding_and_average_pooling():
+    """The variants the paper leaves open: no padding gives FINDINGS.md's 44,426 parameters; average pooling
+    equals a numpy mean over 2x2 windows of the same activations."""
+    from train.models.layers import avg_pool2d
+
+    nopad = models.build("lenet5", num_classes=10, input_shape=(28, 28, 1), rngs=nnx.Rngs(0), conv1_padding=0)
+    assert models.count_params(nopad) == 44_426
+    x = np.asarray(jax.random.normal(jax.random.key(1), (2, 6, 7, 3)), np.float32)
+    want = x[:, :6, :6].reshape(2, 3, 2, 3, 2, 3).mean(axis=(2, 4))
+    np.testing.assert_allclose(avg_pool2d(x, 2), want, rtol=1e-6)
+    avg = models.build("lenet5", num_classes=10, input_shape=(28, 28, 1), rngs=nnx.Rngs(0), pooling="avg")
+    mx = models.build("lenet5", num_classes=10, input_shape=(28, 28, 1), rngs=nnx.Rngs(0))
+    images = np.asarray(jax.random.normal(jax.random.key(2), (2, 28, 28, 1)), np.float32)
+    assert models.count_params(avg) == models.count_params(mx) == 61_706
+    assert not np.allclose(avg(images), mx(images))  # same weights, another pooling
+    with pytest.raises(ValueError, match="pooling must be 'max' or 'avg'"):
+        models.build("lenet5", num_classes=10, input_shape=(28, 28, 1), rngs=nnx.Rngs(0), pooling="min")

@@ -36,10 +36,12 @@ def _nearest(x: float) -> int:
     return int(math.floor(x + 0.5))
 
 
-def _lenet_params(shape, classes) -> int:
+def _lenet_params(shape, classes, pad=None) -> int:
     """LeNet-5 (METHOD.md §5): conv5x5(6, pad 2 on 28x28) - pool - conv5x5(16) - pool - 120 - 84 - classes."""
     c = shape[2]
-    flat = 16 * 5 * 5  # 28x28 padded -> 28 -> 14 -> 10 -> 5; 32x32 unpadded -> 28 -> 14 -> 10 -> 5
+    pad = (2 if shape[0] == 28 else 0) if pad is None else pad
+    side = ((shape[0] + 2 * pad - 4) // 2 - 4) // 2  # 28 padded or 32: 28 -> 14 -> 10 -> 5; 28 unpadded: 4
+    flat = 16 * side * side
     return (5 * 5 * c * 6 + 6) + (5 * 5 * 6 * 16 + 16) + (flat * 120 + 120) + (120 * 84 + 84) + (84 * classes + classes)
 
 
@@ -66,6 +68,10 @@ def expected(name: str) -> dict:
     if m := re.fullmatch(r"lenet-mnist-n(\d+)", name):
         n = int(m.group(1))
         return dict(lenet_sgd, train_size=n, hessian_samples=min(n, 1000))
+    if name == "lenet-mnist-sgd-nopad":
+        return dict(lenet_sgd, conv1_padding=0)
+    if name == "lenet-mnist-sgd-avgpool":
+        return dict(lenet_sgd, pooling="avg")
     if m := re.fullmatch(r"lenet-mnist-noise(\d+)", name):
         return dict(lenet_sgd, label_noise=int(m.group(1)) / 100)
     if name == "lenet-mnist-random-labels":
@@ -95,7 +101,7 @@ def expected_params(cfg: C.Config) -> int:
     shape, classes = SHAPES[cfg.dataset]
     inputs = int(np.prod(shape))
     if cfg.model == "lenet5":
-        return _lenet_params(shape, classes)
+        return _lenet_params(shape, classes, cfg.conv1_padding)  # pooling has no parameters
     if cfg.model in ("fcn", "linear"):
         bn = 2 * cfg.width * cfg.depth if cfg.batchnorm else 0  # scale and bias per hidden unit
         return _mlp_params(inputs, cfg.depth, cfg.width, classes) + bn

@@ -323,6 +323,24 @@ def max_pool2d(x: jax.Array, window: int = 2, *, impl: str = "reduce_window") ->
     return jnp.max(x.reshape(n, ho, window, wo, window, c), axis=(2, 4))
 
 
+def avg_pool2d(x: jax.Array, window: int = 2) -> jax.Array:
+    """Non-overlapping average pooling (stride = window, VALID) of NHWC inputs, like PyTorch's AvgPool2d(k).
+
+    Args:
+      x: (N, H, W, C).
+      window: the pooling size k; trailing rows/columns that do not fill a window are dropped.
+
+    Returns:
+      (N, H // k, W // k, C).
+    """
+    n, h, w, c = x.shape
+    ho, wo = h // window, w // window
+    if ho < 1 or wo < 1:
+        raise ValueError(f"pooling window {window} is larger than the input {h}x{w}")
+    x = x[:, : ho * window, : wo * window, :]
+    return jnp.mean(x.reshape(n, ho, window, wo, window, c), axis=(2, 4))
+
+
 def torch_kernel_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
     """PyTorch's default Linear/Conv2d weight init, kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import jax
 from flax import nnx
 
-from train.models.layers import Conv2D, dense, max_pool2d, resolve_pool_impl
+from train.models.layers import Conv2D, avg_pool2d, dense, max_pool2d, resolve_pool_impl
 
 
 def _conv1_padding(height: int, width: int) -> int:
@@ -29,6 +29,7 @@ class LeNet5(nnx.Module):
         num_classes: int = 10,
         input_shape: Sequence[int] = (28, 28, 1),
         conv1_padding: int | None = None,
+        pooling: str = "max",
         conv_impl: str = "auto",
         pool_impl: str = "auto",
         init: str = "torch",
@@ -40,6 +41,8 @@ class LeNet5(nnx.Module):
           num_classes: width of the last layer.
           input_shape: (H, W, C) of one image.
           conv1_padding: zero padding of the first convolution; None picks 2 on 28x28, else 0.
+          pooling: "max" (the common modern form, METHOD.md §5) or "avg" (LeCun 1998's subsampling, without
+            its trainable coefficients): the paper gives no layers, so the variant is a sensitivity option.
           conv_impl: "xla", "slices", "banded" or "auto" (see train.models.layers).
           pool_impl: "reduce_window", "reshape" or "auto".
           init: "torch" (PyTorch's default init, as the paper's code) or "flax".
@@ -58,12 +61,18 @@ class LeNet5(nnx.Module):
         self.fc1 = dense(16 * h2 * w2, 120, init=init, rngs=rngs)
         self.fc2 = dense(120, 84, init=init, rngs=rngs)
         self.fc3 = dense(84, num_classes, init=init, rngs=rngs)
+        if pooling not in ("max", "avg"):
+            raise ValueError(f"pooling must be 'max' or 'avg', got {pooling!r}")
+        self.pooling = pooling
         self.pool_impl = resolve_pool_impl(pool_impl)
+
+    def _pool(self, x: jax.Array) -> jax.Array:
+        return max_pool2d(x, 2, impl=self.pool_impl) if self.pooling == "max" else avg_pool2d(x, 2)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits (N, num_classes) of NHWC images (N, H, W, C)."""
-        x = max_pool2d(jax.nn.relu(self.conv1(x)), 2, impl=self.pool_impl)
-        x = max_pool2d(jax.nn.relu(self.conv2(x)), 2, impl=self.pool_impl)
+        x = self._pool(jax.nn.relu(self.conv1(x)))
+        x = self._pool(jax.nn.relu(self.conv2(x)))
         x = x.reshape(x.shape[0], -1)
         x = jax.nn.relu(self.fc1(x))
         x = jax.nn.relu(self.fc2(x))
