@@ -337,3 +337,113 @@ def test_cli_lists_presets_and_names_missing_inputs(tmp_path, capsys, data_dir):
     assert rc == 2 and str(tmp_path / "openwebtext" / "train.bin") in err and "prepare.py" in err
     rc = cli.main(["--preset", "gpt2-nano-shakespeare", "--set", "subset=lora"])
     assert rc == 2 and "lora_rank" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------------------- pre-trained presets
+
+
+def _export(model: nnx.Module, layout) -> dict[str, np.ndarray]:
+    """Our model's parameters under their HF names (the inverse of train.llm.weights' loading)."""
+    pure = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    out = {}
+    for hf, path, transpose in layout:
+        node = pure
+        for key in path:
+            node = node[key]
+        a = np.asarray(node, np.float32)
+        out[hf] = a.T if transpose else a
+    return out
+
+
+def _write_hf(directory: Path, config: dict, tensors: dict) -> Path:
+    from train.llm import weights
+
+    directory.mkdir(parents=True)
+    (directory / "config.json").write_text(json.dumps(config))
+    weights.save_safetensors(directory / "model.safetensors", tensors)
+    return directory
+
+
+SMALL_RUN = ["--no-progress", "--set", "steps=2", "--set", "checkpoint_steps=0,2", "--set", "warmup_steps=1",
+             "--set", "micro_batch=2", "--set", "grad_accum=2", "--set", "k=6", "--set", "lanczos_steps=30",
+             "--set", "hessian_sequences=4", "--set", "hessian_batch=2", "--set", "eval_sequences=4",
+             "--set", "eval_batch=2", "--set", "trace_samples=2", "--set", "save_every=0"]
+
+
+def test_gpt2_finetune_preset_loads_weights_and_runs(tmp_path, data_dir, capsys):
+    from train.llm import tokenizers, weights
+
+    hf = {"n_layer": 2, "n_head": 2, "n_embd": 32, "n_positions": 64, "vocab_size": 50257, "layer_norm_epsilon": 1e-5,
+          "activation_function": "gelu_new"}
+    cfg = weights.gpt2_config_from_hf(hf)
+    tensors = _export(gpt2.GPT2(cfg, rngs=nnx.Rngs(5)), weights.gpt2_layout(cfg))
+    ckpt_dir = _write_hf(tmp_path / "gpt2", hf, tensors)
+    text = (Path(data_dir) / "tinyshakespeare" / "input.txt").read_text()[:12000]
+    (tmp_path / "data" / "tinyshakespeare").mkdir(parents=True)
+    (tmp_path / "data" / "tinyshakespeare" / "input.txt").write_text(text)
+    out, work = tmp_path / "out", tmp_path / "work"
+    rc = cli.main(["--preset", "gpt2-small-finetune-shakespeare", "--weights", str(ckpt_dir), "--data-dir",
+                   str(tmp_path / "data"), "--out", str(out), "--work", str(work), "--set", "block_size=32",
+                   "--set", "remat=false", *SMALL_RUN])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    assert "test loss" in printed.out and "lambda_max" in printed.out
+    res = json.loads((out / "steps" / "2" / "results.json").read_text())
+    s = res["setting"]
+    assert (s["pretrained"], s["weights"], s["dataset"], s["schedule"], s["tokens_per_step"]) == (
+        True, "gpt2", "shakespeare_gpt2", "cosine", 128)
+    assert s["subset_pattern"] == "^h/1/" and s["arch_vocab_size"] == 50257 and s["arch_gelu"] == "tanh"
+    bpe = tokenizers.GPT2BPE.from_package()
+    assert res["data"]["train_tokens"] == len(bpe.encode(text[:10800]))  # 90% of the characters, then BPE
+    # Step 0 is the checkpoint's weights, unchanged.
+    r = train.build(presets.apply_overrides(presets.get("gpt2-small-finetune-shakespeare"),
+                                            {"block_size": "32", "remat": "false"}),
+                    weights=ckpt_dir, data_dir=str(tmp_path / "data"))
+    state, _ = train.load_params(r, work / "checkpoints", 0)
+    np.testing.assert_array_equal(np.asarray(state.params["wte"]["embedding"][...]), tensors["transformer.wte.weight"])
+    lrs = [json.loads(ln)["lr"] for ln in (work / "metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([_nanogpt_lr(t, 1e-5, 1e-6, 1, 2) for t in (0, 1)], rel=1e-5)
+
+
+def test_tinyllama_lora_preset_trains_adapters_on_mathqa(tmp_path, data_dir, capsys):
+    import sentencepiece as spm
+
+    from train.llm import weights
+    from train.models import llama
+
+    mathqa = tmp_path / "data" / "mathqa"
+    mathqa.mkdir(parents=True)
+    dev = json.loads((Path(data_dir) / "mathqa" / "dev.json").read_text())[:24]
+    test = json.loads((Path(data_dir) / "mathqa" / "test.json").read_text())[:8]
+    (mathqa / "dev.json").write_text(json.dumps(dev)), (mathqa / "test.json").write_text(json.dumps(test))
+    lines = [e["Problem"] + " " + e["Rationale"] + " " + e["options"] for e in dev]
+    model_dir = tmp_path / "llama"
+    hf = {"vocab_size": 120, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 512, "rms_norm_eps": 1e-5,
+          "rope_theta": 10000.0, "hidden_act": "silu", "tie_word_embeddings": False}
+    cfg = weights.llama_config_from_hf(hf)
+    _write_hf(model_dir, hf, _export(llama.Llama(cfg, rngs=nnx.Rngs(6)), weights.llama_layout(cfg)))
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(model_dir / "tokenizer"),
+                                   vocab_size=120, model_type="bpe", minloglevel=2)
+    out, work = tmp_path / "out", tmp_path / "work"
+    rc = cli.main(["--preset", "tinyllama-lora-mathqa", "--weights", str(model_dir), "--data-dir",
+                   str(tmp_path / "data"), "--out", str(out), "--work", str(work), "--set", "block_size=256",
+                   "--set", "train_split=dev", *SMALL_RUN])
+    assert rc == 0, capsys.readouterr().err
+    res = json.loads((out / "steps" / "2" / "results.json").read_text())
+    s = res["setting"]
+    # Every adapter: r * (in + out) for q_proj (32 -> 32) and v_proj (32 -> 16, 2 key/value heads), 2 layers.
+    assert s["subset"] == "lora" and s["subset_size"] == res["num_params"] == 2 * 16 * ((32 + 32) + (32 + 16))
+    assert (s["lora_rank"], s["lora_alpha"], s["lora_dropout"], s["eval_split"], s["train_split"]) == (
+        16, 32.0, 0.1, "test", "dev")
+    # Examples whose [BOS] + prompt fills the 256-token block have no answer target: left out, and counted.
+    sp = spm.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
+    kept = sum(1 + len(sp.encode(data_lib.format_mathqa(e)[0])) <= 256 for e in dev)
+    assert res["data"]["train_examples"] == kept and res["data"]["left_out_no_answer_in_block"]["train"] == 24 - kept
+    assert res["data"]["source"]["train"] == "<data_dir>/mathqa/dev.json"
+    meta = ckpt.read_meta(work / "checkpoints" / "epoch_00002")
+    assert meta["paths"] and all("lora_" in p or "count" in p or "mu" in p or "nu" in p or "opt_state" in p
+                                 for p in meta["paths"])
+    assert not any("base" in p for p in meta["paths"])  # the frozen base is never checkpointed or trained
+    tracking = json.loads((out / "tracking.json").read_text())
+    assert [r["step"] for r in tracking["checkpoints"]] == [0, 2]

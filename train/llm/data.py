@@ -292,22 +292,33 @@ def mathqa_examples(data_dir, split: str) -> tuple[list[dict], str]:
         "or prepare tfds's math_qa once (needs TensorFlow), or pass --data-dir")
 
 
-def encode_mathqa(examples: list[dict], tokenizer, block: int) -> Examples:
-    """Every example encoded with `encode_example`, stacked."""
+def encode_mathqa(examples: list[dict], tokenizer, block: int) -> tuple[Examples, int]:
+    """The examples encoded with `encode_example` and stacked, leaving out those whose prompt fills the block.
+
+    An example whose answer starts beyond the block has no target with weight: it would add nothing to the
+    loss but count in a batch. The number left out is returned (and recorded).
+
+    Raises:
+        ValueError: no example has an answer token within the block.
+    """
     rows = [encode_example(*format_mathqa(e), tokenizer, block) for e in examples]
-    x, y, w = (np.stack(col) for col in zip(*rows))
-    return Examples(x, y, w)
+    kept = [row for row in rows if row[2].any()]
+    if not kept:
+        raise ValueError(f"block_size={block}: no MathQA prompt leaves room for its answer; raise block_size")
+    x, y, w = (np.stack(col) for col in zip(*kept))
+    return Examples(x, y, w), len(rows) - len(kept)
 
 
 def load_mathqa(data_dir, block: int, tokenizer, train_split: str, eval_split: str) -> LMData:
     """MathQA as prompt/answer sequences for LoRA fine-tuning (SentencePiece tokenizer with BOS/EOS)."""
     train_ex, train_src = mathqa_examples(data_dir, train_split)
     eval_ex, eval_src = mathqa_examples(data_dir, eval_split)
-    train, held = encode_mathqa(train_ex, tokenizer, block), encode_mathqa(eval_ex, tokenizer, block)
+    (train, train_out), (held, held_out) = encode_mathqa(train_ex, tokenizer, block), encode_mathqa(eval_ex, tokenizer, block)
     truncated = int(np.sum(train.w[:, -1] > 0))
-    info = {"dataset": "mathqa", "source": {"train": train_src, "eval": eval_src}, "train_examples": len(train_ex),
-            "eval_examples": len(eval_ex), "tokenizer": "sentencepiece", "format": "Question/Options/Answer; "
-            "loss on the rationale, the letter and EOS", "train_truncated_at_block": truncated}
+    info = {"dataset": "mathqa", "source": {"train": train_src, "eval": eval_src}, "train_examples": train.size,
+            "eval_examples": held.size, "tokenizer": "sentencepiece", "format": "Question/Options/Answer; "
+            "loss on the rationale, the letter and EOS", "train_truncated_at_block": truncated,
+            "left_out_no_answer_in_block": {"train": train_out, "eval": held_out}}
     return LMData(train, held, int(tokenizer.vocab_size), info)
 
 
