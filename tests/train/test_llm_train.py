@@ -211,8 +211,10 @@ def test_presets_build_and_state_their_departures():
     assert nano.checkpoint_steps == (0, 50, 100, 200, 500, 1000) and presets.departures(
         nano, {"n_layer": 6, "n_head": 6, "n_embd": 384}) == []
     cpu = presets.get("gpt2-nano-shakespeare-cpu")
-    lines = presets.departures(cpu, {"n_layer": 4, "n_head": 4, "n_embd": 128})
-    assert any(line.startswith("k: 200") for line in lines) and any("tokens_per_step: 4096" in ln for ln in lines)
+    lines = presets.departures(cpu, {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0})
+    for want in ("k: 200 (paper 1000)", "tokens_per_step: 4096 (paper 65536)", "block_size: 64 (paper 256)",
+                 "n_embd: 128 (paper 384)", "hessian_sequences: 32 (paper 256)", "steps: 600 (paper 1000)"):
+        assert want in lines
     assert presets.get("gpt2-medium-finetune-shakespeare").tokens_per_step == 32768
     assert presets.get("gpt2-large-openwebtext").tokens_per_step == 65536
     lora_cfg = presets.get("tinyllama-lora-mathqa")

@@ -10,8 +10,9 @@ Results go to --out (default results/llm/<preset>): steps/<step>/results.json, t
 and table.txt; checkpoints and metrics to --work (default runs/llm/<name of --out>). `--resume` continues
 from the newest checkpoint, bit-identically, and measures any checkpoint left unmeasured. `--set` changes
 any field (see --show-config), `--set model.n_layer=2` an architecture field. `--distributed` calls
-jax.distributed.initialize() first (coordinator, process count and id from the environment, e.g. SLURM or
-JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID): run the same command on every host.
+jax.distributed.initialize() first (coordinator, process count and id from the environment: SLURM, Open MPI
+and Kubernetes are detected, else JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID): run the
+same command on every host.
 
 Exit status: 0 success, 2 bad input (config, data, weights, output directory, checkpoint), 3 non-finite
 loss, 4 spectrum not converged (resume with a larger --set max_lanczos_steps=...).
@@ -102,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace, cfg: presets.LLMConfig) -> int:
     """Train and measure; print the table."""
     if args.distributed:
-        import jax
-
-        jax.distributed.initialize()
+        initialize_distributed()
     from train.llm import track, train
 
     out = Path(args.out or os.path.join("results", "llm", cfg.preset))
@@ -115,6 +114,19 @@ def _run(args: argparse.Namespace, cfg: presets.LLMConfig) -> int:
     print(track.table(tracking))
     print(f"tracking: {out / 'tracking.json'} and {out / 'tracking.png'}; checkpoints in {work / 'checkpoints'}")
     return 0
+
+
+def initialize_distributed() -> None:
+    """jax.distributed.initialize() from the environment, before anything touches a device.
+
+    JAX itself reads JAX_COORDINATOR_ADDRESS and detects SLURM, Open MPI and Kubernetes jobs; on other
+    launchers set JAX_NUM_PROCESSES and JAX_PROCESS_ID too, which are passed on here.
+    """
+    import jax
+
+    kwargs = {name: int(os.environ[env]) for name, env in (("num_processes", "JAX_NUM_PROCESSES"),
+                                                            ("process_id", "JAX_PROCESS_ID")) if env in os.environ}
+    jax.distributed.initialize(**kwargs)
 
 
 def exit_status(err: Exception) -> int | None:

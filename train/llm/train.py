@@ -494,7 +494,7 @@ def run(cfg: LLMConfig, out: str | os.PathLike, *, work: str | os.PathLike | Non
         start = _train_to(r, start, c, ckpt_dir, work, progress)
         _measure_and_write(r, out, ckpt_dir, c, r.state.params, work, progress)
         _write_tracking(r, out)
-        if not cfg.keep_checkpoints:
+        if not cfg.keep_checkpoints and jax.process_index() == 0:
             ckpt.prune(ckpt_dir, keep_last=1)
         if until is not None and c >= until:
             break
@@ -506,7 +506,8 @@ def _restore_or_start(r: Run, ckpt_dir: Path, work: Path, resume: bool) -> int:
     if resume:
         step = ckpt.list_epochs(ckpt_dir)[-1]
         r.state, _ = load_params(r, ckpt_dir, step)
-        _trim_metrics(work / METRICS, step)
+        if jax.process_index() == 0:
+            _trim_metrics(work / METRICS, step)
         print(f"resumed from {ckpt.epoch_path(ckpt_dir, step)} (step {step})", flush=True)
         return step
     save_checkpoint(r, ckpt_dir, 0)
@@ -538,6 +539,7 @@ def _train_to(r: Run, start: int, stop: int, ckpt_dir: Path, work: Path, progres
         save_checkpoint(r, ckpt_dir, mark)
         # Resume checkpoints between measured steps: keep only the newest of them.
         keep = set(r.cfg.checkpoint_steps) if r.cfg.keep_checkpoints else set()
-        ckpt.prune(ckpt_dir, keep_last=1, keep=keep)
+        if jax.process_index() == 0:  # one process deletes; the others never read old checkpoints
+            ckpt.prune(ckpt_dir, keep_last=1, keep=keep)
         start = mark
     return stop
