@@ -17,7 +17,8 @@ from train.llm import track
 K = 50
 
 
-def _record(step: int, eigenvalues: np.ndarray, test_loss: float, lambda_max: float, trace: float) -> record.SpectrumResult:
+def _record(step: int, eigenvalues: np.ndarray, test_loss: float, lambda_max: float,
+            trace: float) -> record.SpectrumResult:
     """A SpectrumResult as the pipeline writes it, from a prescribed spectrum."""
     verdict = hspec.power_law_verdict(eigenvalues, K)
     return record.SpectrumResult(
@@ -89,6 +90,9 @@ def test_correlations_equal_the_hand_formulas_over_every_checkpoint(tracking):
         assert c["pearson"] == pytest.approx(_pearson(values, LOSSES), abs=1e-12)
         assert c["kendall"] == pytest.approx(_kendall_tau_a(values, LOSSES), abs=1e-12)
         assert 0 <= c["pearson_p"] <= 1 and 0 <= c["kendall_p"] <= 1
+        trained = tracking["correlations_after_init"][m]  # the second view leaves out step 0
+        assert trained["n"] == len(STEPS) - 1
+        assert trained["pearson"] == pytest.approx(_pearson(values[1:], LOSSES[1:]), abs=1e-12)
 
 
 def test_claims_are_decided_on_the_numbers(tracking):

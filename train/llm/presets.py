@@ -208,7 +208,7 @@ def _openwebtext(size: str) -> LLMConfig:
                      remat=size != "small", dataset="openwebtext", block_size=1024, micro_batch=16, grad_accum=4,
                      steps=10000, learning_rate=6e-4, min_lr=6e-5, warmup_steps=2000, schedule="cosine",
                      checkpoint_steps=(0, 500, 1000, 2000, 5000, 10000), save_every=500,
-                     description=f"GPT-2 {size} from scratch on OpenWebText ({{data}}/openwebtext/train.bin), "
+                     description=f"GPT-2 {size} from scratch on OpenWebText (<data_dir>/openwebtext/train.bin), "
                                  "65,536 tokens/step, lr 6e-4, 2000 warm-up, cosine to 6e-5, 10k steps (steps "
                                  "not stated by the paper); GPU")
 

@@ -8,7 +8,8 @@ loss, Pearson r above 0.9, while lambda_max and Tr(H) do not; no power law at in
                       "d_crit", "k", "num_positive", "num_converged", "d_ks_positive_only", "verdict", ...}],
      "correlations": {"d_ks": {"pearson", "pearson_p", "kendall", "kendall_p", "n"}, "s": ..., ...},
      "claims": {"d_ks_falls": ..., "no_power_law_at_init": ..., "power_law_at_end": ...,
-                "d_ks_tracks_test_loss": ..., ...}}
+                "d_ks_tracks_test_loss": ..., ...},
+     "correlations_after_init": {...}}   (a second view: the same without step 0)
 
 Every checkpoint has a numeric d_KS: when non-positive eigenvalues lie among the top K the fit over all K
 is undefined (METHOD.md section 3), and the row takes the fit over the K' positive values instead
@@ -135,7 +136,10 @@ def tracking_record(setting: dict[str, Any], results: list[record.SpectrumResult
     """
     rows = sorted((checkpoint_row(r) for r in results), key=lambda r: r["step"])
     corr = correlations(rows)
-    return {"setting": setting, "checkpoints": rows, "correlations": corr, "claims": claims(rows, corr)}
+    # A second view beside the claim's: the trained checkpoints only (the initialisation is often an outlier).
+    after_init = correlations([r for r in rows if r["step"] > 0])
+    return {"setting": setting, "checkpoints": rows, "correlations": corr, "claims": claims(rows, corr),
+            "correlations_after_init": after_init}
 
 
 def write(tracking: dict[str, Any], out_dir: str | os.PathLike, plot: bool = True) -> Path:
@@ -165,6 +169,10 @@ def table(tracking: dict[str, Any]) -> str:
     corr = tracking["correlations"]
     lines.append("correlation with the test loss: " + ", ".join(
         f"{LABELS[m]} r={_fmt(c['pearson'], '.3f')} tau={_fmt(c['kendall'], '.3f')}" for m, c in corr.items()))
+    after = tracking.get("correlations_after_init")
+    if after:
+        lines.append("without step 0:                 " + ", ".join(
+            f"{LABELS[m]} r={_fmt(c['pearson'], '.3f')} tau={_fmt(c['kendall'], '.3f')}" for m, c in after.items()))
     return "\n".join(lines)
 
 
@@ -191,7 +199,9 @@ def plot_tracking(tracking: dict[str, Any], path: str | os.PathLike) -> None:
         for x, y, s in zip(loss, values, steps):
             bottom.annotate(str(s), (x, y), fontsize=7)
         c = tracking["correlations"][m]
-        bottom.set_title(f"r={_fmt(c['pearson'], '.3f')}, tau={_fmt(c['kendall'], '.3f')}")
+        after = (tracking.get("correlations_after_init") or {}).get(m, {}).get("pearson")
+        bottom.set_title(f"r={_fmt(c['pearson'], '.3f')}, tau={_fmt(c['kendall'], '.3f')} "
+                         f"(without step 0: r={_fmt(after, '.3f')})", fontsize=9)
         bottom.set_xlabel("test loss"), bottom.set_ylabel(LABELS[m])
     if "d_crit" in rows[0] and rows[0]["d_crit"] is not None:
         axes[0, 0].axhline(rows[0]["d_crit"], color="k", lw=0.8, ls=":", label="d_c")
