@@ -46,7 +46,7 @@ def test_groups_hold_the_papers_settings():
 
 def test_same_as_runs_are_the_same_training():
     aliases = [(group, spec) for group in sweep.GROUPS.values() for spec in group.runs if spec.same_as]
-    assert len(aliases) == 6  # optimizers/sgd, batch128, width100, three seed-0 runs
+    assert len(aliases) == 7  # optimizers/sgd, batch128, width100, three seed-0 runs, lenet-variants/paper-form
     for group, spec in aliases:
         _, src = sweep.source_of(group, spec)
         assert src.same_as is None
