@@ -2,8 +2,8 @@
 
 The forced device count must be set before jax initialises, so the check runs in a subprocess. It compares
 Hessian-vector products of the last block (train.llm's Hessian loss), the top eigenvalues from the same
-Lanczos start, the accumulated gradient and one AdamW training step with data-parallel micro-batches, against one device, to float32
-rounding.
+Lanczos start, the accumulated gradient and one AdamW training step with data-parallel micro-batches,
+against one device, to float32 rounding.
 """
 
 import os
@@ -11,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 SCRIPT = textwrap.dedent(
     """
@@ -40,7 +42,8 @@ SCRIPT = textwrap.dedent(
     xs, ys, ws = (a.reshape(2, 4, 32) for a in batch)
     step = loop.make_train_step(split.train_def, spec)
     grads_fn = jax.jit(loop.accumulated_grads(split.train_def))
-    g1 = np.concatenate([np.ravel(g) for g in jax.tree.leaves(grads_fn(params, fixed, xs, ys, ws, jax.random.key(3))[1])])
+    flat = lambda tree: np.concatenate([np.ravel(a) for a in jax.tree.leaves(tree)])
+    g1 = flat(grads_fn(params, fixed, xs, ys, ws, jax.random.key(3))[1])
     # The step donates its state: give it copies.
     state1, _ = step(loop.init_state(jax.tree.map(jnp.copy, params), spec), fixed, xs, ys, ws, jax.random.key(3))
     after1 = jax.tree.map(np.asarray, state1.params)
@@ -58,7 +61,7 @@ SCRIPT = textwrap.dedent(
         top = hspec.top_eigenvalues(loss, p, 3, batches=[b], wrt=wrt, key=jax.random.key(2), num_steps=20)
         rel_e = np.max(np.abs(top.eigenvalues - top1.eigenvalues) / np.abs(top1.eigenvalues))
         sb, f = sharding.shard_batch((xs, ys, ws), mesh, axis=1), sharding.shard_params(fixed, mesh)
-        g = np.concatenate([np.ravel(a) for a in jax.tree.leaves(grads_fn(p, f, *sb, jax.random.key(3))[1])])
+        g = flat(grads_fn(p, f, *sb, jax.random.key(3))[1])
         rel_g = np.max(np.abs(g - g1)) / np.max(np.abs(g1))
         # Adam's first step is lr * g / (|g| + eps): elements with |g| near eps amplify rounding, so the
         # parameters are compared to a small fraction of one step (lr = 1e-3), the gradients to rounding.
@@ -71,6 +74,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # ~60-90 s on 2 cores: a fresh jax with 4 devices, three placements compiled
 def test_batch_and_parameter_sharded_hessian_equal_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
     root = Path(__file__).resolve().parents[2]

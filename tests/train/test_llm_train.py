@@ -218,7 +218,8 @@ def test_presets_build_and_state_their_departures():
     assert presets.get("gpt2-medium-finetune-shakespeare").tokens_per_step == 32768
     assert presets.get("gpt2-large-openwebtext").tokens_per_step == 65536
     lora_cfg = presets.get("tinyllama-lora-mathqa")
-    assert (lora_cfg.lora_rank, lora_cfg.lora_alpha, lora_cfg.lora_dropout, lora_cfg.sequences_per_step) == (16, 32.0, 0.1, 32)
+    assert (lora_cfg.lora_rank, lora_cfg.lora_alpha, lora_cfg.lora_dropout, lora_cfg.sequences_per_step) == (
+        16, 32.0, 0.1, 32)
     changed = presets.apply_overrides(nano, {"k": "300", "model.n_layer": "2", "checkpoint_steps": "0,10",
                                              "steps": "10", "lanczos_steps": "none"})
     assert (changed.k, changed.model_fields(), changed.checkpoint_steps, changed.lanczos_steps) == (
@@ -286,10 +287,12 @@ def _dense_check(out: Path, data_dir, cfg: presets.LLMConfig, step: int) -> None
     distinct = np.unique(np.round(eig / dense[0], 4))[::-1] * dense[0]
     np.testing.assert_allclose(distinct, dense[: distinct.size], rtol=2e-3, atol=1e-5 * dense[0])
     assert res["sharpness"]["lambda_max"] == pytest.approx(dense[0], rel=1e-4)
-    assert abs(res["sharpness"]["trace"] - np.trace(h)) <= 5 * res["sharpness"]["trace_stderr"] + 1e-3 * abs(np.trace(h))
+    trace = np.trace(h)
+    assert abs(res["sharpness"]["trace"] - trace) <= 5 * res["sharpness"]["trace_stderr"] + 1e-3 * abs(trace)
     assert len(eig) == k and res["spectrum"]["num_converged"] == k
 
 
+@pytest.mark.slow  # ~50 s on 2 cores: three tiny runs, compiled once each
 def test_tiny_run_measures_the_dense_hessian_and_resumes_bit_identically(data_dir, tmp_path, capsys):
     # The measured subset is small enough for a dense float64 Hessian: the last block's ln_2 and c_proj.
     cfg = tiny(subset="re:^h/1/(ln_2|attn/c_proj)/", k=12)
@@ -300,7 +303,8 @@ def test_tiny_run_measures_the_dense_hessian_and_resumes_bit_identically(data_di
     assert ckpt.list_epochs(tmp_path / "wb" / "checkpoints") == [0, 2]
     (tmp_path / "b" / "steps" / "2" / "results.json").unlink()  # as if killed before measuring step 2
     resumed = train.run(cfg, tmp_path / "b", work=tmp_path / "wb", data_dir=str(data_dir), progress=False, resume=True)
-    digests = [ckpt.read_meta(ckpt.epoch_path(w / "checkpoints", 4))["digest"] for w in (tmp_path / "wa", tmp_path / "wb")]
+    digests = [ckpt.read_meta(ckpt.epoch_path(w / "checkpoints", 4))["digest"]
+               for w in (tmp_path / "wa", tmp_path / "wb")]
     assert digests[0] == digests[1]
     untimed = lambda rows: [{k: v for k, v in r.items() if k != "measure_s"} for r in rows]  # noqa: E731
     assert untimed(straight["checkpoints"]) == untimed(resumed["checkpoints"])
@@ -372,6 +376,7 @@ SMALL_RUN = ["--no-progress", "--set", "steps=2", "--set", "checkpoint_steps=0,2
              "--set", "eval_batch=2", "--set", "trace_samples=2", "--set", "save_every=0"]
 
 
+@pytest.mark.slow  # ~50 s on 2 cores: load, 2 steps, 2 spectra
 def test_gpt2_finetune_preset_loads_weights_and_runs(tmp_path, data_dir, capsys):
     from train.llm import tokenizers, weights
 
@@ -407,6 +412,7 @@ def test_gpt2_finetune_preset_loads_weights_and_runs(tmp_path, data_dir, capsys)
     assert lrs == pytest.approx([_nanogpt_lr(t, 1e-5, 1e-6, 1, 2) for t in (0, 1)], rel=1e-5)
 
 
+@pytest.mark.slow  # ~50 s on 2 cores: load, 2 steps, 2 spectra
 def test_tinyllama_lora_preset_trains_adapters_on_mathqa(tmp_path, data_dir, capsys):
     import sentencepiece as spm
 

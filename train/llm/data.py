@@ -313,7 +313,8 @@ def load_mathqa(data_dir, block: int, tokenizer, train_split: str, eval_split: s
     """MathQA as prompt/answer sequences for LoRA fine-tuning (SentencePiece tokenizer with BOS/EOS)."""
     train_ex, train_src = mathqa_examples(data_dir, train_split)
     eval_ex, eval_src = mathqa_examples(data_dir, eval_split)
-    (train, train_out), (held, held_out) = encode_mathqa(train_ex, tokenizer, block), encode_mathqa(eval_ex, tokenizer, block)
+    train, train_out = encode_mathqa(train_ex, tokenizer, block)
+    held, held_out = encode_mathqa(eval_ex, tokenizer, block)
     truncated = int(np.sum(train.w[:, -1] > 0))
     info = {"dataset": "mathqa", "source": {"train": train_src, "eval": eval_src}, "train_examples": train.size,
             "eval_examples": held.size, "tokenizer": "sentencepiece", "format": "Question/Options/Answer; "

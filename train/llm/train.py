@@ -100,7 +100,8 @@ def _tokenizer(cfg: LLMConfig, weights: Path | None):
         return tokenizers.load_tokenizer("gpt2", directory=weights if has_files else None)
     if cfg.dataset == "mathqa":
         if weights is None:
-            raise WeightsNotFoundError("MathQA is tokenised with the Llama checkpoint's tokenizer.model: pass --weights")
+            raise WeightsNotFoundError("MathQA is tokenised with the Llama checkpoint's tokenizer.model: "
+                                       "pass --weights")
         return tokenizers.load_tokenizer("sentencepiece", directory=weights)
     return None
 
@@ -225,7 +226,8 @@ def build(cfg: LLMConfig, *, weights: str | os.PathLike | None = None, data_dir:
     keys = keys_lib.run_keys(cfg.seed)
     model, mcfg = build_model(cfg, data.vocab_size, keys.init, weights_dir)
     if getattr(mcfg, "vocab_size", data.vocab_size) < data.vocab_size:
-        raise LLMConfigError(f"the model's vocabulary ({mcfg.vocab_size}) is smaller than the data's ({data.vocab_size})")
+        raise LLMConfigError(f"the model's vocabulary ({mcfg.vocab_size}) is smaller than the data's "
+                             f"({data.vocab_size})")
     split, trained, fixed = loop.split_model(model, lora=cfg.lora_rank > 0)
     mesh = _mesh(cfg)
     optim = loop.OptimSpec.from_config(cfg)
@@ -235,9 +237,10 @@ def build(cfg: LLMConfig, *, weights: str | os.PathLike | None = None, data_dir:
     held_out = data_lib.fixed_batches(data.eval, jax.random.fold_in(keys.data_options, data_lib.EVAL_TAG),
                                       cfg.eval_sequences, cfg.eval_batch)
     # The weights directory's name only: committed results carry no machine paths.
-    info = {"arch": _arch_fields(mcfg), "arch_config": mcfg, "weights": None if weights_dir is None else weights_dir.name}
-    return Run(cfg, data, info, split, state, fixed, keys, _place_batches(hessian, mesh), _place_batches(held_out, mesh),
-               mesh, optim)
+    info = {"arch": _arch_fields(mcfg), "arch_config": mcfg,
+            "weights": None if weights_dir is None else weights_dir.name}
+    return Run(cfg, data, info, split, state, fixed, keys, _place_batches(hessian, mesh),
+               _place_batches(held_out, mesh), mesh, optim)
 
 
 # -------------------------------------------------------------------------------------------------- settings
@@ -421,7 +424,8 @@ def _check_resume_config(stored: dict, cfg: LLMConfig) -> None:
     if changed:
         diff = ", ".join(f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in changed)
         raise LLMConfigError(f"--resume with a different training setting ({diff}); only the spectrum fields "
-                             f"{', '.join(SPECTRUM_FIELDS)} may change. Resume without --preset/--set, or start a new run")
+                             f"{', '.join(SPECTRUM_FIELDS)} may change. Resume without --preset/--set, or start a "
+                             "new run")
 
 
 def _write_config(path: Path, cfg: LLMConfig) -> None:
