@@ -455,3 +455,22 @@ def test_tinyllama_lora_preset_trains_adapters_on_mathqa(tmp_path, data_dir, cap
     assert not any("base" in p for p in meta["paths"])  # the frozen base is never checkpointed or trained
     tracking = json.loads((out / "tracking.json").read_text())
     assert [r["step"] for r in tracking["checkpoints"]] == [0, 2]
+
+
+@pytest.mark.slow  # ~30 s on 2 cores: 2 steps, 2 spectra
+def test_openwebtext_preset_trains_from_scratch_on_token_files(tmp_path, capsys):
+    root = tmp_path / "data" / "openwebtext"
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rng.integers(0, 500, 5000).astype(np.uint16).tofile(root / "train.bin")
+    rng.integers(0, 500, 1000).astype(np.uint16).tofile(root / "val.bin")
+    out, work = tmp_path / "out", tmp_path / "work"
+    sizes = ["--set", "model.n_layer=2", "--set", "model.n_head=2", "--set", "model.n_embd=32",
+             "--set", "model.vocab_size=512", "--set", "model.block_size=32", "--set", "block_size=32"]
+    rc = cli.main(["--preset", "gpt2-medium-openwebtext", "--data-dir", str(tmp_path / "data"), "--out", str(out),
+                   "--work", str(work), *sizes, *SMALL_RUN])
+    assert rc == 0, capsys.readouterr().err
+    s = json.loads((out / "steps" / "2" / "results.json").read_text())["setting"]
+    assert (s["arch_vocab_size"], s["arch_bias"], s["arch_gelu"], s["remat"], s["dataset"]) == (
+        512, False, "exact", True, "openwebtext")
+    assert (s["schedule"], s["learning_rate"], s["min_lr"], s["subset_pattern"]) == ("cosine", 6e-4, 6e-5, "^h/1/")
