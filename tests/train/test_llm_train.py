@@ -302,6 +302,10 @@ def test_tiny_run_measures_the_dense_hessian_and_resumes_bit_identically(data_di
     train.run(cfg, tmp_path / "b", work=tmp_path / "wb", data_dir=str(data_dir), progress=False, until=2)
     assert ckpt.list_epochs(tmp_path / "wb" / "checkpoints") == [0, 2]
     (tmp_path / "b" / "steps" / "2" / "results.json").unlink()  # as if killed before measuring step 2
+    with pytest.raises(presets.LLMConfigError, match="learning_rate: 0.0006 -> 0.001"):  # training must not change
+        train.run(dataclasses.replace(cfg, learning_rate=1e-3), tmp_path / "b", work=tmp_path / "wb", resume=True)
+    with pytest.raises(train.rundir.OutputDirError, match="already holds a run"):
+        train.run(cfg, tmp_path / "b", work=tmp_path / "wb")
     resumed = train.run(cfg, tmp_path / "b", work=tmp_path / "wb", data_dir=str(data_dir), progress=False, resume=True)
     digests = [ckpt.read_meta(ckpt.epoch_path(w / "checkpoints", 4))["digest"]
                for w in (tmp_path / "wa", tmp_path / "wb")]
