@@ -262,7 +262,10 @@ def applied_overrides(spec: SweepRun, cfg: Config) -> dict[str, Any]:
 def control_fields(cfg: Config) -> dict[str, Any]:
     """The fields a random-initialisation control depends on (CONTROL_FIELDS), JSON-ready."""
     data = config_lib.to_dict(cfg)
-    return {name: data[name] for name in CONTROL_FIELDS}
+    # The LeNet layer options came later: left out while unset (the paper's form), so that the keys of
+    # controls computed before them stay valid.
+    optional = ("conv1_padding", "pooling")
+    return {name: data[name] for name in CONTROL_FIELDS if not (name in optional and data[name] is None)}
 
 
 def control_key(cfg: Config) -> str:
