@@ -215,8 +215,11 @@ def power_law_verdict(eigenvalues, k: int | None = None, significance: float = 0
     """
     values = np.sort(np.asarray(eigenvalues, np.float64).ravel())[::-1]
     k = values.size if k is None else int(k)
-    _as_top_k(values, k, drop_nonpositive=True)  # validates k and finiteness
-    num_positive = int(np.sum(values[:k] > 0))
+    num_positive = int(np.sum(values[:k] > 0)) if 2 <= k <= values.size else 0
+    if num_positive >= 2:
+        _as_top_k(values, k, drop_nonpositive=True)  # validates k and finiteness
+    else:  # the same checks, without requiring two positive values: the verdict is then defined anyway
+        _as_top_k(np.abs(values) + 1.0, k, drop_nonpositive=False)
     if num_positive == k:
         fit = fit_power_law(values, k, significance)
         word = "power law" if fit.is_power_law else "no power law"

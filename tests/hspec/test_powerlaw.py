@@ -109,3 +109,14 @@ def test_eigengap_exponent_near_s_plus_one():
     gaps = hspec.fit_eigengaps(eigs)
     np.testing.assert_allclose(hspec.eigengaps(eigs), eigs[:-1] - eigs[1:])
     assert gaps.s == pytest.approx(hspec.fit_power_law(eigs).s + 1, abs=0.1)
+
+
+def test_verdict_with_fewer_than_two_positive_values_is_defined():
+    # One positive value among the top 5: no power law, no secondary fit, no exception.
+    v = hspec.power_law_verdict(np.array([1.0, -0.1, -0.2, -0.3, -0.4]), 5)
+    assert not v.is_power_law and v.num_positive == 1 and v.fit is None and v.positive_fit is None
+    assert "non-positive eigenvalues among the top K: 4 of 5" in v.verdict
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        hspec.power_law_verdict(np.array([1.0, np.nan, -0.2]), 3)
+    with pytest.raises(ValueError, match="k=1"):
+        hspec.power_law_verdict(np.array([1.0, -0.5]), 1)
