@@ -313,14 +313,25 @@ def max_pool2d(x: jax.Array, window: int = 2, *, impl: str = "reduce_window") ->
     Returns:
       (N, H // k, W // k, C).
     """
-    n, h, w, c = x.shape
-    ho, wo = h // window, w // window
-    if ho < 1 or wo < 1:
-        raise ValueError(f"pooling window {window} is larger than the input {h}x{w}")
     if resolve_pool_impl(impl) == "reduce_window":
+        _pooled_size(x, window)
         return lax.reduce_window(x, -jnp.inf, lax.max, (1, window, window, 1), (1, window, window, 1), "VALID")
-    x = x[:, : ho * window, : wo * window, :]
-    return jnp.max(x.reshape(n, ho, window, wo, window, c), axis=(2, 4))
+    return jnp.max(_pool_windows(x, window), axis=(2, 4))
+
+
+def _pooled_size(x: jax.Array, window: int) -> tuple[int, int]:
+    """(H // k, W // k), refusing a window larger than the input."""
+    _, h, w, _ = x.shape
+    if h // window < 1 or w // window < 1:
+        raise ValueError(f"pooling window {window} is larger than the input {h}x{w}")
+    return h // window, w // window
+
+
+def _pool_windows(x: jax.Array, window: int) -> jax.Array:
+    """(N, H//k, k, W//k, k, C): the non-overlapping k x k windows of NHWC inputs (trailing rows dropped)."""
+    ho, wo = _pooled_size(x, window)
+    n, c = x.shape[0], x.shape[3]
+    return x[:, : ho * window, : wo * window, :].reshape(n, ho, window, wo, window, c)
 
 
 def avg_pool2d(x: jax.Array, window: int = 2) -> jax.Array:
@@ -333,12 +344,7 @@ def avg_pool2d(x: jax.Array, window: int = 2) -> jax.Array:
     Returns:
       (N, H // k, W // k, C).
     """
-    n, h, w, c = x.shape
-    ho, wo = h // window, w // window
-    if ho < 1 or wo < 1:
-        raise ValueError(f"pooling window {window} is larger than the input {h}x{w}")
-    x = x[:, : ho * window, : wo * window, :]
-    return jnp.mean(x.reshape(n, ho, window, wo, window, c), axis=(2, 4))
+    return jnp.mean(_pool_windows(x, window), axis=(2, 4))
 
 
 def torch_kernel_init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
