@@ -81,11 +81,13 @@ def _eigengap_fit(eigenvalues: np.ndarray) -> dict | None:
 
 
 def _top_k(op: hspec.HessianOperator, spec: SpectrumSpec, key: jax.Array, progress: bool):
-    """The strict top-K eigenvalues of the operator, the Krylov space grown until they converge."""
+    """The strict top-K eigenvalues of the operator, the Krylov space grown until they converge; and the
+    step budget used (the rule's value when the spec leaves it open)."""
     steps = spec.lanczos_steps or hspec.default_num_steps(spec.k, op.dim)
     max_steps = spec.max_lanczos_steps or hspec.default_max_steps(steps, op.dim)
-    return hspec.top_eigenvalues(op, k=spec.k, key=key, num_steps=steps, max_steps=max_steps, tol=spec.tol,
-                                 strict=True, num_starts=spec.num_starts, combine=spec.combine, progress=progress)
+    top = hspec.top_eigenvalues(op, k=spec.k, key=key, num_steps=steps, max_steps=max_steps, tol=spec.tol,
+                                strict=True, num_starts=spec.num_starts, combine=spec.combine, progress=progress)
+    return top, max_steps
 
 
 def _density(op: hspec.HessianOperator, spec: SpectrumSpec, key: jax.Array) -> dict | None:
@@ -120,7 +122,7 @@ def measure(loss_fn: Callable, params: Any, batches: list, spec: SpectrumSpec, *
     """
     t0 = time.perf_counter()
     op = hspec.hessian_operator(loss_fn, params, batches=batches, wrt=wrt)
-    top = _top_k(op, spec, lanczos_key, progress)
+    top, max_steps = _top_k(op, spec, lanczos_key, progress)
     t1 = time.perf_counter()
     trace = hspec.hutchinson_trace(op, key=trace_key, num_samples=spec.trace_samples)
     t2 = time.perf_counter()
@@ -128,7 +130,7 @@ def measure(loss_fn: Callable, params: Any, batches: list, spec: SpectrumSpec, *
     verdict = hspec.power_law_verdict(top.eigenvalues, spec.k, spec.significance)
     spectrum = dict(top.to_dict(), num_parameters=int(op.dim), hessian_samples=int(sum(len(b[0]) for b in batches)),
                     num_positive=int(np.sum(top.eigenvalues > 0)), loss=float(op.loss()),
-                    max_lanczos_steps=spec.max_lanczos_steps)
+                    max_lanczos_steps=max_steps)
     sharpness = {"lambda_max": float(top.eigenvalues[0]),  # the top Ritz value converges first
                  "trace": trace.trace, "trace_stderr": trace.stderr, "trace_samples": trace.num_samples}
     timing = {"lanczos_s": t1 - t0, "trace_s": t2 - t1, "measure_s": time.perf_counter() - t0}
