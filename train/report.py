@@ -191,9 +191,14 @@ def rule_train_size(rows: list[Row]) -> Outcome:
     return rule_step(rows, power_law_below=False, what="training-set size")
 
 
-def rule_capacity(rows: list[Row]) -> Outcome:
-    """Agree iff the verdict flips once, from none to power law, as depth or width grows."""
-    return rule_step(rows, power_law_below=False, what="")
+def rule_depth(rows: list[Row]) -> Outcome:
+    """Agree iff the verdict flips once, from none to power law, as the depth grows."""
+    return rule_step(rows, power_law_below=False, what="depth")
+
+
+def rule_width(rows: list[Row]) -> Outcome:
+    """Agree iff the verdict flips once, from none to power law, as the width grows."""
+    return rule_step(rows, power_law_below=False, what="width")
 
 
 def rule_sgd_below_adam(rows: list[Row]) -> Outcome:
@@ -275,9 +280,9 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
                          "in increasing training-set size the verdict changes once, from none to power law"),),
     "label-noise": (Claim("The structure breaks down under label noise (40%, 80%) and random labels.",
                           rule_no_power_law, "none of the three networks is a power law"),),
-    "fcn-depth": (Claim("The structure needs enough capacity (depth).", rule_capacity,
+    "fcn-depth": (Claim("The structure needs enough capacity (depth).", rule_depth,
                         "in increasing depth the verdict changes once, from none to power law"),),
-    "fcn-width": (Claim("The structure needs enough capacity (width).", rule_capacity,
+    "fcn-width": (Claim("The structure needs enough capacity (width).", rule_width,
                         "in increasing width the verdict changes once, from none to power law"),),
     "linear": (_TRAINED,),
     "lenet-variants": (_TRAINED,),

@@ -88,7 +88,9 @@ def test_train_size_and_capacity_steps_go_the_other_way():
     out = report.rule_train_size(rows)
     assert out.status == AGREE and "power law at training-set size 3000, 60000" in out.detail
     assert report.rule_batch_size(rows).status == DISAGREE
-    assert report.rule_capacity(rows).status == AGREE
+    for rule, what in ((report.rule_depth, "depth"), (report.rule_width, "width")):
+        out = rule(rows)
+        assert out.status == AGREE and f"power law at {what} 3000, 60000; none at 600, 1000" == out.detail
 
 
 def test_no_power_law_under_noise():
