@@ -11,11 +11,13 @@ gradient serves them all. Knows nothing of Flax, optax or training code.
 
 from hspec.density import SpectralDensity, density_from_lanczos, spectral_density
 from hspec.eigenvalues import (
+    COMBINES,
     NotConvergedError,
     NotConvergedWarning,
     TopEigenvalues,
     default_max_steps,
     default_num_steps,
+    distinct_order,
     top_eigenvalues,
 )
 from hspec.errors import NonFiniteError
@@ -41,10 +43,10 @@ from hspec.trace import TraceEstimate, hutchinson_trace
 __version__ = "0.1.0"
 
 __all__ = [
-    "plot", "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianOperator", "LanczosResult", "MatvecOperator",
+    "plot", "COMBINES", "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianOperator", "LanczosResult", "MatvecOperator",
     "NonFiniteError", "NotConvergedError", "NotConvergedWarning", "PowerIterationResult", "PowerLawFit",
     "PowerLawVerdict", "SpectralDensity", "SymmetricOperator", "TopEigenvalues", "TraceEstimate",
-    "critical_value", "default_max_steps", "default_num_steps",
+    "critical_value", "default_max_steps", "default_num_steps", "distinct_order",
     "density_from_lanczos", "eigengaps", "fit_eigengaps", "fit_power_law", "fit_power_law_ensemble",
     "hessian_operator", "hoist_constants", "hutchinson_trace", "hvp", "lanczos", "least_squares_slope",
     "power_iteration", "power_law_verdict", "select_parameters", "spectral_density", "top_eigenvalues",

@@ -19,7 +19,9 @@ __all__ = [
     "NotConvergedWarning",
     "TopEigenvalues",
     "default_max_steps",
+    "COMBINES",
     "default_num_steps",
+    "distinct_order",
     "top_eigenvalues",
 ]
 
@@ -47,7 +49,9 @@ class TopEigenvalues:
       converged: ``[k]`` bool, residual <= tol * |λ_1|.
       num_converged: number of converged values among the top k.
       tol: the relative tolerance used.
-      num_steps: Lanczos steps m; num_starts: S; combine: "pool" or "mean".
+      num_steps: Lanczos steps m; num_starts: S; combine: "pool", "distinct" or "mean".
+      num_distinct: how many of the values are distinct eigenvalues: k, less the converged eigenvalues that
+        "pool" repeats because several starts found them (see :func:`distinct_order`); None for "mean".
       std: ``[k]`` standard deviation across starts of the sorted values (combine="mean"), else None.
       vectors: ``[k, n]`` Ritz vectors (flat, selected parameters) when asked for, else None.
       lanczos: the raw :class:`LanczosResult`.
@@ -66,6 +70,7 @@ class TopEigenvalues:
     vectors: np.ndarray | None
     lanczos: LanczosResult
     seconds: float
+    num_distinct: int | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready summary (full float precision)."""
@@ -77,6 +82,7 @@ class TopEigenvalues:
             "lanczos_steps": self.num_steps,
             "num_starts": self.num_starts,
             "combine": self.combine,
+            "num_distinct": self.num_distinct,
             "std": None if self.std is None else [float(x) for x in self.std],
             "seconds": self.seconds,
         }
@@ -111,10 +117,73 @@ def default_max_steps(num_steps: int, dim: int | None = None) -> int:
     return m if dim is None else min(dim, m)
 
 
-def _combine(ritz_values: np.ndarray, residuals: np.ndarray, k: int, combine: str):
-    """Top k over the starts: pooled (merge, sort, take k) or the mean of each start's sorted top k."""
-    if combine == "pool":
-        order = np.argsort(-ritz_values.ravel(), kind="stable")[:k]
+COMBINES = ("pool", "distinct", "mean")
+
+# Two starts' converged Ritz values are the same eigenvalue found twice when they differ by no more than their
+# residual bounds (each lies within its bound of an eigenvalue) plus this many ulps of |λ_1| in the Hessian-
+# vector products' precision: the bounds come from the tridiagonal T and do not see the products' rounding
+# (float32 starts agree to ~1e-9 relative while their bounds say ~1e-12).
+_DISTINCT_ULPS = 100
+
+
+def distinct_order(ritz_values: np.ndarray, residuals: np.ndarray, tol: float, eps: float | None = None) -> np.ndarray:
+    """The pooled Ritz values of several starts, each eigenvalue found by more than one start kept once.
+
+    Independent starts of a single-vector Lanczos run each converge to the same top eigenvalues, so pooling
+    their Ritz values repeats every converged eigenvalue up to S times (and cannot reveal a true multiplicity:
+    one start finds one copy of a repeated eigenvalue). A converged value of one start that lies within
+    r_a + r_b (+ rounding) of a kept converged value of another start, not yet matched to this start, is
+    that eigenvalue again and is dropped; unconverged values are all kept, as pooled.
+
+    Args:
+      ritz_values, residuals: ``[S, m]`` Ritz values and residual bounds of each start.
+      tol: convergence tolerance relative to |λ_1|.
+      eps: machine epsilon of the Hessian-vector products (default: that of ``ritz_values``' dtype).
+
+    Returns:
+      Indices into the raveled ``[S * m]`` arrays, the kept values in descending order.
+    """
+    values, res = np.ravel(ritz_values), np.ravel(residuals)
+    starts = np.repeat(np.arange(np.shape(ritz_values)[0]), np.shape(ritz_values)[1])
+    order = np.argsort(-values, kind="stable")
+    lam1 = abs(float(values[order[0]])) if values.size else 0.0
+    if eps is None:
+        eps = float(np.finfo(values.dtype if values.dtype.kind == "f" else np.float64).eps)
+    slack = _DISTINCT_ULPS * eps * lam1
+    converged = res <= tol * max(lam1, np.finfo(np.float64).tiny)
+    kept: list[int] = []
+    found_by: list[set[int]] = []  # per kept value: the starts that found it
+    max_res_kept = 0.0  # the largest residual bound of a kept converged value: how far back a match can be
+    for i in order:
+        match = None
+        if converged[i]:
+            # Kept values are in descending order: walk back over those close enough above this one.
+            for j in range(len(kept) - 1, -1, -1):
+                gap = values[kept[j]] - values[i]
+                if gap > res[i] + max_res_kept + slack:
+                    break
+                if (converged[kept[j]] and starts[i] not in found_by[j]
+                        and gap <= res[i] + res[kept[j]] + slack):
+                    match = j
+                    break
+        if match is None:
+            kept.append(int(i))
+            found_by.append({int(starts[i])})
+            if converged[i]:
+                max_res_kept = max(max_res_kept, float(res[i]))
+        else:
+            found_by[match].add(int(starts[i]))
+    return np.asarray(kept, dtype=np.int64)
+
+
+def _combine(ritz_values: np.ndarray, residuals: np.ndarray, k: int, combine: str, tol: float, eps: float):
+    """Top k over the starts: pooled (merge, sort, take k), distinct (pooled, each converged eigenvalue found by
+    several starts once) or the mean of each start's sorted top k."""
+    if combine in ("pool", "distinct"):
+        if combine == "pool":
+            order = np.argsort(-ritz_values.ravel(), kind="stable")[:k]
+        else:
+            order = distinct_order(ritz_values, residuals, tol, eps)[:k]
         return ritz_values.ravel()[order], residuals.ravel()[order], None, order
     if combine == "mean":
         return (
@@ -123,7 +192,7 @@ def _combine(ritz_values: np.ndarray, residuals: np.ndarray, k: int, combine: st
             ritz_values[:, :k].std(axis=0, ddof=1) if ritz_values.shape[0] > 1 else None,
             None,
         )
-    raise ValueError(f"combine must be 'pool' or 'mean', got {combine!r}")
+    raise ValueError(f"combine must be one of {COMBINES}, got {combine!r}")
 
 
 def _converged_mask(values: np.ndarray, residuals: np.ndarray, tol: float) -> np.ndarray:
@@ -132,12 +201,13 @@ def _converged_mask(values: np.ndarray, residuals: np.ndarray, tol: float) -> np
     return residuals <= tol * max(lam1, np.finfo(np.float64).tiny)
 
 
-def _enough_converged(alphas: np.ndarray, betas: np.ndarray, *, k: int, combine: str, tol: float) -> bool:
+def _enough_converged(alphas: np.ndarray, betas: np.ndarray, *, k: int, combine: str, tol: float,
+                      eps: float) -> bool:
     """Stop rule of a growing run: have the top k Ritz values of the run so far converged?"""
     if alphas.shape[1] < k and combine == "mean":
         return False
     values, residuals, _, _ = ritz_decomposition(alphas, betas)
-    top, res, _, _ = _combine(values, residuals, k, combine)
+    top, res, _, _ = _combine(values, residuals, k, combine, tol, eps)
     return top.size >= k and bool(np.all(_converged_mask(top, res, tol)))
 
 
@@ -208,7 +278,9 @@ def top_eigenvalues(
       batches: optional sequence of batches; the Hessian is of the sample-weighted mean loss.
       wrt: parameter subset (regex on leaf paths, callable, or bool pytree); the rest is held fixed.
       num_starts: independent starts run together; ``combine`` says how their Ritz values are merged:
-        "pool" (all Ritz values, sorted, top k) or "mean" (mean of each start's sorted top k, with std).
+        "pool" (all Ritz values, sorted, top k: the paper's likely reading, METHOD.md §1, which repeats every
+        eigenvalue that several starts converged to), "distinct" (pooled, each such eigenvalue once) or
+        "mean" (mean of each start's sorted top k, with std).
       tol: a Ritz value is converged when its residual bound is <= tol * |λ_1|.
       strict: raise :class:`NotConvergedError` instead of warning when fewer than k converged.
       method: "linearize" (the default: gradient linearised once, reused) or "jvp" (forward-over-reverse
@@ -235,16 +307,20 @@ def top_eigenvalues(
         # Defaults: start at max(3k, k+100) steps and keep going, up to 4x that, until the top k converge.
         num_steps = default_num_steps(k, op.dim)
         max_steps = max_steps if max_steps is not None else default_max_steps(num_steps, op.dim)
-    _check_k(k, op.dim, num_steps, num_starts if combine == "pool" else 1)
+    _check_k(k, op.dim, num_steps, num_starts if combine in ("pool", "distinct") else 1)
     m = num_steps
+    eps = float(np.finfo(op.dtype).eps)
     result = lanczos(
         op, m, key=key, num_starts=num_starts, start=start, loop=loop, basis=basis,
         return_vectors=return_vectors, progress=progress, max_steps=max_steps,
-        stop=partial(_enough_converged, k=k, combine=combine, tol=tol),
+        stop=partial(_enough_converged, k=k, combine=combine, tol=tol, eps=eps),
     )
-    values, residuals, std, order = _combine(result.ritz_values, result.residuals, k, combine)
+    values, residuals, std, order = _combine(result.ritz_values, result.residuals, k, combine, tol, eps)
     converged = _converged_mask(values, residuals, tol)
     num_converged = int(np.sum(converged))
+    num_distinct = None
+    if order is not None:
+        num_distinct = int(np.isin(order, distinct_order(result.ritz_values, result.residuals, tol, eps)).sum())
     _report_convergence(num_converged, k, result.num_steps, tol, strict)
     vectors = None
     if return_vectors:
@@ -254,4 +330,5 @@ def top_eigenvalues(
         eigenvalues=np.asarray(values), residuals=np.asarray(residuals), converged=converged,
         num_converged=num_converged, tol=tol, num_steps=result.num_steps, num_starts=num_starts,
         combine=combine, std=std, vectors=vectors, lanczos=result, seconds=time.perf_counter() - t0,
+        num_distinct=num_distinct,
     )

@@ -34,7 +34,8 @@ class SpectrumSpec:
         lanczos_steps: Lanczos steps m to start with; None: hspec's rule max(3K, K + 100).
         max_lanczos_steps: grow the Krylov space up to this until the top K converge; None: hspec's rule.
         trace_samples: Hutchinson probes for Tr(H).
-        num_starts: Lanczos starts run together; combine: "pool" or "mean" (METHOD.md §1).
+        num_starts: Lanczos starts run together; combine: "pool", "distinct" or "mean" (METHOD.md §1,
+            hspec.top_eigenvalues).
         significance: α of the KS test. tol: relative residual tolerance of a converged Ritz value.
         density_points: grid points of the spectral density (0: no density).
     """

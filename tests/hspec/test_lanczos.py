@@ -129,6 +129,39 @@ def test_combine_pool_and_mean(x64):
     mean = hspec.top_eigenvalues(quadratic, params, 4, key=jax.random.key(0), num_steps=30, num_starts=3, combine="mean")
     np.testing.assert_allclose(mean.eigenvalues, lam[::-1][:4], atol=1e-10)
     np.testing.assert_allclose(mean.std, 0.0, atol=1e-10)
+    assert pool.num_distinct == 2 and mean.num_distinct is None
+    distinct = hspec.top_eigenvalues(quadratic, params, 4, key=jax.random.key(0), num_steps=30, num_starts=3,
+                                     combine="distinct")
+    np.testing.assert_allclose(distinct.eigenvalues, lam[::-1][:4], atol=1e-10)
+    assert distinct.num_distinct == 4 and distinct.to_dict()["num_distinct"] == 4
+
+
+def test_distinct_keeps_close_eigenvalues_and_drops_refound_ones(x64):
+    """Eigenvalues 1e-10 apart stay two; each converged eigenvalue found by three starts counts once."""
+    lam = np.concatenate([[5.0, 1.0 + 1e-10, 1.0], np.linspace(0.1, 0.5, 27)])
+    a = prescribed_matrix(lam, seed=11)
+    res = hspec.lanczos(matrix_operator(a), 30, key=jax.random.key(3), dim=30, dtype=jnp.float64, num_starts=3)
+    order = hspec.distinct_order(res.ritz_values, res.residuals, 1e-8)
+    np.testing.assert_allclose(res.ritz_values.ravel()[order], np.sort(lam)[::-1], rtol=0, atol=1e-12)
+
+
+def test_distinct_top_k_of_a_power_law_equals_dense(x64):
+    """Three short starts on a power-law spectrum: the distinct top k are the true top k, each once."""
+    lam = 1.0 / np.arange(1, 401) ** 1.2
+    a = jnp.asarray(prescribed_matrix(lam, seed=12))
+
+    def quadratic(p):
+        return 0.5 * p["x"] @ a @ p["x"]
+
+    params = {"x": jnp.zeros(400)}
+    kw = dict(key=jax.random.key(5), num_steps=60, num_starts=3, tol=1e-8)
+    distinct = hspec.top_eigenvalues(quadratic, params, 15, combine="distinct", **kw)
+    assert distinct.num_converged == 15
+    np.testing.assert_allclose(distinct.eigenvalues, lam[:15], rtol=1e-8)
+    pool = hspec.top_eigenvalues(quadratic, params, 15, **kw)
+    # Pooled, the converged top values come three times each: 15 values hold only 5 distinct eigenvalues.
+    assert pool.num_distinct == 5
+    np.testing.assert_allclose(np.unique(np.round(pool.eigenvalues, 12))[::-1], lam[:5], rtol=1e-8)
 
 
 def test_convergence_warning_and_strict(x64):
@@ -159,3 +192,17 @@ def test_growing_run_stops_when_top_k_converged(x64):
     fixed = hspec.top_eigenvalues(quadratic, params, 30, key=jax.random.key(0), num_steps=grown.num_steps, tol=1e-10)
     np.testing.assert_allclose(grown.eigenvalues, fixed.eigenvalues, atol=1e-13)
     np.testing.assert_allclose(grown.eigenvalues, lam[:30], rtol=1e-9)
+
+
+def test_distinct_in_float32_matches_starts_through_rounding():
+    """float32 products: two starts' values of one eigenvalue differ by more than their T-based bounds."""
+    lam = 1.0 / np.arange(1, 301) ** 1.1
+    a = jnp.asarray(prescribed_matrix(lam, seed=13), jnp.float32)
+
+    def quadratic(p):
+        return 0.5 * p["x"] @ a @ p["x"]
+
+    top = hspec.top_eigenvalues(quadratic, {"x": jnp.zeros(300, jnp.float32)}, 10, key=jax.random.key(6),
+                                num_steps=50, num_starts=3, combine="distinct")
+    assert top.num_converged == 10 and top.num_distinct == 10
+    np.testing.assert_allclose(top.eigenvalues, lam[:10], rtol=1e-4)

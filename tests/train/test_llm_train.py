@@ -19,13 +19,15 @@ import optax
 import pytest
 from flax import nnx
 
+import hspec
+
 from train import checkpoint as ckpt
 from train import keys as keys_lib
 from train.llm import cli, loop, presets, train
 from train.llm import data as data_lib
 from train.models import gpt2, lora
 
-# Tiny: 2 layers, 2 heads, width 32, block 32; K=8 from 3 pooled starts; 8 Hessian sequences.
+# Tiny: 2 layers, 2 heads, width 32, block 32; K=8 from 3 starts (distinct values); 8 Hessian sequences.
 TINY = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "block_size": 32, "micro_batch": 4,
         "grad_accum": 2, "steps": 4, "checkpoint_steps": "0,2,4", "save_every": 1, "k": 8, "lanczos_steps": 40,
         "max_lanczos_steps": 200, "hessian_sequences": 8, "hessian_batch": 4, "eval_sequences": 8, "eval_batch": 4,
@@ -227,6 +229,7 @@ def test_presets_build_and_state_their_departures():
     assert presets.from_dict(json.loads(json.dumps(presets.to_dict(changed)))) == changed
     with pytest.raises(presets.LLMConfigError, match="did you mean k"):
         presets.apply_overrides(nano, {"kk": "3"})
+    assert presets.COMBINES == hspec.COMBINES
     with pytest.raises(presets.LLMConfigError, match="not a valid int"):
         presets.apply_overrides(nano, {"k": "many"})
 
@@ -266,8 +269,6 @@ def _dense_check(out: Path, data_dir, cfg: presets.LLMConfig, step: int) -> None
     xh, yh = windows(tokens.train, keys.hessian_sample, cfg.hessian_sequences)
     pattern = res["setting"]["subset_pattern"]
     names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-    import hspec
-
     selected, fixed, merge = hspec.select_parameters(params, pattern)
     with jax.enable_x64():
         sel64 = [np.asarray(a, np.float64) for a in selected]
@@ -283,9 +284,10 @@ def _dense_check(out: Path, data_dir, cfg: presets.LLMConfig, step: int) -> None
     assert res["setting"]["subset_size"] == flat.size < len(names) * 10**6
     eig = np.asarray(res["spectrum"]["eigenvalues"])
     k = res["fit"]["k"]
-    # Pooled over 3 starts, each converged value appears once per start: the distinct ones are the top ones.
-    distinct = np.unique(np.round(eig / dense[0], 4))[::-1] * dense[0]
-    np.testing.assert_allclose(distinct, dense[: distinct.size], rtol=2e-3, atol=1e-5 * dense[0])
+    # combine="distinct" over 3 starts: each eigenvalue the starts converged to once, so the top k themselves.
+    assert res["setting"]["combine"] == res["spectrum"]["combine"] == "distinct"
+    np.testing.assert_allclose(eig, dense[:k], rtol=2e-3, atol=1e-5 * dense[0])
+    assert res["spectrum"]["num_distinct"] == k
     assert res["sharpness"]["lambda_max"] == pytest.approx(dense[0], rel=1e-4)
     trace = np.trace(h)
     assert abs(res["sharpness"]["trace"] - trace) <= 5 * res["sharpness"]["trace_stderr"] + 1e-3 * abs(trace)
@@ -320,7 +322,7 @@ def test_tiny_run_measures_the_dense_hessian_and_resumes_bit_identically(data_di
     s = res["setting"]
     assert (s["model"], s["preset"], s["step"], s["tokens_per_step"], s["lr"], s["k"]) == (
         "gpt2", "gpt2-nano-shakespeare-cpu", 4, 256, 6e-4, 12)
-    assert (s["hessian_sequences"], s["num_starts"], s["combine"], s["subset"]) == (8, 3, "pool", cfg.subset)
+    assert (s["hessian_sequences"], s["num_starts"], s["combine"], s["subset"]) == (8, 3, "distinct", cfg.subset)
     assert any(d.startswith("subset:") for d in s["departures"]) and res["keys"]["llm"]["dropout"]
     tracking = json.loads((tmp_path / "a" / "tracking.json").read_text())
     assert {"setting", "checkpoints", "correlations", "claims"} <= set(tracking)

@@ -31,7 +31,7 @@ __all__ = ["LLMConfig", "PRESETS", "get", "listing", "apply_overrides", "parse_a
 MODELS = ("gpt2", "llama")
 DATASETS = ("shakespeare_char", "shakespeare_gpt2", "openwebtext", "mathqa")
 SCHEDULES = ("constant", "cosine")
-COMBINES = ("pool", "mean")
+COMBINES = ("pool", "distinct", "mean")  # hspec.COMBINES (checked by a test)
 
 
 class LLMConfigError(ValueError):
@@ -67,7 +67,9 @@ class LLMConfig:
         subset: parameters the Hessian is taken over: "last_block", "block:<i>", "lora", "lora_last_block",
             "all", or "re:<regex on parameter paths>".
         k: top eigenvalues fitted (capped by the subset size, with a warning).
-        num_starts, combine: Lanczos starts and how their Ritz values are combined ("pool" or "mean").
+        num_starts, combine: Lanczos starts and how their Ritz values are combined: "distinct" (pooled, each
+            eigenvalue that several starts converged to once), "pool" (pooled as they are: the paper's likely
+            reading, which repeats those eigenvalues up to num_starts times) or "mean" (hspec.top_eigenvalues).
         lanczos_steps, max_lanczos_steps: the Krylov space's initial size and its limit (None: hspec's rule).
         hessian_sequences: sequences of the fixed Hessian batch (training split).
         hessian_batch: sequences per Hessian-vector-product batch.
@@ -112,7 +114,7 @@ class LLMConfig:
     subset: str = "last_block"
     k: int = 1000
     num_starts: int = 3
-    combine: str = "pool"
+    combine: str = "distinct"
     lanczos_steps: int | None = None
     max_lanczos_steps: int | None = None
     hessian_sequences: int = 256
