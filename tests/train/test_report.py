@@ -266,3 +266,37 @@ def test_sensitivity_section_reads_the_study_files(tmp_path):
 def report_fit(values, k):
     verdict = hspec.power_law_verdict(values, k)
     return {"verdict": verdict.verdict, "fit": record.fit_block(verdict, 0.05)}
+
+
+def test_method_choice_summary_ranges_and_reach(tmp_path):
+    """Each choice's d_KS and s ranges, and which setting reaches the paper's baseline within the seeds' spread."""
+    prov = {"run": "runs/x", "epoch": 50, "preset": "lenet-mnist-sgd", "k": 100, "hessian_samples": 1000, "seed": 0,
+            "overrides": {}}
+    k_entry = lambda values, k: {"k": k, **report_fit(values, k)}  # noqa: E731
+    record.write_json(tmp_path / "sensitivity" / "ref" / "k_prefix.json", {
+        "provenance": prov, "trained": [k_entry(exponential(), 50), k_entry(power_law(1.045), 100)],
+        "init": [k_entry(exponential(), 50), k_entry(exponential(), 100)]})
+    undefined = {"m": 100, "multiplier": 1.0, "num_ritz_positive": 40, "verdict": "undefined",
+                 "fit": {"d_ks": None, "s": None}}
+    record.write_json(tmp_path / "sensitivity" / "ref" / "paper_procedure.json",
+                      {"provenance": prov, "trained": [undefined], "init": [undefined]})
+    seeds = {"seeds": [row(f"baseline-seed{i}", synth(power_law(s), seed=i)) for i, s in enumerate((1.3, 1.2, 1.25))]}
+    text = report.sensitivity_section(tmp_path, seeds)
+
+    k50, k100 = hspec.fit_power_law(exponential()[:50]), hspec.fit_power_law(power_law(1.045))
+    passes = sum(f.d_ks < f.d_crit for f in (k50, k100))
+    assert (f"| K | 2 (0 undefined) | {passes} of 2 | {min(k50.d_ks, k100.d_ks):.4f} – {max(k50.d_ks, k100.d_ks):.4f} | "
+            f"{min(k50.s, k100.s):.3f} – {max(k50.s, k100.s):.3f} | K = 100: d_KS {k100.d_ks:.4f}, s {k100.s:.3f} |"
+            ) in text
+    assert "| the paper's procedure (m steps, unconverged) | 1 (1 undefined) | 0 of 1 | — | — | — |" in text
+    seed_fits = [hspec.fit_power_law(power_law(s)) for s in (1.3, 1.2, 1.25)]
+    tol_d = max(0.01, 2 * np.std([f.d_ks for f in seed_fits], ddof=1))
+    tol_s = max(0.05, 2 * np.std([f.s for f in seed_fits], ddof=1))
+    assert f"d_KS is within {tol_d:.4f} and its s within {tol_s:.3f} of them" in text
+    # The synthetic K = 100 spectrum is an exact power law fitted at s near 1; nothing else comes close.
+    assert abs(k100.d_ks - 0.009) <= tol_d and abs(k100.s - 1.01) <= tol_s
+    assert "Settings that reach it: K: K = 100." in text
+    spreads = {"K": abs(k50.s - k100.s), "seed (training noise)": np.ptp([f.s for f in seed_fits])}
+    assert f"moves s the most is {max(spreads, key=spreads.get)}" in text
+    # Nothing measured: no summary, the section says so.
+    assert report.sensitivity_section(tmp_path / "empty", {}).startswith("Not run yet")
