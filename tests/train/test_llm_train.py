@@ -29,7 +29,8 @@ from train.models import gpt2, lora
 
 # Tiny: 2 layers, 2 heads, width 32, block 32; K=8 from 3 starts (distinct values); 8 Hessian sequences.
 TINY = {"model.n_layer": 2, "model.n_head": 2, "model.n_embd": 32, "block_size": 32, "micro_batch": 4,
-        "grad_accum": 2, "steps": 4, "checkpoint_steps": "0,2,4", "save_every": 1, "k": 8, "lanczos_steps": 40,
+        "grad_accum": 2, "steps": 4, "checkpoint_steps": "0,2,4", "save_every": 1, "k": 8, "num_starts": 3,
+        "lanczos_steps": 40,
         "max_lanczos_steps": 200, "hessian_sequences": 8, "hessian_batch": 4, "eval_sequences": 8, "eval_batch": 4,
         "trace_samples": 4, "dropout": 0.1}
 
@@ -215,7 +216,8 @@ def test_presets_build_and_state_their_departures():
     cpu = presets.get("gpt2-nano-shakespeare-cpu")
     lines = presets.departures(cpu, {"n_layer": 4, "n_head": 4, "n_embd": 128, "block_size": 64, "dropout": 0.0})
     for want in ("k: 200 (paper 1000)", "tokens_per_step: 4096 (paper 65536)", "block_size: 64 (paper 256)",
-                 "n_embd: 128 (paper 384)", "hessian_sequences: 32 (paper 256)", "steps: 600 (paper 1000)"):
+                 "n_embd: 128 (paper 384)", "hessian_sequences: 32 (paper 256)", "steps: 600 (paper 1000)",
+                 "num_starts: 1 (paper 3)"):
         assert want in lines
     assert presets.get("gpt2-medium-finetune-shakespeare").tokens_per_step == 32768
     assert presets.get("gpt2-large-openwebtext").tokens_per_step == 65536

@@ -240,10 +240,11 @@ def _build() -> dict[str, LLMConfig]:
         "gpt2-nano-shakespeare-cpu": _nano(
             preset="gpt2-nano-shakespeare-cpu", model_overrides=(("n_embd", 128), ("n_head", 4), ("n_layer", 4)),
             dropout=0.0, block_size=64, micro_batch=64, grad_accum=1, steps=600,
-            checkpoint_steps=(0, 50, 100, 200, 400, 600), save_every=50, k=200, lanczos_steps=200,
-            max_lanczos_steps=800, hessian_sequences=32, hessian_batch=32, eval_sequences=512, eval_batch=128,
+            checkpoint_steps=(0, 50, 100, 200, 400, 600), save_every=50, k=200, num_starts=1, lanczos_steps=600,
+            max_lanczos_steps=2400, hessian_sequences=32, hessian_batch=32, eval_sequences=512, eval_batch=128,
             description="CPU-sized nano run (51 min on 2 shared cores): 4/4/128 GPT-2, block 64, 4,096 tokens/step, "
-                        "600 steps, K=200, 32 Hessian sequences; departures recorded"),
+                        "600 steps, K=200 from one Lanczos start (several starts converge to the same top values: each "
+                        "must converge all K, which costs S times one), 32 Hessian sequences; departures recorded"),
         "tinyllama-lora-mathqa": LLMConfig(
             preset="tinyllama-lora-mathqa", model="llama", model_size="tinyllama-1.1b", pretrained=True, remat=True,
             lora_rank=16, lora_alpha=32.0, lora_dropout=0.1, lora_targets=("q_proj", "v_proj"), dataset="mathqa",
