@@ -18,8 +18,8 @@ __all__ = [
     "NotConvergedError",
     "NotConvergedWarning",
     "TopEigenvalues",
-    "default_max_steps",
     "COMBINES",
+    "default_max_steps",
     "default_num_steps",
     "distinct_order",
     "top_eigenvalues",
@@ -143,18 +143,18 @@ def distinct_order(ritz_values: np.ndarray, residuals: np.ndarray, tol: float, e
     Returns:
       Indices into the raveled ``[S * m]`` arrays, the kept values in descending order.
     """
-    values, res = np.ravel(ritz_values), np.ravel(residuals)
-    starts = np.repeat(np.arange(np.shape(ritz_values)[0]), np.shape(ritz_values)[1])
-    order = np.argsort(-values, kind="stable")
-    lam1 = abs(float(values[order[0]])) if values.size else 0.0
+    order = np.argsort(-np.ravel(ritz_values), kind="stable")
+    # Work in descending order: values[0] is λ_1, as _converged_mask expects.
+    values, res = np.ravel(ritz_values)[order], np.ravel(residuals)[order]
+    starts = np.repeat(np.arange(np.shape(ritz_values)[0]), np.shape(ritz_values)[1])[order]
     if eps is None:
         eps = float(np.finfo(values.dtype if values.dtype.kind == "f" else np.float64).eps)
-    slack = _DISTINCT_ULPS * eps * lam1
-    converged = res <= tol * max(lam1, np.finfo(np.float64).tiny)
+    slack = _DISTINCT_ULPS * eps * (abs(float(values[0])) if values.size else 0.0)
+    converged = _converged_mask(values, res, tol)
     kept: list[int] = []
     found_by: list[set[int]] = []  # per kept value: the starts that found it
     max_res_kept = 0.0  # the largest residual bound of a kept converged value: how far back a match can be
-    for i in order:
+    for i in range(values.size):
         match = None
         if converged[i]:
             # Kept values are in descending order: walk back over those close enough above this one.
@@ -173,7 +173,7 @@ def distinct_order(ritz_values: np.ndarray, residuals: np.ndarray, tol: float, e
                 max_res_kept = max(max_res_kept, float(res[i]))
         else:
             found_by[match].add(int(starts[i]))
-    return np.asarray(kept, dtype=np.int64)
+    return order[np.asarray(kept, dtype=np.int64)]
 
 
 def _combine(ritz_values: np.ndarray, residuals: np.ndarray, k: int, combine: str, tol: float, eps: float):
@@ -319,7 +319,9 @@ def top_eigenvalues(
     converged = _converged_mask(values, residuals, tol)
     num_converged = int(np.sum(converged))
     num_distinct = None
-    if order is not None:
+    if combine == "distinct":
+        num_distinct = int(order.size)
+    elif combine == "pool":  # how many of the pooled top k are not an eigenvalue found again by another start
         num_distinct = int(np.isin(order, distinct_order(result.ritz_values, result.residuals, tol, eps)).sum())
     _report_convergence(num_converged, k, result.num_steps, tol, strict)
     vectors = None

@@ -644,25 +644,34 @@ def _fit_numbers(fit: dict[str, Any] | None) -> tuple[float, float, bool] | None
     return float(fit["d_ks"]), float(fit["s"]), bool(fit["is_power_law"])
 
 
-def method_choices(results: Path, all_rows: dict[str, list[Row]]) -> list[tuple[str, list[tuple[str, Any]]]]:
-    """Each choice the baseline's verdict may depend on, with its settings' (d_KS, s, power law): the trained
-    network's sensitivity studies, the seeds of the baseline and the LeNet layer variants."""
-    choices: list[tuple[str, list[tuple[str, Any]]]] = []
+SEED_CHOICE = "seed (training noise)"
+
+
+def study_docs(results: Path) -> dict[str, dict[str, Any]]:
+    """Each published sensitivity folder's study files (None where a study is not run), by folder name."""
     folders = sorted(p for p in (results / sweep.SENSITIVITY).glob("*") if _visible(p) and p.is_dir())
-    for where in folders:
-        tag = f" ({where.name})" if len(folders) > 1 else ""
+    return {where.name: {s: _read_json(where / f"{s}.json") for s in sensitivity.STUDIES} for where in folders}
+
+
+def method_choices(folders: dict[str, dict[str, Any]],
+                   all_rows: dict[str, list[Row]]) -> list[tuple[str, list[tuple[str, Any]]]]:
+    """Each choice the baseline's verdict may depend on, with its settings' (d_KS, s, power law): the trained
+    network's sensitivity studies (`study_docs`), the seeds of the baseline and the LeNet layer variants."""
+    choices: list[tuple[str, list[tuple[str, Any]]]] = []
+    for name, docs in folders.items():
+        tag = f" ({name})" if len(folders) > 1 else ""
         for study, label, key, fmt in (("k_prefix", "K", "k", "K = {}"),
                                        ("hessian_samples", "Hessian samples", "hessian_samples", "{} samples"),
                                        ("lanczos_starts", "Lanczos start", "start", "start {}"),
                                        ("paper_procedure", "the paper's procedure (m steps, unconverged)", "m",
                                         "m = {}")):
-            doc = _read_json(where / f"{study}.json") if (where / f"{study}.json").is_file() else None
+            doc = docs[study]
             if doc:
                 choices.append((label + tag, [(fmt.format(e[key]), _fit_numbers(e.get("fit")))
                                               for e in doc["trained"]]))
     seeds = [r for r in _done(all_rows.get("seeds", [])) if r.run.startswith("baseline")]
     if seeds:
-        choices.append(("seed (training noise)", [(f"seed {r.result.setting.get('seed')}", _fit_numbers(r.result.fit))
+        choices.append((SEED_CHOICE, [(f"seed {r.result.setting.get('seed')}", _fit_numbers(r.result.fit))
                                                   for r in seeds]))
     variants = _done(all_rows.get("lenet-variants", []))
     if variants:
@@ -678,7 +687,7 @@ def method_choice_summary(choices: list[tuple[str, list[tuple[str, Any]]]]) -> s
     """How far each choice moves d_KS and s, and whether any of its settings reaches the paper's baseline."""
     if not choices:
         return ""
-    seeds = [n for label, entries in choices if label.startswith("seed") for _, n in entries if n]
+    seeds = [n for label, entries in choices if label == SEED_CHOICE for _, n in entries if n]
     if len(seeds) >= 2:
         tol = {"d_ks": max(REACH_FLOOR["d_ks"], 2 * float(np.std([n[0] for n in seeds], ddof=1))),
                "s": max(REACH_FLOOR["s"], 2 * float(np.std([n[1] for n in seeds], ddof=1)))}
@@ -699,7 +708,8 @@ def method_choice_summary(choices: list[tuple[str, list[tuple[str, Any]]]]) -> s
         if s:
             spreads.append((max(s) - min(s), label))
         reaching += [f"{label}: {name}" for name, n in defined
-                     if abs(n[0] - PAPER_BASELINE["d_ks"]) <= tol["d_ks"] and abs(n[1] - PAPER_BASELINE["s"]) <= tol["s"]]
+                     if abs(n[0] - PAPER_BASELINE["d_ks"]) <= tol["d_ks"]
+                     and abs(n[1] - PAPER_BASELINE["s"]) <= tol["s"]]
     rule = (f"A setting reaches the paper's baseline (d_KS {PAPER_BASELINE['d_ks']}, s {PAPER_BASELINE['s']}, "
             f"METHOD.md §5) when its d_KS is within {tol['d_ks']:.4f} and its s within {tol['s']:.3f} of them "
             f"({basis}).")
@@ -714,12 +724,12 @@ def method_choice_summary(choices: list[tuple[str, list[tuple[str, Any]]]]) -> s
 def sensitivity_section(results: Path, all_rows: dict[str, list[Row]] | None = None) -> str:
     """The sensitivity studies of results/sensitivity/<name>/ as tables (trained network and its initialisation)."""
     parts = []
-    for where in sorted(p for p in (results / sweep.SENSITIVITY).glob("*") if _visible(p) and p.is_dir()):
-        docs = {s: _read_json(where / f"{s}.json") for s in sensitivity.STUDIES}
+    folders = study_docs(results)
+    for name, docs in folders.items():
         prov = next((d["provenance"] for d in docs.values() if d), None)
         if prov is None:
             continue
-        parts.append(f"### {where.name}\n\n{prov['preset']}, checkpoint of epoch {prov['epoch']}, K = {prov['k']}, "
+        parts.append(f"### {name}\n\n{prov['preset']}, checkpoint of epoch {prov['epoch']}, K = {prov['k']}, "
                      f"{prov['hessian_samples']} Hessian samples, seed {prov['seed']}"
                      + (f"; spectrum overrides {prov['overrides']}" if prov.get("overrides") else ""))
         for study, label, key in (("k_prefix", "K (top-K prefix of one converged spectrum)", "k"),
@@ -745,7 +755,7 @@ def sensitivity_section(results: Path, all_rows: dict[str, list[Row]] | None = N
     variants = ("LeNet variants (the paper gives no layers): the `lenet-variants` group trains the variants "
                 "without the first convolution's padding and with average pooling beside the paper's form.")
     body = "\n\n".join(parts) if parts else "Not run yet (`python -m train sensitivity --run <run directory>`)."
-    summary = method_choice_summary(method_choices(results, all_rows or {}))
+    summary = method_choice_summary(method_choices(folders, all_rows or {}))
     return (summary + "\n\n" if summary else "") + body + "\n\n" + variants
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from train.llm import presets
 
 EPILOG = """examples:
-  python -m train llm --preset gpt2-nano-shakespeare-cpu                 the CPU run (~35 min here on 2 shared cores)
+  python -m train llm --preset gpt2-nano-shakespeare-cpu                 the CPU run (2 cores: ~12 min + 6 spectra)
   python -m train llm --preset gpt2-nano-shakespeare-cpu --resume        continue it after a kill
   python -m train llm --preset gpt2-nano-shakespeare                     the paper's nano run (GPU)
   python -m train llm --preset gpt2-medium-finetune-shakespeare --weights ~/models/gpt2-medium

@@ -166,13 +166,11 @@ def table(tracking: dict[str, Any]) -> str:
                      f"{r['verdict']}")
     if any(r["d_ks_positive_only"] for r in tracking["checkpoints"]):
         lines.append("* fit over the positive eigenvalues only (non-positive values among the top K)")
-    corr = tracking["correlations"]
-    lines.append("correlation with the test loss: " + ", ".join(
-        f"{LABELS[m]} r={_fmt(c['pearson'], '.3f')} tau={_fmt(c['kendall'], '.3f')}" for m, c in corr.items()))
-    after = tracking.get("correlations_after_init")
-    if after:
-        lines.append("without step 0:                 " + ", ".join(
-            f"{LABELS[m]} r={_fmt(c['pearson'], '.3f')} tau={_fmt(c['kendall'], '.3f')}" for m, c in after.items()))
+    for title, key in (("correlation with the test loss: ", "correlations"),
+                       ("without step 0:                 ", "correlations_after_init")):
+        if tracking.get(key):
+            lines.append(title + ", ".join(f"{LABELS[m]} r={_fmt(c['pearson'], '.3f')} tau={_fmt(c['kendall'], '.3f')}"
+                                           for m, c in tracking[key].items()))
     return "\n".join(lines)
 
 
