@@ -53,6 +53,7 @@ class Row:
         value: the group's varying setting (batch size, width, epoch...), or None.
         final: the end of a run (False for the spectra after intermediate epochs).
         notes: departures from the paper's setting, and where the result comes from.
+        failed: not published, and an attempt to train it diverged (results/failed/).
     """
 
     run: str
@@ -62,6 +63,7 @@ class Row:
     value: Any = None
     final: bool = True
     notes: tuple[str, ...] = ()
+    failed: bool = False
 
     @property
     def reduced(self) -> bool:
@@ -334,8 +336,20 @@ def reductions(config: dict[str, Any], nominal: config_lib.Config, data: dict[st
     if config.get("train_size") is None and full and n and n < full:
         out.append(f"data: {n} of {full} training examples")
     if overrides:
-        out.append("sweep overrides: " + ", ".join(sorted(overrides)))
+        out.append("sweep overrides: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items())))
     return out
+
+
+def failure_note(attempt: dict[str, Any]) -> str:
+    """One failed training attempt in words (results/failed/<group>/<run>.json)."""
+    over = attempt.get("overrides") or {}
+    setting = ("with " + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(over.items()))) if over \
+        else "in the paper's setting"
+    last = attempt.get("last_finished_epoch") or {}
+    before = (f"; after epoch {last['epoch']} the training loss was {last['train_loss']:.3g}, accuracy "
+              f"{100 * last['train_acc']:.1f}%" if "train_loss" in last and "train_acc" in last else "")
+    return (f"diverged {setting}: the training loss became {attempt.get('loss')} at epoch {attempt.get('epoch')}, "
+            f"step {attempt.get('step')}{before}")
 
 
 def _visible(path: Path) -> bool:
@@ -361,13 +375,16 @@ def _run_row(results: Path, group: sweep.Group, spec: sweep.SweepRun) -> tuple[R
     src_group, src = sweep.source_of(group, spec)
     where = results / src_group.name / src.name
     alias = () if spec.same_as is None else (f"same run as {src_group.name}/{src.name}",)
+    failures = sweep.read_failures(results / sweep.FAILED / src_group.name / f"{src.name}.json")
+    failed = tuple(failure_note(a) for a in failures)
     if not sweep.is_published(where):
-        return Row(spec.name, None, notes=alias), None
+        return Row(spec.name, None, notes=failed + alias, failed=bool(failures)), None
     result = record.load(where / rundir.RESULTS)
     control, key = load_control(where)
     config = _read_json(where / rundir.CONFIG) or {}
     reduced = reductions(config, sweep.nominal_config(spec), result.data, _read_json(where / sweep.OVERRIDES))
-    notes = (("reduced: " + "; ".join(reduced),) if reduced else ()) + alias
+    why = (src.why,) if src.why and src.departures else ()
+    notes = (("reduced: " + "; ".join(reduced),) if reduced else ()) + why + failed + alias
     value = result.setting.get(group.axis) if group.axis else None
     return Row(spec.name, result, control, key, value, True, notes), where
 
@@ -460,7 +477,7 @@ def table_row(row: Row) -> str:
     """One markdown row of a measured network."""
     r = row.result
     if r is None:
-        return f"| {row.run} | not run yet |  |  |  |  |  |  |  |  |  |  | {'; '.join(row.notes)} |"
+        return f"| {row.run} | {'failed' if row.failed else 'not run yet'} |  |  |  |  |  |  |  |  |  |  | {'; '.join(row.notes)} |"
     fit, sh = r.fit, r.sharpness
     beta = "—" if fit.get("beta") is None else f"{fit['beta']:.3f} ± {fit['sigma']:.3f}"
     err = test_error(r)
@@ -784,7 +801,8 @@ def group_section(name: str, rows: list[Row], figures: Path, rel: str) -> str:
     if name in _NOTES:
         parts.append(_NOTES[name])
     if not _done(rows):
-        return "\n\n".join(parts + ["Not run yet."])
+        failed = [row for row in rows if row.failed]
+        return "\n\n".join(parts + (["No run finished yet.", group_table(rows)] if failed else ["Not run yet."]))
     parts.append(claims_table(CLAIMS.get(name, ()), rows))
     parts.append(group_table(rows))
     if name == "seeds":
@@ -799,7 +817,8 @@ def overview(all_rows: dict[str, list[Row]]) -> str:
     for name, rows in all_rows.items():
         done = _done(rows)
         if not done:
-            lines.append(f"| {name} | not run yet | |")
+            failed = sum(row.failed for row in rows)
+            lines.append(f"| {name} | " + (f"none finished ({failed} failed)" if failed else "not run yet") + " | |")
             continue
         statuses = [c.rule(rows).status for c in CLAIMS.get(name, ())]
         reduced = sum(r.reduced for r in done)

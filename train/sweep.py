@@ -15,6 +15,11 @@ directory and one rename, so that a half-written run never appears under results
     results/<group>/<run>/overrides.json     the fields the sweep's --set changed ({} for none)
     results/controls/<key>/results.json, spectrum.png, key.json    one control per distinct key
     results/sensitivity/<name>/*.json        `python -m train sensitivity` (train.sensitivity)
+    results/failed/<group>/<run>.json        training attempts that diverged (non-finite loss), per overrides
+
+A run that diverges is a result too: its attempt (overrides, epoch, step, last finished epoch's metrics) is
+recorded under results/failed/ and the report shows it. A run the paper's setting cannot train here
+declares `departures` (with the measured reason), applied like --set and marked in the report.
 
 A run already in results/ is skipped; one whose work directory holds checkpoints is resumed
 (`train_run(..., resume=True)`), so a killed sweep is finished by running it again. A run that is the
@@ -78,6 +83,8 @@ CONTROLS = "controls"
 SENSITIVITY = "sensitivity"
 CONTROL_POINTER = "control.json"
 OVERRIDES = "overrides.json"
+# results/failed/<group>/<run>.json: the training failures of a run, one per set of overrides (FailureRecord).
+FAILED = "failed"
 CONTROL_KEY = "key.json"
 # What a published run holds: the record, its config, metrics, plot and table; never checkpoints.
 PUBLISHED_FILES = (rundir.RESULTS, rundir.CONFIG, rundir.METRICS, rundir.PLOT, rundir.TABLE)
@@ -106,12 +113,17 @@ class SweepRun:
         preset: the preset it trains (train.presets).
         fields: the fields that define the run beyond its preset, as (name, value) pairs (e.g. a seed).
         same_as: "group/run" of the identical run trained in another group, or None.
+        departures: fields on which the run must leave the paper's setting, as (name, value) pairs: applied
+            like a sweep's --set (so recorded in overrides.json and marked in the report), before it.
+        why: the reason for the departures, measured (the report prints it).
     """
 
     name: str
     preset: str
     fields: tuple[tuple[str, Any], ...] = ()
     same_as: str | None = None
+    departures: tuple[tuple[str, Any], ...] = ()
+    why: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +141,10 @@ def _slug(name: str) -> str:
 
 
 REFERENCE = "checkpoints/lenet-mnist-sgd"
+# Measured (results/failed/linear/linear.json): without ReLU or BatchNorm, SGD at the paper's lr 0.1 ends
+# epoch 1 at train loss 0.88 (78% accuracy) and reaches a NaN loss in epoch 2.
+LINEAR_LR_WHY = ("at the paper's lr 0.1 the network without ReLU or BatchNorm diverges (the training loss is NaN in "
+                 "epoch 2), so it trains at lr 0.01")
 
 
 def _optimizer_runs(slug: str, sgd_same_as: str | None = None) -> tuple[SweepRun, ...]:
@@ -166,8 +182,9 @@ def _build_groups() -> dict[str, Group]:
               tuple(SweepRun(f"width{w}", f"fcn-mnist-width{w}", same_as="fcn-depth/depth2" if w == 100 else None)
                     for w in presets.FCN_WIDTHS)),
         Group("linear", "linear networks on MNIST, with or without ReLU and BatchNorm", None,
-              tuple(SweepRun(n.removeprefix("linear-mnist-") if n != "linear-mnist" else "linear", n)
-                    for n in ("linear-mnist", "linear-mnist-relu", "linear-mnist-bn", "linear-mnist-relu-bn"))),
+              (SweepRun("linear", "linear-mnist", departures=(("learning_rate", 0.01),), why=LINEAR_LR_WHY),)
+              + tuple(SweepRun(n.removeprefix("linear-mnist-"), n)
+                      for n in ("linear-mnist-relu", "linear-mnist-bn", "linear-mnist-relu-bn"))),
         Group("lenet-variants", "LeNet-5 on MNIST with SGD in the layer variants the paper leaves open: padding "
               "of the first convolution, max or average pooling", None,
               (SweepRun("paper-form", "lenet-mnist-sgd", same_as=REFERENCE),
@@ -235,7 +252,7 @@ def nominal_config(spec: SweepRun) -> Config:
 
 
 def run_config(spec: SweepRun, overrides: dict[str, Any]) -> Config:
-    """The run's configuration with the sweep's overrides applied, validated.
+    """The run's configuration: its departures from the paper's setting, then the sweep's overrides, validated.
 
     A smaller `epochs` drops the spectrum epochs beyond it (they cannot be measured), so that `epochs=2`
     works on the reference run; the change is recorded with the overrides.
@@ -244,7 +261,7 @@ def run_config(spec: SweepRun, overrides: dict[str, Any]) -> Config:
         ConfigError: an unknown field, a bad value, or an inconsistent result (naming the run).
     """
     base = nominal_config(spec)
-    cfg = config_lib.apply_overrides(base, overrides)
+    cfg = config_lib.apply_overrides(base, {**dict(spec.departures), **overrides})
     if "spectrum_epochs" not in overrides and cfg.epochs is not None:
         cfg = dataclasses.replace(cfg, spectrum_epochs=tuple(e for e in cfg.spectrum_epochs if e <= cfg.epochs))
     try:
@@ -423,6 +440,9 @@ class Roots:
     def control(self, key: str) -> Path:
         return self.results / CONTROLS / key
 
+    def failure(self, group: str, run: str) -> Path:
+        return self.results / FAILED / group / f"{run}.json"
+
     def lock(self, name: str) -> RunLock:
         return RunLock(self.work / ".locks" / f"{name}.lock")
 
@@ -456,6 +476,43 @@ def run_state(roots: Roots, group: Group, spec: SweepRun, groups: dict[str, Grou
     if epochs:
         return f"partial{running} (checkpoint of epoch {epochs[-1]})"
     return "running" if running else "missing"
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def read_failures(path: Path) -> list[dict[str, Any]]:
+    """The failed attempts recorded for a run ([] when none), sorted by their overrides."""
+    try:
+        return json.loads(path.read_text())["attempts"]
+    except FileNotFoundError:
+        return []
+
+
+def failure_attempt(err: FloatingPointError, overrides: dict[str, Any], work: Path) -> dict[str, Any]:
+    """What a failed training attempt leaves for the report: its overrides, where and how it failed, and the
+    metrics of its last finished epoch. Only portable fields: no paths, hosts or times (the report is
+    deterministic), so the checkpoint path of the message is left out."""
+    last = None
+    metrics = work / rundir.METRICS
+    if metrics.is_file():
+        lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        last = {k: v for k, v in lines[-1].items() if k != "time_s"} if lines else None
+    loss = getattr(err, "loss", None)
+    return {"overrides": overrides, "error": type(err).__name__, "epoch": getattr(err, "epoch", None),
+            "step": getattr(err, "step", None), "loss": None if loss is None else str(loss),
+            "last_finished_epoch": last}
+
+
+def record_failure(path: Path, attempt: dict[str, Any]) -> None:
+    """Add a failed attempt to a run's failure record, replacing an earlier one with the same overrides."""
+    attempts = [a for a in read_failures(path) if a["overrides"] != attempt["overrides"]] + [attempt]
+    attempts.sort(key=lambda a: json.dumps(a["overrides"], sort_keys=True))
+    _write_json_atomic(path, {"attempts": attempts})
 
 
 def _copy_file(src: Path, dst: Path) -> None:
@@ -628,7 +685,13 @@ def sweep_run(roots: Roots, group: Group, spec: SweepRun, cfg: Config, *, progre
         work = roots.workdir(group.name, spec.name)
         resume = bool(rundir.checkpoint_epochs(work))
         say(("resuming from its checkpoints in " if resume else "training in ") + str(work))
-        run.train_run(cfg, work, resume=resume, progress=progress, echo=say)
+        try:
+            run.train_run(cfg, work, resume=resume, progress=progress, echo=say)
+        except FloatingPointError as err:  # a diverged training (NonFiniteLossError) is a result to report
+            record_failure(roots.failure(group.name, spec.name),
+                           failure_attempt(err, applied_overrides(spec, cfg), work))
+            say(f"failure recorded in {roots.failure(group.name, spec.name)}")
+            raise
         publish(run_files(work), {CONTROL_POINTER: control_pointer(cfg), OVERRIDES: applied_overrides(spec, cfg)},
                 dest)
         say(f"published to {dest}")

@@ -138,7 +138,7 @@ def test_reductions_name_every_departure():
     assert report.reductions(cfg, nominal, data, {}) == []
     short = dict(cfg, epochs=5, k=20)
     assert report.reductions(short, nominal, data, {"epochs": 5, "k": 20}) == [
-        "5 of 50 epochs", "k=20 (paper 1000)", "sweep overrides: epochs, k"]
+        "5 of 50 epochs", "k=20 (paper 1000)", "sweep overrides: epochs=5, k=20"]
     cifar = sweep.nominal_config(sweep.find_run("cifar10-lenet/sgd")[1])
     cifar_cfg = config_lib.to_dict(config_lib.resolve(cifar))
     assert report.reductions(cifar_cfg, cifar, {"num_train": 4000}, None) == ["data: 4000 of 50000 training examples"]

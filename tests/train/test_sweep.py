@@ -39,6 +39,9 @@ def test_groups_hold_the_papers_settings():
         (p, seed) for p in ("lenet-mnist-sgd", "lenet-mnist-batch640", "lenet-mnist-batch768") for seed in (0, 1, 2)}
     assert [sweep.nominal_config(s).k for s in g["avila"].runs + g["resnet18"].runs] == [50, 50]
     assert {sweep.nominal_config(s).dataset for s in g["cifar10-lenet"].runs} == {"cifar10"}
+    linear = g["linear"].runs[0]  # diverges at the paper's lr 0.1 (results/failed/linear/linear.json)
+    assert sweep.applied_overrides(linear, sweep.run_config(linear, {})) == {"learning_rate": 0.01}
+    assert "diverges" in linear.why
     for group in g.values():
         assert len({s.name for s in group.runs}) == len(group.runs)
         assert all(not sweep.nominal_config(s).init_control for s in group.runs)  # controls are computed apart
@@ -196,6 +199,10 @@ TINY = sweep.Group("tiny", "tests", "optimizer", (
     sweep.SweepRun("d", "tiny-fcn-mnist", same_as="tiny/a"),
     # Fails when its data are loaded (batch larger than MNIST): the others must still finish.
     sweep.SweepRun("e", "tiny-fcn-mnist", (("train_size", None), ("batch_size", 100000))),
+    # Diverges (NaN at step 2): its attempt is recorded under results/failed/ and the report shows it.
+    sweep.SweepRun("f", "tiny-fcn-mnist", departures=(("learning_rate", 1e8),), why="a divergence to record"),
+    # Departs from its preset's setting on purpose: trained with the departure, which is recorded.
+    sweep.SweepRun("g", "tiny-fcn-mnist", departures=(("learning_rate", 0.05),), why="the paper's rate diverges"),
 ))
 OVERRIDES = ["--set", "trace_samples=3"]
 
@@ -244,12 +251,13 @@ def swept(data_dir, tmp_path_factory):
 
 def test_sweep_publishes_finished_runs_and_reports_failures(swept):
     roots = swept["roots"]
-    assert swept["rc"] == (1, 1)  # run e fails both times; the others finish
+    assert swept["rc"] == (1, 1)  # runs e and f fail both times; the others finish
     assert "[tiny/e] FAILED: ConfigError: batch_size=100000 exceeds the 60000 training examples" in swept["logs"]
+    assert "[tiny/f] FAILED: NonFiniteLossError: training loss became nan at epoch 1, step 2" in swept["logs"]
     assert "[tiny/b] being worked on by another process; skipped" in swept["first"]
     assert swept["states"] == {"b_locked": "running", "c_killed": "partial (checkpoint of epoch 2)"}
     published = sorted(p.name for p in (roots.results / "tiny").iterdir())
-    assert published == ["a", "b", "c"]  # d is a's result, e failed
+    assert published == ["a", "b", "c", "g"]  # d is a's result, e and f failed
     for name in published:
         where = roots.published("tiny", name)
         files = sorted(str(p.relative_to(where)) for p in where.rglob("*") if p.is_file())
@@ -259,10 +267,35 @@ def test_sweep_publishes_finished_runs_and_reports_failures(swept):
         assert (where / "results.json").read_bytes() == (roots.workdir("tiny", name) / "results.json").read_bytes()
         cfg = json.loads((where / "config.json").read_text())
         assert cfg["init_control"] is False and cfg["trace_samples"] == 3 and cfg["data_dir"] is None
-        assert json.loads((where / "overrides.json").read_text()) == {"trace_samples": 3}
+        departs = {"learning_rate": 0.05} if name == "g" else {}
+        assert json.loads((where / "overrides.json").read_text()) == {"trace_samples": 3, **departs}
+        assert (cfg["learning_rate"] == 0.05) == (name == "g")
     assert not [p for p in roots.results.rglob("*") if "checkpoints" in p.name or p.name.startswith(".staging")]
     listing = sweep.listing(roots, "tiny", {"trace_samples": "3"}, groups={"tiny": TINY, **sweep.GROUPS})
     assert 'done (overrides {"trace_samples": 3}) (= tiny/a)' in listing
+
+
+def test_a_diverged_run_is_recorded_once_per_overrides_and_reported(swept):
+    roots = swept["roots"]
+    path = roots.failure("tiny", "f")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["f.json"]  # one file, no temporary left
+    (attempt,) = sweep.read_failures(path)  # the second sweep's attempt replaced the first's
+    assert attempt["overrides"] == {"learning_rate": 1e8, "trace_samples": 3}
+    assert (attempt["error"], attempt["epoch"], attempt["step"], attempt["loss"]) == ("NonFiniteLossError", 1, 2, "nan")
+    assert attempt["last_finished_epoch"]["epoch"] == 0 and "time_s" not in attempt["last_finished_epoch"]
+    assert "/" not in json.dumps(attempt)  # no paths: the report built from it is portable
+    sweep.record_failure(path, dict(attempt, overrides={"learning_rate": 10.0}))
+    assert [a["overrides"] for a in sweep.read_failures(path)] == [{"learning_rate": 10.0}, attempt["overrides"]]
+
+    from train import report
+    row, where = report._run_row(roots.results, TINY, TINY.runs[5])
+    assert (row.result, row.failed, where) == (None, True, None)
+    assert row.notes[1].startswith('diverged with learning_rate=100000000.0, trace_samples=3: the training loss '
+                                   'became nan at epoch 1, step 2; after epoch 0 the training loss was')
+    assert report.table_row(row).startswith("| f | failed |")
+    done, _ = report._run_row(roots.results, TINY, TINY.runs[6])
+    assert not done.failed and "the paper's rate diverges" in done.notes
+    assert 'sweep overrides: learning_rate=0.05, trace_samples=3' in done.notes[0]
 
 
 def test_a_run_published_with_other_overrides_is_kept_and_reported(swept):
