@@ -302,7 +302,11 @@ _NOTES = {
               "claim is tested.",
     "cifar10-lenet": "CIFAR-100 is not in the data directory: the paper's LeNet trained on CIFAR-100 and evaluated on "
                      "CIFAR-10 is not run. These runs use the CIFAR-10 subset (4,000 training / 1,000 test images).",
-    "resnet18": "ResNet18 trains on the CIFAR-10 subset (4,000 training / 1,000 test images), K = 50.",
+    "resnet18": "ResNet18 trains on the CIFAR-10 subset (4,000 training / 1,000 test images), K = 50. It needs a GPU: "
+                "on the 2-core CPU machine that runs these sweeps, one epoch of 512 images (4 steps) took 100 s with "
+                "compilation, and 16 Lanczos steps on 128 images had not finished after 17 minutes (`python -m train "
+                "--preset resnet18-cifar10-sgd --set epochs=1 train_size=512 hessian_samples=128 "
+                "hessian_batch_size=128 k=5 lanczos_steps=16 trace_samples=2`, beside two other sweeps).",
     "seeds": "Seed 0 of each series is the run of the group named in its row.",
     "lenet-variants": "The paper gives no LeNet layers; `paper-form` is the reference run (padding 2 on 28x28 "
                       "inputs, max pooling, METHOD.md §5). The variants test how much that unstated choice matters.",
@@ -417,18 +421,33 @@ def control_reductions(fields: dict[str, Any], users: list[str]) -> list[str]:
     return []
 
 
+def planned_control_users() -> dict[str, list[str]]:
+    """control key -> the runs of the sweep groups (in the paper's setting) that will use it."""
+    planned: dict[str, list[str]] = {}
+    for group in sweep.iter_groups():
+        for spec in group.runs:
+            if spec.same_as is None:
+                planned.setdefault(sweep.control_key(sweep.run_config(spec, {})), []).append(f"{group.name}/{spec.name}")
+    return planned
+
+
 def control_rows(results: Path) -> list[Row]:
     """Every published control, with the runs that use it (and how it departs from the paper's setting)."""
     users: dict[str, list[str]] = {}
     for pointer in sorted(p for p in results.glob(f"*/*/{sweep.CONTROL_POINTER}") if _visible(p.parent)):
         key = (_read_json(pointer) or {}).get("key")
         users.setdefault(key, []).append(f"{pointer.parent.parent.name}/{pointer.parent.name}")
-    rows = []
+    rows, planned = [], planned_control_users()
     for where in sorted(p for p in (results / sweep.CONTROLS).glob("*") if _visible(p) and sweep.is_published(p)):
         used = users.get(where.name, [])
-        note = f"used by {len(used)} run(s)" + (f": {_names(used[:4])}" + (", ..." if len(used) > 4 else "")
-                                                if used else "")
-        reduced = control_reductions((_read_json(where / sweep.CONTROL_KEY) or {}).get("fields", {}), used)
+        if used:
+            note = f"used by {len(used)} run(s): {_names(used[:4])}" + (", ..." if len(used) > 4 else "")
+        else:
+            later = planned.get(where.name, [])
+            note = "used by no published run yet" + (f"; the control of {_names(later[:4])}" +
+                                                     (", ..." if len(later) > 4 else "") if later else "")
+        reduced = control_reductions((_read_json(where / sweep.CONTROL_KEY) or {}).get("fields", {}),
+                                     used or planned.get(where.name, []))
         notes = (("reduced: " + "; ".join(reduced),) if reduced else ()) + (note,)
         rows.append(Row(where.name, record.load(where / rundir.RESULTS), value=None, notes=notes))
     return rows
