@@ -300,3 +300,13 @@ def test_method_choice_summary_ranges_and_reach(tmp_path):
     assert f"moves s the most is {max(spreads, key=spreads.get)}" in text
     # Nothing measured: no summary, the section says so.
     assert report.sensitivity_section(tmp_path / "empty", {}).startswith("Not run yet")
+
+
+def test_planned_control_users_group_runs_by_their_control():
+    planned = report.planned_control_users()
+    ref = sweep.control_key(sweep.run_config(sweep.find_run("checkpoints/lenet-mnist-sgd")[1], {}))
+    assert {"checkpoints/lenet-mnist-sgd", "optimizers/adam", "batch-size/batch512"} <= set(planned[ref])
+    assert "optimizers/sgd" not in planned[ref]  # a same_as run is its source's
+    noise = sweep.control_key(sweep.run_config(sweep.find_run("label-noise/noise40")[1], {}))
+    assert planned[noise] == ["label-noise/noise40"]  # noisy labels change the Hessian sample
+    assert sum(map(len, planned.values())) == sum(s.same_as is None for g in sweep.iter_groups() for s in g.runs)
