@@ -8,8 +8,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import hspec
-
 ROOT = Path(__file__).resolve().parents[2]
 TRAINING_STACK = ("flax", "optax", "orbax", "tensorflow", "tensorflow_datasets", "train", "chex", "powerlaw")
 

@@ -9,8 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from train import config as C
-from train import loop, models, optim, presets
+from train import loop, models, optim
 
 SHAPES = {"mnist": ((28, 28, 1), 10), "fashion_mnist": ((28, 28, 1), 10), "cifar10": ((32, 32, 3), 10),
           "cifar100": ((32, 32, 3), 100), "avila": ((10,), 12)}
