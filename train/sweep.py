@@ -473,9 +473,11 @@ def run_state(roots: Roots, group: Group, spec: SweepRun, groups: dict[str, Grou
     lock = roots.lock(f"{group.name}--{spec.name}")
     running = " running" if lock.path.exists() and not lock.is_stale() else ""
     epochs = rundir.checkpoint_epochs(work)
+    failures = read_failures(roots.failure(group.name, spec.name))
+    failed = f" [{len(failures)} diverged attempt(s) in {roots.failure(group.name, spec.name)}]" if failures else ""
     if epochs:
-        return f"partial{running} (checkpoint of epoch {epochs[-1]})"
-    return "running" if running else "missing"
+        return f"partial{running} (checkpoint of epoch {epochs[-1]}){failed}"
+    return ("running" if running else "missing") + failed
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:

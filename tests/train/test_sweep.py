@@ -284,6 +284,7 @@ def test_a_diverged_run_is_recorded_once_per_overrides_and_reported(swept):
     assert (attempt["error"], attempt["epoch"], attempt["step"], attempt["loss"]) == ("NonFiniteLossError", 1, 2, "nan")
     assert attempt["last_finished_epoch"]["epoch"] == 0 and "time_s" not in attempt["last_finished_epoch"]
     assert "/" not in json.dumps(attempt)  # no paths: the report built from it is portable
+    assert f"[1 diverged attempt(s) in {path}]" in sweep.run_state(roots, TINY, TINY.runs[5])
     sweep.record_failure(path, dict(attempt, overrides={"learning_rate": 10.0}))
     assert [a["overrides"] for a in sweep.read_failures(path)] == [{"learning_rate": 10.0}, attempt["overrides"]]
 
