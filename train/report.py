@@ -516,9 +516,14 @@ def group_table(rows: list[Row]) -> str:
 def claims_table(claims: Sequence[Claim], rows: list[Row]) -> str:
     """The paper's claims, the rule applied, and our agree / disagree with its numbers."""
     lines = ["| the paper's claim (METHOD.md §5) | rule applied to our numbers | ours |", "|---|---|---|"]
+    runs = [r for r in rows if r.final]
+    pending = sum(r.result is None for r in runs)
+    # A claim judged on part of its group may change when the rest is measured: say so beside it.
+    so_far = f" (so far: {len(runs) - pending} of {len(runs)} runs measured)" if pending else ""
     for claim in claims:
         out = claim.rule(rows)
-        lines.append(f"| {claim.text} | {claim.how} | **{out.status}**: {out.detail} |")
+        note = so_far if out.status != UNDECIDED else ""
+        lines.append(f"| {claim.text} | {claim.how} | **{out.status}**{note}: {out.detail} |")
     return "\n".join(lines)
 
 
