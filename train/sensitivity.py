@@ -7,7 +7,9 @@ For a trained network (e.g. `--run runs/sweeps/checkpoints/lenet-mnist-sgd`) and
 verdict and s at K = 100, 300, 500, 1000 (its top-K prefixes refitted) and the paper's own procedure (the
 Ritz values of that one run truncated at m = K, 1.25K, 1.5K, 2K, 3K steps, taken as they are, against the
 converged values); further runs give the verdict with 500, 1000 and 2000 Hessian samples and from other
-Lanczos start vectors. Each study is a JSON file in results/sensitivity/<name>/, skipped when it exists.
+Lanczos start vectors. Each study is a JSON file in results/sensitivity/<name>/, skipped when it exists; the
+spectra a study has finished wait in runs/sweeps/sensitivity/<name>/ (`--work`) until it is written, so a
+killed study resumes losing only the spectrum in progress.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any, Callable
 from train import config as config_lib
 from train import rundir
 from train.config import Config, ConfigError
-from train.sweep import RESULTS_ROOT, SENSITIVITY, SweepError, _common_args, _use_data_dir
+from train.sweep import RESULTS_ROOT, SENSITIVITY, WORK_ROOT, SweepError, _common_args, _use_data_dir
 
 SENSITIVITY_KS = (100, 300, 500, 1000)
 SENSITIVITY_SAMPLES = (500, 1000, 2000)
@@ -117,6 +119,34 @@ def paper_procedure_study(base: dict[str, Any], spec: SensitivitySpec) -> list[d
     return out
 
 
+Cached = Callable[[str, Callable[[], dict]], dict]
+
+
+def _uncached(piece: str, compute: Callable[[], dict]) -> dict:
+    return compute()
+
+
+def piece_cache(parts: Path, provenance: dict[str, Any]) -> Cached:
+    """Keep each finished spectrum of a study in `parts` (under the work directory, never under results/), so
+    that a study killed after hours loses only the spectrum in progress. A piece is reused only when it was
+    computed with the same provenance (run, epoch, K, sample, spec, overrides); it is returned in its JSON
+    form either way, so a resumed study writes the same file as an uninterrupted one."""
+    from train import record
+
+    stamp = json.dumps(provenance, sort_keys=True, default=str)
+
+    def cached(piece: str, compute: Callable[[], dict]) -> dict:
+        path = parts / f"{piece}.json"
+        if path.is_file():
+            doc = json.loads(path.read_text())
+            if doc.get("stamp") == stamp:
+                return doc["entry"]
+        record.write_json(path, {"stamp": stamp, "entry": compute()})
+        return json.loads(path.read_text())["entry"]
+
+    return cached
+
+
 def _sample_operator(exp: Any, state: Any, size: int) -> Any:
     """The Hessian operator of `state` on a Hessian sample of `size` examples (the run's sample stream)."""
     import hspec
@@ -130,9 +160,10 @@ def _sample_operator(exp: Any, state: Any, size: int) -> Any:
     return hspec.hessian_operator(hessian_loss(exp.fm.eval_def, state.rest), state.params, batches=batches)
 
 
-def hessian_samples_study(exp: Any, state: Any, base: dict[str, Any], spec: SensitivitySpec,
-                          progress: bool) -> list[dict[str, Any]]:
-    """The verdict at K with each Hessian-sample size (drawn from the run's sample stream)."""
+def hessian_samples_study(exp: Any, state: Any, base: dict[str, Any], spec: SensitivitySpec, progress: bool,
+                          cached: Cached = _uncached) -> list[dict[str, Any]]:
+    """The verdict at K with each Hessian-sample size (drawn from the run's sample stream); `cached(piece,
+    compute)` keeps each new spectrum once it is finished."""
     from train.catalog import NUM_CLASSES
 
     cfg, out = exp.cfg, []
@@ -145,16 +176,18 @@ def hessian_samples_study(exp: Any, state: Any, base: dict[str, Any], spec: Sens
             entry.update(_fit_entry(base["eigenvalues"], cfg.k), num_converged=base["num_converged"],
                          lanczos_steps=base["lanczos_steps"])
         else:
-            top = _converged(_sample_operator(exp, state, n), cfg.k, exp.keys.lanczos_start, cfg.lanczos_steps,
-                             cfg.max_lanczos_steps, progress)
-            entry.update(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
-                         lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
+            def compute(n: int = n) -> dict[str, Any]:
+                top = _converged(_sample_operator(exp, state, n), cfg.k, exp.keys.lanczos_start, cfg.lanczos_steps,
+                                 cfg.max_lanczos_steps, progress)
+                return dict(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
+                            lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
+            entry.update(cached(f"samples{n}", compute))
         out.append(entry)
     return out
 
 
-def lanczos_starts_study(exp: Any, op: Any, base: dict[str, Any], spec: SensitivitySpec,
-                         progress: bool) -> list[dict[str, Any]]:
+def lanczos_starts_study(exp: Any, op: Any, base: dict[str, Any], spec: SensitivitySpec, progress: bool,
+                         cached: Cached = _uncached) -> list[dict[str, Any]]:
     """The verdict at K from several Lanczos start vectors: start 0 is the run's key, start i its fold_in(i)."""
     import jax
 
@@ -163,10 +196,12 @@ def lanczos_starts_study(exp: Any, op: Any, base: dict[str, Any], spec: Sensitiv
         if i == 0:
             entry = dict(_fit_entry(base["eigenvalues"], cfg.k), num_converged=base["num_converged"])
         else:
-            key = jax.random.fold_in(exp.keys.lanczos_start, i)
-            top = _converged(op, cfg.k, key, cfg.lanczos_steps, cfg.max_lanczos_steps, progress)
-            entry = dict(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
-                         eigenvalues=top.eigenvalues)
+            def compute(i: int = i) -> dict[str, Any]:
+                key = jax.random.fold_in(exp.keys.lanczos_start, i)
+                top = _converged(op, cfg.k, key, cfg.lanczos_steps, cfg.max_lanczos_steps, progress)
+                return dict(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
+                            eigenvalues=top.eigenvalues)
+            entry = cached(f"start{i}", compute)
         out.append({"start": i, "key": "lanczos_start" if i == 0 else f"fold_in(lanczos_start, {i})", **entry})
     return out
 
@@ -200,12 +235,14 @@ def _sensitivity_setup(run: Path, epoch: int | None, overrides: dict[str, Any]) 
 
 def sensitivity(run: str | os.PathLike, *, results: str | os.PathLike = RESULTS_ROOT, epoch: int | None = None,
                 name: str | None = None, overrides: dict[str, Any] | None = None,
-                spec: SensitivitySpec = SensitivitySpec(), progress: bool = True, echo: Callable = print) -> Path:
+                spec: SensitivitySpec = SensitivitySpec(), progress: bool = True, echo: Callable = print,
+                work: str | os.PathLike = WORK_ROOT) -> Path:
     """How the verdict and s of a trained network and of its initialisation depend on the method's choices.
 
     Writes results/sensitivity/<name>/: base.json (one converged top-K run per state, with its Lanczos
     coefficients), then one JSON per study (STUDIES), each {"provenance", "trained": [...], "init": [...]}.
-    A study whose file exists is skipped, so a killed study resumes.
+    A study whose file exists is skipped, and each spectrum a study finishes is kept in
+    <work>/sensitivity/<name>/ until the study is written, so a killed study resumes losing at most one spectrum.
 
     Args:
         run: a run directory with checkpoints (or a checkpoints/epoch_N directory).
@@ -213,6 +250,7 @@ def sensitivity(run: str | os.PathLike, *, results: str | os.PathLike = RESULTS_
         name: the output folder's name (default: "<run name>-epoch<E>").
         overrides: spectrum fields (k, hessian_samples, lanczos_steps, ...); K is the largest K studied.
         spec: what to vary.
+        work: the work root (the finished spectra of unfinished studies; never published).
 
     Returns:
         The output directory.
@@ -237,7 +275,8 @@ def sensitivity(run: str | os.PathLike, *, results: str | os.PathLike = RESULTS_
         echo(f"{study}: trained and init")
         doc = {"provenance": provenance}
         for label, state in states.items():
-            doc[label] = _study(study, exp, state, ops[label], base[label], spec, progress)
+            cached = piece_cache(Path(work) / SENSITIVITY / out.name / f"{study}-{label}", provenance)
+            doc[label] = _study(study, exp, state, ops[label], base[label], spec, progress, cached)
         record.write_json(path, doc)
     return out
 
@@ -258,16 +297,17 @@ def _load_or_compute_base(out: Path, exp: Any, ops: dict, spec: SensitivitySpec,
     return json.loads(path.read_text())
 
 
-def _study(study: str, exp: Any, state: Any, op: Any, base: dict, spec: SensitivitySpec, progress: bool) -> list:
+def _study(study: str, exp: Any, state: Any, op: Any, base: dict, spec: SensitivitySpec, progress: bool,
+           cached: Cached = _uncached) -> list:
     """One study of one state."""
     if study == "k_prefix":
         return k_prefix_study(base, spec)
     if study == "paper_procedure":
         return paper_procedure_study(base, spec)
     if study == "hessian_samples":
-        return hessian_samples_study(exp, state, base, spec, progress)
+        return hessian_samples_study(exp, state, base, spec, progress, cached)
     if study == "lanczos_starts":
-        return lanczos_starts_study(exp, op, base, spec, progress)
+        return lanczos_starts_study(exp, op, base, spec, progress, cached)
     raise SweepError(f"unknown study {study!r}; valid: {', '.join(STUDIES)}")
 
 
@@ -291,6 +331,8 @@ def _sensitivity_parser() -> argparse.ArgumentParser:
     p.add_argument("--multipliers", help=f"the paper's procedure: m = c*K for these c (default: "
                                          f"{','.join(map(str, PAPER_MULTIPLIERS))})")
     p.add_argument("--studies", help=f"which studies (default: all of {','.join(STUDIES)})")
+    p.add_argument("--work", default=WORK_ROOT, help=f"where each finished spectrum of an unfinished study is kept "
+                                                     f"(<work>/sensitivity/<name>/; default: {WORK_ROOT}/)")
     _common_args(p)
     return p
 
@@ -309,6 +351,7 @@ def main_sensitivity(argv: list[str]) -> int:
         raise SweepError(f"unknown studies {unknown}; valid: {', '.join(STUDIES)}")
     _use_data_dir(args.data_dir)
     out = sensitivity(args.run, results=args.results, epoch=args.epoch, name=args.name,
-                      overrides={k: getattr(typed, k) for k in overrides}, spec=spec, progress=not args.no_progress)
+                      overrides={k: getattr(typed, k) for k in overrides}, spec=spec, progress=not args.no_progress,
+                      work=args.work)
     print(f"sensitivity written to {out}")
     return 0

@@ -348,6 +348,7 @@ def test_one_control_per_key_equals_the_epoch0_checkpoint(swept, tmp_path, data_
 def sensitivity(swept, data_dir):
     roots = swept["roots"]
     args = ["sensitivity", "--run", str(roots.workdir("tiny", "a")), "--results", str(roots.results), "--name", "t",
+            "--work", str(roots.work),
             "--ks", "4,10", "--samples", "64,128", "--starts", "2", "--multipliers", "1,2,3", "--no-progress",
             "--data-dir", str(data_dir)]
     with pytest.MonkeyPatch.context() as mp:
@@ -407,6 +408,38 @@ def test_sensitivity_samples_and_starts(sensitivity):
     base = np.asarray(docs["base"]["trained"]["eigenvalues"])
     np.testing.assert_allclose(starts[1]["eigenvalues"], base, rtol=1e-3)
     assert docs["k_prefix"]["provenance"]["run"].endswith("tiny/a")
+
+
+def test_a_killed_sensitivity_study_resumes_losing_only_the_spectrum_in_progress(swept, data_dir, monkeypatch,
+                                                                                  tmp_path):
+    from train import sensitivity as sens
+
+    monkeypatch.setenv("HSPEC_DATA_DIR", str(data_dir))
+    run_dir = swept["roots"].workdir("tiny", "a")
+    spec = sens.SensitivitySpec(ks=(10,), samples=(128,), starts=2, multipliers=(1.0,), studies=("lanczos_starts",))
+    real, calls = sens._converged, []
+
+    def killed_at_the_fourth(*args, **kwargs):  # base trained, base init, start 1 trained, start 1 init: killed
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sens, "_converged", killed_at_the_fourth)
+    kw = dict(results=tmp_path / "results", work=tmp_path / "work", name="t", spec=spec, progress=False,
+              echo=lambda line: None)
+    with pytest.raises(KeyboardInterrupt):
+        sens.sensitivity(run_dir, **kw)
+    out, parts = tmp_path / "results" / "sensitivity" / "t", tmp_path / "work" / "sensitivity" / "t"
+    assert sorted(p.name for p in out.iterdir()) == ["base.json"]  # no half-written study under results/
+    assert [p.relative_to(parts).as_posix() for p in parts.rglob("*.json")] == ["lanczos_starts-trained/start1.json"]
+    calls.clear()
+    sens.sensitivity(run_dir, **kw)
+    assert len(calls) == 1  # only the spectrum in progress is computed again
+    monkeypatch.setattr(sens, "_converged", real)
+    sens.sensitivity(run_dir, **dict(kw, results=tmp_path / "r2", work=tmp_path / "w2"))
+    uninterrupted = tmp_path / "r2" / "sensitivity" / "t" / "lanczos_starts.json"
+    assert (out / "lanczos_starts.json").read_text() == uninterrupted.read_text()
 
 
 def test_sensitivity_refuses_training_fields(swept, capsys):
