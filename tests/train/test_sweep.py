@@ -395,6 +395,16 @@ def test_sensitivity_paper_procedure_is_one_truncated_lanczos_run(sensitivity, d
     base = np.asarray(docs["base"]["trained"]["eigenvalues"])
     err = np.abs(np.asarray(entries[-1]["ritz_values"]) - base).max() / base[0]
     assert entries[-1]["max_rel_error"] == pytest.approx(err, rel=1e-9)
+    dropped = [e for e in entries + docs["paper_procedure"]["init"] if "positive_only" in e]
+    assert dropped  # m = K = 10 steps leave non-positive Ritz values among the top K
+    for e in entries + docs["paper_procedure"]["init"]:  # the positive Ritz values alone, fitted by hand
+        pos = np.asarray(e["ritz_values"])[np.asarray(e["ritz_values"]) > 0]
+        if len(pos) == 10:
+            assert "positive_only" not in e
+            continue
+        assert e["positive_only"]["k"] == len(pos)
+        beta = 1 + len(pos) / np.sum(np.log(pos / pos[-1]))
+        assert e["positive_only"]["fit"]["beta"] == pytest.approx(beta, rel=1e-9)
 
 
 def test_sensitivity_samples_and_starts(sensitivity):
