@@ -845,6 +845,101 @@ def group_section(name: str, rows: list[Row], figures: Path, rel: str) -> str:
     return "\n\n".join(parts)
 
 
+# A verdict whose d_KS lies within this fraction of d_c could flip with the sample, the seed or K.
+NEAR_THRESHOLD = 0.25
+
+
+def near_threshold(rows: list[Row]) -> list[str]:
+    """The networks of a group (and their controls) whose d_KS lies within NEAR_THRESHOLD·d_c of d_c."""
+    seen, out = set(), []
+    for r in (r for r in _done(rows) if r.final):
+        for name, result in ((r.run, r.result), (f"{r.run}'s control", r.control)):
+            fit = result.fit if result is not None else {}
+            if result is None or fit.get("d_ks") is None or id(result) in seen:
+                continue
+            seen.add(id(result))
+            if abs(fit["d_ks"] - fit["d_crit"]) <= NEAR_THRESHOLD * fit["d_crit"]:
+                out.append(f"{name} (d_KS {fit['d_ks']:.4f}, d_c {fit['d_crit']:.4f})")
+    return out
+
+
+def s_resolution(rows: list[Row]) -> str | None:
+    """How the spread of s across a group's networks compares with the fit's own uncertainty of s.
+
+    s = 1/(β − 1), so σ_s = σ_β/(β − 1)² (first order): an ordering of s between networks whose s differ by
+    less than about 2σ_s rests on the fit's noise.
+    """
+    fits = [r.result.fit for r in _done(rows) if r.result.fit.get("s") is not None and r.result.fit.get("beta")]
+    if len(fits) < 2:
+        return None
+    s_values = [f["s"] for f in fits]
+    sigma_s = float(np.median([f["sigma"] / (f["beta"] - 1) ** 2 for f in fits]))
+    return (f"s spans {min(s_values):.3f} – {max(s_values):.3f} across these {len(fits)} networks, while the fit's "
+            f"own uncertainty of one s is about ±{sigma_s:.3f} (σ_β/(β − 1)², median): differences smaller than "
+            f"about {2 * sigma_s:.3f} do not order the networks")
+
+
+def _k_dependence(doc: dict[str, Any] | None, label: str) -> str | None:
+    """"power law at K = 100, 500; not at 300, 1000" for one network of a K-prefix study, if the verdict varies."""
+    if not doc:
+        return None
+    entries = [(e["k"], (e.get("fit") or {}).get("is_power_law")) for e in doc[label]]
+    yes = [k for k, v in entries if v]
+    if not yes or len(yes) == len(entries):
+        return None
+    return f"power law at K = {_names(yes)}; not at {_names([k for k, v in entries if not v])}"
+
+
+# Claims about an ordering or a correlation of s (not about a verdict): their reasons are the resolution of s.
+ORDERING_RULES = (rule_sgd_below_adam, rule_s_tracks_sharpness, rule_s_tracks_test_error)
+
+
+def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dict[str, Any]]) -> str:
+    """Every claim we disagree with, with what our own measurements offer as likely reasons."""
+    items = []
+    for name, rows in all_rows.items():
+        for claim in CLAIMS.get(name, ()):
+            out = claim.rule(rows)
+            if out.status != DISAGREE:
+                continue
+            reasons = []
+            near = [] if claim.rule in ORDERING_RULES else near_threshold(rows)
+            # The rows the rule itself compares: the trained checkpoints, or the ends of the runs.
+            compared = ([r for r in rows if (r.value or 0) > 0] if claim.rule is rule_s_tracks_test_error
+                        else [r for r in rows if r.final])
+            spread = s_resolution(compared) if claim.rule in ORDERING_RULES else None
+            if spread:
+                reasons.append(spread)
+            if near:
+                reasons.append(f"verdicts near the threshold (|d_KS − d_c| ≤ {NEAR_THRESHOLD:g}·d_c), which the "
+                               f"sample, the seed or K can flip: {_names(near[:6])}"
+                               + (f" and {len(near) - 6} more" if len(near) > 6 else ""))
+            reduced = [r.run for r in _done(rows) if r.reduced]
+            if reduced:
+                reasons.append(f"rows that depart from the paper's setting: {_names(reduced)}")
+            items.append(f"- **{name}**: {claim.text} Ours: {out.detail}."
+                         + "".join(f"\n  - {x}" for x in reasons))
+    if not items:
+        return "No claim measured so far disagrees with ours."
+    general = []
+    for folder, docs in folders.items():
+        for label, what in (("trained", "the trained network"), ("init", "its initialisation")):
+            dep = _k_dependence(docs.get("k_prefix"), label)
+            if dep:
+                general.append(f"K ({folder}, {what}): {dep}; d_c = 1.36/√K shrinks with K, so a larger K "
+                               f"asks a closer fit of more eigenvalues.")
+    seeds = [r.result.fit.get("d_ks") for r in _done(all_rows.get("seeds", [])) if r.run.startswith("baseline")]
+    seeds = [d for d in seeds if d is not None]
+    general.append(f"Seeds: the baseline's d_KS over {len(seeds)} seeds is {_mean_sd(seeds)}." if len(seeds) >= 2
+                   else "Seeds: the spread of d_KS over training seeds is not measured yet (the seeds group).")
+    general.append("Unstated choices of the paper: the LeNet layers (the lenet-variants group), whether its "
+                   "eigenvalues were converged (the paper's procedure in the sensitivity section), the Hessian "
+                   "sample (which 1,000 examples) and the Lanczos start.")
+    return ("Each claim our numbers disagree with, with what our own measurements suggest as reasons. None of "
+            "these is a finding about the paper's code, which we have not seen.\n\n" + "\n".join(items)
+            + "\n\nWhat bears on all of them:\n\n" + "\n".join(f"- {g}" for g in general))
+
+
 def overview(all_rows: dict[str, list[Row]]) -> str:
     """One line per group: results present and the claims' outcomes."""
     lines = ["| group | networks measured | claims: agree / disagree / undecided |", "|---|---|---|"]
@@ -884,7 +979,8 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
     results, out = Path(results), Path(out)
     figures = out.parent / FIGURES
     all_rows = {name: load_group(results, name) for name in sweep.GROUPS}
-    sections = [HEADER, "## Overview\n\n" + overview(all_rows)]
+    sections = [HEADER, "## Overview\n\n" + overview(all_rows),
+                "## Where we disagree, and likely reasons\n\n" + disagreements_section(all_rows, study_docs(results))]
     sections += [group_section(name, rows, figures, FIGURES) for name, rows in all_rows.items()]
     sections.append("## Sensitivity of the verdict to the method's choices\n\n" + sensitivity_section(results, all_rows))
     sections.append("## Data\n\n" + data_section(all_rows))

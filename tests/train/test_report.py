@@ -312,3 +312,32 @@ def test_planned_control_users_group_runs_by_their_control():
     noise = sweep.control_key(sweep.run_config(sweep.find_run("label-noise/noise40")[1], {}))
     assert planned[noise] == ["label-noise/noise40"]  # noisy labels change the Hessian sample
     assert sum(map(len, planned.values())) == sum(s.same_as is None for g in sweep.iter_groups() for s in g.runs)
+
+
+def _with_fit(result, **fit):
+    return record.SpectrumResult(**{**result.__dict__, "fit": {**result.fit, **fit}})
+
+
+def test_disagreements_name_near_threshold_verdicts_the_resolution_of_s_and_the_k_dependence():
+    d_c = 1.36 / np.sqrt(K)
+    near = _with_fit(synth(power_law(1.0)), d_ks=1.1 * d_c, is_power_law=False)  # within 25% of d_c
+    far = _with_fit(synth(exponential()), d_ks=2 * d_c)
+    rows = [row("noise40", far, control=near), row("noise80", synth(power_law(1.0)))]
+    assert report.near_threshold(rows) == [f"noise40's control (d_KS {1.1 * d_c:.4f}, d_c {d_c:.4f})"]
+    # s = 1/(β − 1) and σ_s = σ_β/(β − 1)²: with β = 2 and σ_β = 0.03 both s and σ_s are plain numbers.
+    a = _with_fit(synth(power_law(1.0)), beta=2.0, sigma=0.03, s=1.0)
+    b = _with_fit(synth(power_law(1.0)), beta=3.0, sigma=0.2, s=0.5)
+    text = report.s_resolution([row("a", a), row("b", b)])
+    assert "s spans 0.500 – 1.000 across these 2 networks" in text
+    assert "±0.040" in text  # median of 0.03 and 0.2/4 = 0.05
+    all_rows = {name: [] for name in sweep.GROUPS}
+    assert report.disagreements_section(all_rows, {}) == "No claim measured so far disagrees with ours."
+    all_rows["label-noise"] = rows  # noise80 is a power law: the claim "breaks down under noise" disagrees
+    k_doc = {"trained": [{"k": 100, "fit": {"is_power_law": True}}, {"k": 1000, "fit": {"is_power_law": False}}],
+             "init": [{"k": 100, "fit": {"is_power_law": False}}, {"k": 1000, "fit": {"is_power_law": False}}]}
+    text = report.disagreements_section(all_rows, {"base": {"k_prefix": k_doc}})
+    assert "- **label-noise**: The structure breaks down under label noise" in text
+    assert "1 of 2 show a power law (noise80)" in text and "noise40's control (d_KS" in text
+    assert "K (base, the trained network): power law at K = 100; not at 1000" in text
+    assert "its initialisation" not in text  # its verdict does not change with K
+    assert "spread of d_KS over training seeds is not measured yet" in text
