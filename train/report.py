@@ -340,15 +340,19 @@ def reductions(config: dict[str, Any], nominal: config_lib.Config, data: dict[st
     if config.get("train_size") is None and full and n and n < full:
         out.append(f"data: {n} of {full} training examples")
     if overrides:
-        out.append("sweep overrides: " + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(overrides.items())))
+        out.append("sweep overrides: " + _assignments(overrides))
     return out
+
+
+def _assignments(fields: dict[str, Any]) -> str:
+    """"k=20, learning_rate=0.01": fields with their JSON values, sorted by name."""
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(fields.items()))
 
 
 def failure_note(attempt: dict[str, Any]) -> str:
     """One failed training attempt in words (results/failed/<group>/<run>.json)."""
     over = attempt.get("overrides") or {}
-    setting = ("with " + ", ".join(f"{k}={json.dumps(v)}" for k, v in sorted(over.items()))) if over \
-        else "in the paper's setting"
+    setting = f"with {_assignments(over)}" if over else "in the paper's setting"
     last = attempt.get("last_finished_epoch") or {}
     before = (f"; after epoch {last['epoch']} the training loss was {last['train_loss']:.3g}, accuracy "
               f"{100 * last['train_acc']:.1f}%" if "train_loss" in last and "train_acc" in last else "")
@@ -379,7 +383,7 @@ def _run_row(results: Path, group: sweep.Group, spec: sweep.SweepRun) -> tuple[R
     src_group, src = sweep.source_of(group, spec)
     where = results / src_group.name / src.name
     alias = () if spec.same_as is None else (f"same run as {src_group.name}/{src.name}",)
-    failures = sweep.read_failures(results / sweep.FAILED / src_group.name / f"{src.name}.json")
+    failures = sweep.read_failures(sweep.failure_path(results, src_group.name, src.name))
     failed = tuple(failure_note(a) for a in failures)
     if not sweep.is_published(where):
         return Row(spec.name, None, notes=failed + alias, failed=bool(failures)), None
@@ -767,10 +771,12 @@ def method_choice_summary(choices: list[tuple[str, list[tuple[str, Any]]]]) -> s
             + "\n".join(lines) + "\n\n" + rule + " " + verdict + moved)
 
 
-def sensitivity_section(results: Path, all_rows: dict[str, list[Row]] | None = None) -> str:
-    """The sensitivity studies of results/sensitivity/<name>/ as tables (trained network and its initialisation)."""
+def sensitivity_section(results: Path, all_rows: dict[str, list[Row]] | None = None,
+                        folders: dict[str, dict[str, Any]] | None = None) -> str:
+    """The sensitivity studies of results/sensitivity/<name>/ as tables (trained network and its initialisation);
+    `folders` is their `study_docs`, when the caller has read them already."""
     parts = []
-    folders = study_docs(results)
+    folders = study_docs(results) if folders is None else folders
     for name, docs in folders.items():
         prov = next((d["provenance"] for d in docs.values() if d), None)
         if prov is None:
@@ -902,14 +908,15 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
             out = claim.rule(rows)
             if out.status != DISAGREE:
                 continue
-            reasons = []
-            near = [] if claim.rule in ORDERING_RULES else near_threshold(rows)
-            # The rows the rule itself compares: the trained checkpoints, or the ends of the runs.
-            compared = ([r for r in rows if (r.value or 0) > 0] if claim.rule is rule_s_tracks_test_error
-                        else [r for r in rows if r.final])
-            spread = s_resolution(compared) if claim.rule in ORDERING_RULES else None
-            if spread:
-                reasons.append(spread)
+            reasons, near = [], []
+            if claim.rule in ORDERING_RULES:
+                # The rows the rule itself compares: the trained checkpoints, or the ends of the runs.
+                compared = ([r for r in rows if (r.value or 0) > 0] if claim.rule is rule_s_tracks_test_error
+                            else [r for r in rows if r.final])
+                spread = s_resolution(compared)
+                reasons += [spread] if spread else []
+            else:
+                near = near_threshold(rows)
             if near:
                 reasons.append(f"verdicts near the threshold (|d_KS − d_c| ≤ {NEAR_THRESHOLD:g}·d_c), which the "
                                f"sample, the seed or K can flip: {_names(near[:6])}"
@@ -979,10 +986,11 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
     results, out = Path(results), Path(out)
     figures = out.parent / FIGURES
     all_rows = {name: load_group(results, name) for name in sweep.GROUPS}
+    folders = study_docs(results)
     sections = [HEADER, "## Overview\n\n" + overview(all_rows),
-                "## Where we disagree, and likely reasons\n\n" + disagreements_section(all_rows, study_docs(results))]
+                "## Where we disagree, and likely reasons\n\n" + disagreements_section(all_rows, folders)]
     sections += [group_section(name, rows, figures, FIGURES) for name, rows in all_rows.items()]
-    sections.append("## Sensitivity of the verdict to the method's choices\n\n" + sensitivity_section(results, all_rows))
+    sections.append("## Sensitivity of the verdict to the method's choices\n\n" + sensitivity_section(results, all_rows, folders))
     sections.append("## Data\n\n" + data_section(all_rows))
     text = "\n\n".join(sections) + "\n"
     written = {f"{name}.png" for name, rows in all_rows.items() if _done(rows)}

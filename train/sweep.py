@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from train import config as config_lib
-from train import presets, rundir
+from train import presets, record, rundir
 from train.catalog import OPTIMIZERS
 from train.config import Config, ConfigError
 
@@ -83,7 +83,7 @@ CONTROLS = "controls"
 SENSITIVITY = "sensitivity"
 CONTROL_POINTER = "control.json"
 OVERRIDES = "overrides.json"
-# results/failed/<group>/<run>.json: the training failures of a run, one per set of overrides (FailureRecord).
+# results/failed/<group>/<run>.json: the diverged attempts of a run, one per set of overrides (record_failure).
 FAILED = "failed"
 CONTROL_KEY = "key.json"
 # What a published run holds: the record, its config, metrics, plot and table; never checkpoints.
@@ -441,7 +441,7 @@ class Roots:
         return self.results / CONTROLS / key
 
     def failure(self, group: str, run: str) -> Path:
-        return self.results / FAILED / group / f"{run}.json"
+        return failure_path(self.results, group, run)
 
     def lock(self, name: str) -> RunLock:
         return RunLock(self.work / ".locks" / f"{name}.lock")
@@ -480,11 +480,9 @@ def run_state(roots: Roots, group: Group, spec: SweepRun, groups: dict[str, Grou
     return ("running" if running else "missing") + failed
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def failure_path(results: Path, group: str, run: str) -> Path:
+    """Where a run's diverged attempts are recorded under a results root."""
+    return results / FAILED / group / f"{run}.json"
 
 
 def read_failures(path: Path) -> list[dict[str, Any]]:
@@ -514,7 +512,7 @@ def record_failure(path: Path, attempt: dict[str, Any]) -> None:
     """Add a failed attempt to a run's failure record, replacing an earlier one with the same overrides."""
     attempts = [a for a in read_failures(path) if a["overrides"] != attempt["overrides"]] + [attempt]
     attempts.sort(key=lambda a: json.dumps(a["overrides"], sort_keys=True))
-    _write_json_atomic(path, {"attempts": attempts})
+    record.write_json(path, {"attempts": attempts})
 
 
 def _copy_file(src: Path, dst: Path) -> None:
