@@ -901,8 +901,12 @@ ORDERING_RULES = (rule_sgd_below_adam, rule_s_tracks_sharpness, rule_s_tracks_te
 
 
 def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dict[str, Any]]) -> str:
-    """Every claim we disagree with, with what our own measurements offer as likely reasons."""
-    items = []
+    """Every claim we disagree with, with what our own measurements offer as likely reasons.
+
+    Groups that share their networks (the reference run is a row of four groups) can make the same claim
+    on the same measurements: that claim is listed once, under all of them.
+    """
+    items: dict[tuple, tuple[list[str], str]] = {}
     for name, rows in all_rows.items():
         for claim in CLAIMS.get(name, ()):
             out = claim.rule(rows)
@@ -924,8 +928,13 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
             reduced = [r.run for r in _done(rows) if r.reduced]
             if reduced:
                 reasons.append(f"rows that depart from the paper's setting: {_names(reduced)}")
-            items.append(f"- **{name}**: {claim.text} Ours: {out.detail}."
-                         + "".join(f"\n  - {x}" for x in reasons))
+            measured = tuple(sorted((res.fit.get("d_ks") or 0.0, res.sharpness.get("lambda_max") or 0.0)
+                                    for r in _done(rows) if r.final for res in (r.result, r.control) if res is not None))
+            groups, _ = items.setdefault((claim.text, out.detail, measured),
+                                         ([], f"{claim.text} Ours: {out.detail}." + "".join(f"\n  - {x}" for x in reasons)))
+            groups.append(name)
+    items = [f"- **{', '.join(groups)}**" + (" (the same networks)" if len(groups) > 1 else "") + f": {body}"
+             for groups, body in items.values()]
     if not items:
         return "No claim measured so far disagrees with ours."
     general = []

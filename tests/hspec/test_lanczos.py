@@ -206,3 +206,33 @@ def test_distinct_in_float32_matches_starts_through_rounding():
                                 num_steps=50, num_starts=3, combine="distinct")
     assert top.num_converged == 10 and top.num_distinct == 10
     np.testing.assert_allclose(top.eigenvalues, lam[:10], rtol=1e-4)
+
+
+@pytest.mark.parametrize("where", ["host", "device"])
+def test_orthogonalize_repeats_the_pass_only_where_cancellation_needs_it(x64, where):
+    """Start 0 lies in the span of the basis up to 1e-9: one Gram-Schmidt pass leaves it far from
+    orthogonal (rounding of the removed part), the second pass makes it orthogonal at working
+    precision. Start 1 is a random vector: one pass already suffices and the answer is its exact
+    perpendicular part."""
+    from hspec import krylov
+
+    rng = np.random.default_rng(11)
+    n, r = 300, 60
+    q = np.linalg.qr(rng.standard_normal((n, r + 2)))[0]
+    basis, u, g = q[:, :r].T, q[:, r], rng.standard_normal(n)
+    w = np.stack([basis.T @ rng.standard_normal(r) + 1e-9 * u, g])
+    perp = np.stack([1e-9 * u, g - basis.T @ (basis @ g)])  # the exact answers, from the orthonormal q
+    stacked = np.stack([basis, basis])
+    if where == "host":
+        out = krylov._host_orthogonalize(stacked, w)
+    else:
+        out = np.asarray(krylov._orthogonalize(jnp.asarray(stacked), jnp.asarray(w)))
+
+    def tilt(x):  # how far from orthogonal to the basis, relative to the vector's length
+        return np.linalg.norm(stacked @ x[..., None], axis=(1, 2)) / np.linalg.norm(x, axis=1)
+
+    one_pass = w - np.einsum("srn,sr->sn", stacked, np.einsum("srn,sn->sr", stacked, w))
+    assert tilt(one_pass)[0] > 1e-10  # one pass is not enough for start 0: the test can fail
+    assert np.all(tilt(out) < 1e-13)
+    np.testing.assert_allclose(out[1], perp[1], atol=1e-13)
+    np.testing.assert_allclose(out[0], perp[0], atol=1e-15)

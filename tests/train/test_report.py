@@ -341,3 +341,17 @@ def test_disagreements_name_near_threshold_verdicts_the_resolution_of_s_and_the_
     assert "K (base, the trained network): power law at K = 100; not at 1000" in text
     assert "its initialisation" not in text  # its verdict does not change with K
     assert "spread of d_KS over training seeds is not measured yet" in text
+
+
+def test_a_claim_on_networks_that_groups_share_is_listed_once_under_all_of_them():
+    """The reference run is a row of several groups: the same disagreeing claim on the same measurements is one
+    item naming the groups; a group with other measurements keeps its own item."""
+    trained, init = synth(exponential()), synth(exponential())  # neither is a power law: "trained vs init" disagrees
+    shared = [row("reference", trained, control=init)]
+    other = [row("paper-form", synth(exponential(2.0)), control=init)]  # the same d_KS (scale-free), another λ_max
+    all_rows = {name: [] for name in sweep.GROUPS}
+    all_rows.update(checkpoints=shared, optimizers=shared, **{"lenet-variants": other})
+    text = report.disagreements_section(all_rows, {})
+    assert "- **checkpoints, optimizers** (the same networks): Trained networks show a power law" in text
+    assert "- **lenet-variants**: Trained networks show a power law" in text
+    assert text.count("Trained networks show a power law") == 2
