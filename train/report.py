@@ -885,6 +885,24 @@ def s_resolution(rows: list[Row]) -> str | None:
             f"about {2 * sigma_s:.3f} do not order the networks")
 
 
+def label_fit(rows: list[Row]) -> str | None:
+    """How much of their changed training labels the networks trained on noisy labels fit.
+
+    A network that predicts every example's clean label scores 1 − q on labels of which a fraction q was
+    changed (the realised noise); accuracy above that is the share of changed labels it memorised.
+    """
+    parts = []
+    for r in (r for r in _done(rows) if r.final and r.result.setting.get("trained")):
+        q, acc = r.result.data.get("realised_label_noise"), r.result.metrics.get("train_acc")
+        if q and acc is not None:
+            parts.append(f"{r.run} {100 * acc:.1f}% against {100 * (1 - q):.1f}% "
+                         f"({100 * max(acc - (1 - q), 0) / q:.0f}% of its changed labels fitted)")
+    if not parts:
+        return None
+    return ("how far the networks fit their changed labels: train accuracy on their own labels against what "
+            "predicting the clean labels scores: " + _names(parts))
+
+
 def _k_dependence(doc: dict[str, Any] | None, label: str) -> str | None:
     """"power law at K = 100, 500; not at 300, 1000" for one network of a K-prefix study, if the verdict varies."""
     if not doc:
@@ -921,6 +939,8 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
                 reasons += [spread] if spread else []
             else:
                 near = near_threshold(rows)
+                fitted = label_fit(rows)
+                reasons += [fitted] if fitted else []
             if near:
                 reasons.append(f"verdicts near the threshold (|d_KS − d_c| ≤ {NEAR_THRESHOLD:g}·d_c), which the "
                                f"sample, the seed or K can flip: {_names(near[:6])}"

@@ -355,3 +355,22 @@ def test_a_claim_on_networks_that_groups_share_is_listed_once_under_all_of_them(
     assert "- **checkpoints, optimizers** (the same networks): Trained networks show a power law" in text
     assert "- **lenet-variants**: Trained networks show a power law" in text
     assert text.count("Trained networks show a power law") == 2
+
+
+def test_label_fit_compares_train_accuracy_with_predicting_the_clean_labels():
+    """On labels of which a fraction q was changed, predicting the clean label scores 1 − q; the accuracy above
+    that, over q, is the share of changed labels the network fitted."""
+    import dataclasses
+
+    def noisy(q, acc, trained=True):
+        res = synth(power_law(1.0), trained=trained)
+        return dataclasses.replace(res, data={**res.data, "realised_label_noise": q},
+                                   metrics={**res.metrics, "train_acc": acc})
+
+    rows = [row("noise40", noisy(0.4, 0.66)), row("random", noisy(0.9, 0.05)), row("unchanged", synth(power_law(1.0))),
+            row("init", noisy(0.4, 0.1, trained=False))]
+    text = report.label_fit(rows)
+    assert "noise40 66.0% against 60.0% (15% of its changed labels fitted)" in text  # (0.66 − 0.6)/0.4
+    assert "random 5.0% against 10.0% (0% of its changed labels fitted)" in text
+    assert "unchanged" not in text and "init" not in text  # no changed labels; not trained
+    assert report.label_fit([rows[2]]) is None
