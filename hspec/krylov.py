@@ -6,8 +6,8 @@ then orthogonalises against the whole basis: one classical Gram-Schmidt pass, an
 the first removed more than 1 − 1/√2 of the vector's norm (the Daniel-Gragg-Kaufman-Stewart test; "twice is
 enough"). Without full reorthogonalisation ghost copies of the top eigenvalues appear. After the three-term
 subtraction the first pass removes only rounding-level components, so a second pass is rare, and each step
-reads the basis twice instead of four times: on CPU these reads, not the Hessian-vector product, were half
-of a K = 1000 LeNet spectrum (benchmarks/RESULTS.md). Ritz values come from the symmetric tridiagonal
+reads the basis twice instead of four times. On CPU these reads rival the Hessian-vector product: halving
+them took the top 1000 of LeNet-5 (3000 steps) to 0.68 of its time (benchmarks/RESULTS.md). Ritz values come from the symmetric tridiagonal
 eigenproblem, solved on the host in float64.
 
 Two loop forms, picked per backend (``loop="auto"``):
