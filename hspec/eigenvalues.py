@@ -260,6 +260,7 @@ def top_eigenvalues(
     return_vectors: bool = False,
     progress: bool = False,
     max_steps: int | None = None,
+    checkpoint_dir=None,
 ) -> TopEigenvalues:
     """The k largest (algebraic, not magnitude) eigenvalues of the Hessian of ``loss_fn`` at ``params``.
 
@@ -290,6 +291,8 @@ def top_eigenvalues(
       max_steps: if larger than ``num_steps``, keep stepping (checking every num_steps/10 steps) until
         the top k have converged or ``max_steps`` is reached; the steps taken are in ``num_steps`` of the
         result. A truncated Lanczos run is exactly a shorter run, so nothing is recomputed.
+      checkpoint_dir: keep the Krylov state there so that a killed call, made again with the same
+        arguments, resumes (:func:`hspec.lanczos`); needs the host basis, the CPU default.
 
     Returns:
       :class:`TopEigenvalues`.
@@ -313,7 +316,7 @@ def top_eigenvalues(
     result = lanczos(
         op, m, key=key, num_starts=num_starts, start=start, loop=loop, basis=basis,
         return_vectors=return_vectors, progress=progress, max_steps=max_steps,
-        stop=partial(_enough_converged, k=k, combine=combine, tol=tol, eps=eps),
+        stop=partial(_enough_converged, k=k, combine=combine, tol=tol, eps=eps), checkpoint_dir=checkpoint_dir,
     )
     values, residuals, std, order = _combine(result.ritz_values, result.residuals, k, combine, tol, eps)
     converged = _converged_mask(values, residuals, tol)

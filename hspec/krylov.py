@@ -37,7 +37,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
+import os
+import time
 from collections.abc import Callable
+from pathlib import Path
 from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
@@ -50,6 +54,7 @@ from hspec._checks import check_flat_vectors
 from hspec.errors import NonFiniteError
 
 __all__ = [
+    "KrylovStore",
     "LanczosResult",
     "MatvecOperator",
     "SymmetricOperator",
@@ -65,6 +70,9 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # Breakdown: β_j <= BREAKDOWN_TOLERANCE · eps · scale, scale = max|α| + max|β| so far (a lower bound
 # on ||H||): what is left of w after orthogonalisation is then rounding noise, not a new direction.
 BREAKDOWN_TOLERANCE = 100.0
+
+# Seconds between saves of a checkpointed run (checkpoint_dir): a kill loses at most this much stepping.
+CHECKPOINT_EVERY_S = 60.0
 
 
 @runtime_checkable
@@ -406,32 +414,119 @@ def _advance_python(matvec, state, key, j0, j1, on_host):
     return V, alphas, betas, v
 
 
-def _drive(advance, state, m_total, first, stop, check_every, progress):
+class KrylovStore:
+    """The host Krylov state of one run kept in a directory, so that a killed run resumes from its last save.
+
+    Files: ``basis.bin``, the basis rows in step order (``[row, start, n]``, append-only, so a save writes
+    only the rows added since the last one), and ``state.npz``: the steps done, the coefficients and the
+    shape, replaced atomically after the rows it refers to are on disk. A resumed run continues exactly
+    as the uninterrupted one: every row is fixed once written, and the steps are deterministic.
+
+    Args:
+      directory: where the files live (created on the first save).
+      every_s: seconds between saves (0: after every slice of steps).
+    """
+
+    BASIS, STATE = "basis.bin", "state.npz"
+
+    def __init__(self, directory: str | os.PathLike, every_s: float = 60.0):
+        self.dir, self.every_s = Path(directory), float(every_s)
+        self.rows_on_disk, self.last_save = 0, time.monotonic()
+
+    def _shape(self, V) -> list:
+        return [int(V.shape[0]), int(V.shape[1]), int(V.shape[2]), str(V.dtype)]
+
+    def restore(self, state, matvec) -> int:
+        """Fill ``state`` from the directory and return the steps done there (0: nothing to resume).
+
+        A saved state resumes only when its shape and dtype match, its first basis row is this run's start
+        vector, and the operator gives back its α_0 (one product, so that a state saved for another network
+        or Hessian sample is never continued); otherwise the run starts afresh.
+        """
+        V, alphas, betas, _ = state
+        path = self.dir / self.STATE
+        if not path.is_file():
+            return 0
+        with np.load(path) as saved:
+            j, shape = int(saved["steps"]), json.loads(str(saved["shape"]))
+            if shape != self._shape(V) or j < 1:
+                return 0
+            S, n = V.shape[0], V.shape[2]
+            rows = np.fromfile(self.dir / self.BASIS, dtype=V.dtype, count=(j + 1) * S * n)
+            if rows.size < min(j + 1, V.shape[1]) * S * n:
+                return 0
+            rows = rows.reshape(-1, S, n).transpose(1, 0, 2)
+            v0 = np.asarray(V[:, 0])
+            alpha0 = np.sum(v0 * np.asarray(matvec(jnp.asarray(v0))), axis=-1)
+            if not (np.array_equal(rows[:, 0], v0)
+                    and np.allclose(alpha0, saved["alphas"][:, 0], rtol=1e-9, atol=0)):
+                return 0
+            V[:, : rows.shape[1]] = rows
+            alphas[:, :j], betas[:, :j] = saved["alphas"], saved["betas"]
+        self.rows_on_disk = rows.shape[1]
+        return j
+
+    def save(self, state, j: int, *, force: bool = False) -> None:
+        """Save after j steps (basis rows 0..j are set), at most every ``every_s`` seconds unless forced."""
+        if not force and time.monotonic() - self.last_save < self.every_s:
+            return
+        V, alphas, betas, _ = state
+        self.dir.mkdir(parents=True, exist_ok=True)
+        hi = min(j + 1, V.shape[1])
+        with open(self.dir / self.BASIS, "r+b" if self.rows_on_disk else "wb") as f:
+            f.seek(self.rows_on_disk * V.shape[0] * V.shape[2] * V.dtype.itemsize)
+            f.write(np.ascontiguousarray(V[:, self.rows_on_disk : hi].transpose(1, 0, 2)).tobytes())
+            f.flush()
+            os.fsync(f.fileno())
+        tmp = self.dir / f".{self.STATE}.tmp"
+        with open(tmp, "wb") as f:
+            np.savez(f, steps=j, alphas=alphas[:, :j], betas=betas[:, :j], shape=json.dumps(self._shape(V)))
+        os.replace(tmp, self.dir / self.STATE)
+        self.rows_on_disk, self.last_save = hi, time.monotonic()
+
+    def clear(self) -> None:
+        """Remove the files (the run finished) and the directory when it is left empty."""
+        for name in (self.STATE, self.BASIS, f".{self.STATE}.tmp"):
+            (self.dir / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.dir.rmdir()
+
+
+def _drive(advance, state, m_total, first, stop, check_every, progress, j0=0, store=None):
     """Run ``first`` steps, then (with ``stop``) chunks of ``check_every`` until ``stop`` or ``m_total``.
 
-    A Lanczos run truncated at j steps is exactly a j-step run, so growing costs nothing extra.
-    Returns the basis and coefficients truncated to the steps taken.
+    A Lanczos run truncated at j steps is exactly a j-step run, so growing costs nothing extra. A run
+    resumed at ``j0`` steps checks ``stop`` at the same step counts as one that ran from 0. With a
+    ``store``, the state is saved as the run goes. Returns the basis and coefficients truncated to the
+    steps taken.
     """
     bar = None
+    j, j_end = j0, first
+    while j_end < j:  # the check point at or after j0, as a run from 0 would have met it
+        j_end = min(m_total, j_end + check_every)
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=first, desc="Lanczos", unit="step", leave=False)
-    j = 0
+        bar = tqdm(total=j_end, initial=j0, desc="Lanczos", unit="step", leave=False)
+    # Advance in slices so that the bar moves, a non-finite product is caught early and the store saves.
+    slice_len = 16 if bar is not None or store is not None else None
     while True:
-        j_end = first if j == 0 else min(m_total, j + check_every)
         if bar is not None:
             bar.total = max(bar.total, j_end)
-        # Advance in slices so that the bar moves and a non-finite product is caught early.
-        for lo in range(j, j_end, 16 if bar is not None else j_end - j):
-            hi = min(j_end, lo + 16) if bar is not None else j_end
+        for lo in range(j, j_end, slice_len or max(j_end - j, 1)):
+            hi = min(j_end, lo + slice_len) if slice_len else j_end
             state = advance(state, lo, hi)
             _check_finite(np.asarray(state[1][:, lo:hi]), lo)
+            if store is not None:
+                store.save(state, hi)
             if bar is not None:
                 bar.update(hi - lo)
         j = j_end
         if stop is None or j >= m_total or stop(np.asarray(state[1][:, :j]), np.asarray(state[2][:, :j])):
             break
+        if store is not None:
+            store.save(state, j, force=True)  # a check point: the next resumption starts here at the latest
+        j_end = min(m_total, j + check_every)
     if bar is not None:
         bar.close()
     V, alphas, betas, _ = state
@@ -522,6 +617,8 @@ def lanczos(
     max_steps: int | None = None,
     stop=None,
     check_every: int | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every_s: float | None = None,
 ) -> LanczosResult:
     """Run ``num_steps`` Lanczos steps with full reorthogonalisation from ``num_starts`` random starts.
 
@@ -543,6 +640,10 @@ def lanczos(
         ``stop(alphas, betas) -> bool`` (given the ``[S, j]`` coefficients so far) returns True; checked
         every ``check_every`` steps (default: a tenth of num_steps, at least 10). Buffers are sized for
         ``max_steps`` from the start.
+      checkpoint_dir: keep the Krylov state in this directory (a :class:`KrylovStore`), saved every
+        ``checkpoint_every_s`` seconds (default ``CHECKPOINT_EVERY_S``) and at each convergence check, so that a killed run started again
+        with the same arguments resumes where it was saved and gives the same result as an uninterrupted
+        run. The files are removed when the run finishes. Needs the host basis (the CPU default).
 
     Returns:
       :class:`LanczosResult` with the tridiagonal coefficients, Ritz values, residual bounds and weights.
@@ -564,13 +665,25 @@ def lanczos(
              zeros((num_starts, m_total), dtype), v0)
     if on_host:
         state[0][:, 0] = np.asarray(v0)  # the host step reads v_j from the basis
+    store, j0 = None, 0
+    if checkpoint_dir is not None:
+        if not on_host:
+            raise ValueError("checkpoint_dir needs basis='host' (the basis is saved from host memory); "
+                             f"this run resolved to basis={basis!r}, loop={loop!r}")
+        store = KrylovStore(checkpoint_dir, CHECKPOINT_EVERY_S if checkpoint_every_s is None else checkpoint_every_s)
+        j0 = store.restore(state, op.matvec)
+        if j0:
+            state = state[:3] + (jnp.asarray(state[0][:, j0]) if j0 < m_total else state[3],)
     if loop == "fori":
         pure, args = op.pure_matvec, op.args
         advance = lambda st, j0, j1: _run_steps(pure, args, *st, k_restart, j0, j1)  # noqa: E731
     else:
         advance = lambda st, j0, j1: _advance_python(op.matvec, st, k_restart, j0, j1, on_host)  # noqa: E731
     with _single_threaded_blas(on_host):
-        V, alphas, betas = _drive(advance, state, m_total, m, stop if grow else None, check_every, progress)
+        V, alphas, betas = _drive(advance, state, m_total, m, stop if grow else None, check_every, progress,
+                                  j0, store)
+    if store is not None:
+        store.clear()
     values, residuals, weights, vectors = ritz_decomposition(alphas, betas, V, return_vectors)
     return LanczosResult(alphas, betas, values, residuals, weights, vectors, int(alphas.shape[1]), loop)
 

@@ -81,13 +81,15 @@ def _eigengap_fit(eigenvalues: np.ndarray) -> dict | None:
         return {"error": str(err)}
 
 
-def _top_k(op: hspec.HessianOperator, spec: SpectrumSpec, key: jax.Array, progress: bool):
+def _top_k(op: hspec.HessianOperator, spec: SpectrumSpec, key: jax.Array, progress: bool, state_dir=None):
     """The strict top-K eigenvalues of the operator, the Krylov space grown until they converge; and the
-    step budget used (the rule's value when the spec leaves it open)."""
+    step budget used (the rule's value when the spec leaves it open). With ``state_dir`` (host basis only) a
+    killed Lanczos run resumes from its last save."""
     steps = spec.lanczos_steps or hspec.default_num_steps(spec.k, op.dim)
     max_steps = spec.max_lanczos_steps or hspec.default_max_steps(steps, op.dim)
     top = hspec.top_eigenvalues(op, k=spec.k, key=key, num_steps=steps, max_steps=max_steps, tol=spec.tol,
-                                strict=True, num_starts=spec.num_starts, combine=spec.combine, progress=progress)
+                                strict=True, num_starts=spec.num_starts, combine=spec.combine, progress=progress,
+                                checkpoint_dir=state_dir)
     return top, max_steps
 
 
@@ -101,7 +103,7 @@ def _density(op: hspec.HessianOperator, spec: SpectrumSpec, key: jax.Array) -> d
 
 def measure(loss_fn: Callable, params: Any, batches: list, spec: SpectrumSpec, *, lanczos_key: jax.Array,
             trace_key: jax.Array, density_key: jax.Array | None = None, wrt: Any = None,
-            progress: bool = True) -> Measurement:
+            progress: bool = True, lanczos_state: Any = None) -> Measurement:
     """Measure the Hessian of `loss_fn` at `params` over `batches`: spectrum, fit, sharpness, density.
 
     Args:
@@ -113,6 +115,8 @@ def measure(loss_fn: Callable, params: Any, batches: list, spec: SpectrumSpec, *
         density_key: its density-probe stream (needed when spec.density_points > 0).
         wrt: a parameter subset (regex on leaf paths, callable or bool pytree); None: all parameters.
         progress: tqdm bar over the Lanczos steps.
+        lanczos_state: a directory for the Lanczos state, so that a killed measurement resumes its Krylov space
+            (CPU, where the basis is on the host; ignored elsewhere). None: not kept.
 
     Returns:
         The Measurement.
@@ -123,7 +127,8 @@ def measure(loss_fn: Callable, params: Any, batches: list, spec: SpectrumSpec, *
     """
     t0 = time.perf_counter()
     op = hspec.hessian_operator(loss_fn, params, batches=batches, wrt=wrt)
-    top, max_steps = _top_k(op, spec, lanczos_key, progress)
+    on_host = jax.default_backend() == "cpu"  # where top_eigenvalues keeps the basis on the host
+    top, max_steps = _top_k(op, spec, lanczos_key, progress, lanczos_state if on_host else None)
     t1 = time.perf_counter()
     trace = hspec.hutchinson_trace(op, key=trace_key, num_samples=spec.trace_samples)
     t2 = time.perf_counter()

@@ -46,7 +46,8 @@ def setting(cfg: Config, *, epoch: int, step: int, trained: bool, lanczos_steps:
 
 
 def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epoch: int, step: int,
-                  checkpoint: str | None, progress: bool = True) -> record.SpectrumResult:
+                  checkpoint: str | None, progress: bool = True,
+                  lanczos_state: Path | None = None) -> record.SpectrumResult:
     """Measure one training state and assemble its record (the one place a results.json is built).
 
     Args:
@@ -56,6 +57,7 @@ def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epo
         epoch, step: how far it was trained (epoch 0: the control at initialisation).
         checkpoint: the checkpoint the state came from (relative to the results file), recorded.
         progress: show the Lanczos progress bar.
+        lanczos_state: where the Lanczos state is kept so that a killed measurement resumes (None: not kept).
     """
     from train.hessian import hessian_batches, hessian_loss
 
@@ -65,7 +67,7 @@ def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epo
     batches = hessian_batches(exp.hessian.x, exp.hessian.y, cfg.hessian_batch_size)
     m = measure.measure(hessian_loss(exp.fm.eval_def, state.rest), state.params, batches,
                         measure.SpectrumSpec.from_config(cfg), lanczos_key=exp.keys.lanczos_start,
-                        trace_key=exp.keys.trace_probes, progress=progress)
+                        trace_key=exp.keys.trace_probes, progress=progress, lanczos_state=lanczos_state)
     return record.SpectrumResult(
         setting=setting(cfg, epoch=epoch, step=step, trained=epoch > 0, lanczos_steps=m.spectrum["lanczos_steps"]),
         fit=m.fit, verdict=m.verdict, spectrum=m.spectrum, sharpness=m.sharpness, eigengap_fit=m.eigengap_fit,
@@ -82,7 +84,8 @@ def measure_checkpoint(exp: Experiment, path: Path, out_dir: Path, title: str,
     # Relative to the results file: committed results carry no machine paths.
     where = os.path.relpath(Path(path).absolute(), Path(out_dir).absolute())
     result = measure_state(exp, loop.TrainState(*state), meta["metrics"][-1], epoch=meta["epoch"],
-                           step=meta["step"], checkpoint=where, progress=progress)
+                           step=meta["step"], checkpoint=where, progress=progress,
+                           lanczos_state=Path(out_dir) / rundir.LANCZOS_STATE)
     record.save(result, out_dir / rundir.RESULTS)
     record.plot(result, out_dir / rundir.PLOT, title)
     return result

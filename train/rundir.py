@@ -26,6 +26,8 @@ PLOT = "spectrum.png"
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 TABLE = "table.txt"
+# The Krylov state of a spectrum in progress (hspec.KrylovStore), beside its results; removed when it finishes.
+LANCZOS_STATE = ".lanczos"
 
 
 class OutputDirError(RuntimeError):

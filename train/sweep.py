@@ -564,11 +564,12 @@ def run_files(work: Path) -> dict[str, Path]:
 # --- controls -----------------------------------------------------------------------------------------------
 
 
-def compute_control(cfg: Config, dest: Path, *, progress: bool, echo: Callable) -> None:
+def compute_control(cfg: Config, dest: Path, *, progress: bool, echo: Callable, work: Path | None = None) -> None:
     """Measure the initial network of `cfg` (no training) and publish it as the control `dest`.
 
     The initial state is `build_experiment(control_config(cfg)).template`, the same state as a run's
-    epoch-0 checkpoint; its metrics are the run's epoch-0 metrics (`driver.initial_metrics`).
+    epoch-0 checkpoint; its metrics are the run's epoch-0 metrics (`driver.initial_metrics`). With `work`, the
+    Lanczos state is kept in `work/controls/<key>/.lanczos` until the control is published.
     """
     import tempfile
 
@@ -579,7 +580,10 @@ def compute_control(cfg: Config, dest: Path, *, progress: bool, echo: Callable) 
     metrics = driver.initial_metrics(exp, loop.make_eval_step(exp.fm), exp.template)
     echo(f"control {dest.name}: top {exp.cfg.k} at initialisation, {exp.num_params} parameters, "
          f"{exp.cfg.hessian_samples} Hessian samples")
-    result = run.measure_state(exp, exp.template, metrics, epoch=0, step=0, checkpoint=None, progress=progress)
+    # The Lanczos state stays under the work root (never under results/), so a killed control resumes.
+    state = None if work is None else work / CONTROLS / dest.name / rundir.LANCZOS_STATE
+    result = run.measure_state(exp, exp.template, metrics, epoch=0, step=0, checkpoint=None, progress=progress,
+                               lanczos_state=state)
     with tempfile.TemporaryDirectory(prefix="hspec-control-") as tmp:
         record.save(result, Path(tmp) / rundir.RESULTS)
         record.plot(result, Path(tmp) / rundir.PLOT, f"random initialisation: {dest.name}")
@@ -604,7 +608,7 @@ def ensure_control(cfg: Config, roots: Roots, *, progress: bool, echo: Callable)
         return "running elsewhere"
     try:
         if not is_published(dest):  # another process may have finished it just before
-            compute_control(cfg, dest, progress=progress, echo=echo)
+            compute_control(cfg, dest, progress=progress, echo=echo, work=roots.work)
     finally:
         lock.release()
     return "computed"

@@ -236,3 +236,58 @@ def test_orthogonalize_repeats_the_pass_only_where_cancellation_needs_it(x64, wh
     assert np.all(tilt(out) < 1e-13)
     np.testing.assert_allclose(out[1], perp[1], atol=1e-13)
     np.testing.assert_allclose(out[0], perp[0], atol=1e-15)
+
+
+class _Killed(Exception):
+    pass
+
+
+def _counting(a, fail_at=None):
+    """A matrix operator that counts its products and raises at product number ``fail_at`` (a kill)."""
+    calls = [0]
+
+    def matvec(v):
+        calls[0] += 1
+        if fail_at is not None and calls[0] == fail_at:
+            raise _Killed
+        return v @ jnp.asarray(a)
+
+    return matvec, calls
+
+
+def test_killed_lanczos_resumes_from_its_checkpoint_to_the_same_result(x64, tmp_path):
+    """Growing run (checked at 30, 40, 50, ... steps): killed at product 45, started again with the same
+    arguments, it resumes from the last save and ends bit-identical to an uninterrupted run; its files are gone."""
+    a = prescribed_matrix(1.0 / np.arange(1, 201) ** 1.5, seed=21)
+    stop = lambda alphas, betas: alphas.shape[1] >= 55  # noqa: E731  (first true at the check point 60)
+    kw = dict(key=jax.random.key(8), dim=200, dtype=jnp.float64, num_starts=2, max_steps=150, stop=stop,
+              check_every=10, basis="host")
+    plain = hspec.lanczos(_counting(a)[0], 30, **kw)
+    assert plain.num_steps == 60
+    store = tmp_path / "krylov"
+    killed, _ = _counting(a, fail_at=45)
+    with pytest.raises(_Killed):
+        hspec.lanczos(killed, 30, checkpoint_dir=store, checkpoint_every_s=0, **kw)
+    assert (store / "state.npz").is_file()
+    again, calls = _counting(a)
+    resumed = hspec.lanczos(again, 30, checkpoint_dir=store, checkpoint_every_s=0, **kw)
+    assert calls[0] < 60 - 30  # resumed past step 30: one product to check α_0, then the remaining steps
+    np.testing.assert_array_equal(resumed.alphas, plain.alphas)
+    np.testing.assert_array_equal(resumed.betas, plain.betas)
+    np.testing.assert_array_equal(resumed.ritz_values, plain.ritz_values)
+    assert not store.exists()
+
+
+def test_a_saved_krylov_state_of_another_operator_is_not_continued(x64, tmp_path):
+    a = prescribed_matrix(np.linspace(1, 2, 80), seed=1)
+    b = prescribed_matrix(np.linspace(1, 3, 80), seed=1)
+    kw = dict(key=jax.random.key(9), dim=80, dtype=jnp.float64, basis="host", checkpoint_dir=tmp_path / "s",
+              checkpoint_every_s=0)
+    with pytest.raises(_Killed):
+        hspec.lanczos(_counting(a, fail_at=20)[0], 40, **kw)
+    other = hspec.lanczos(_counting(b)[0], 40, **kw)
+    fresh = hspec.lanczos(matrix_operator(b), 40, key=jax.random.key(9), dim=80, dtype=jnp.float64, basis="host")
+    np.testing.assert_array_equal(other.alphas, fresh.alphas)
+    with pytest.raises(ValueError, match="checkpoint_dir needs basis='host'"):
+        hspec.lanczos(matrix_operator(b), 10, key=jax.random.key(9), dim=80, dtype=jnp.float64, basis="device",
+                      checkpoint_dir=tmp_path / "d")

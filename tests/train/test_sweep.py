@@ -15,7 +15,7 @@ import pytest
 
 import hspec
 from train import config as config_lib
-from train import presets, record, run, sweep
+from train import presets, record, run, rundir, sweep
 from train.__main__ import main
 from train.catalog import OPTIMIZERS
 from train.hessian import hessian_batches, loss_fn_from_model
@@ -455,3 +455,35 @@ def test_a_killed_sensitivity_study_resumes_losing_only_the_spectrum_in_progress
 def test_sensitivity_refuses_training_fields(swept, capsys):
     rc = main(["sensitivity", "--run", str(swept["roots"].workdir("tiny", "a")), "--set", "epochs=3"])
     assert rc == 2 and "changes only the spectrum fields" in capsys.readouterr().err
+
+
+def test_a_spectrum_killed_in_lanczos_resumes_from_its_saved_krylov_state(swept, tmp_path, data_dir, monkeypatch):
+    """Killed at Lanczos step 40, the same spectrum started again continues from the saved Krylov state (it takes
+    fewer steps) and gives the same eigenvalues as an uninterrupted run; the state is removed once it is done."""
+    from hspec import krylov
+
+    monkeypatch.setenv("HSPEC_DATA_DIR", str(data_dir))
+    monkeypatch.setattr(krylov, "CHECKPOINT_EVERY_S", 0.0)
+    work = swept["roots"].workdir("tiny", "a")
+    quiet = dict(epoch=0, echo=lambda s: None)
+    real_step, steps = krylov._host_step, []
+
+    def step(*args, **kw):
+        steps.append(args[5])  # j
+        if len(steps) == 40 and kill:
+            raise KeyboardInterrupt
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(krylov, "_host_step", step)
+    kill = False
+    plain = run.spectrum_of_checkpoint(work, out=tmp_path / "plain", **quiet)
+    total, steps[:] = len(steps), []
+    kill = True
+    with pytest.raises(KeyboardInterrupt):
+        run.spectrum_of_checkpoint(work, out=tmp_path / "resumed", **quiet)
+    assert (tmp_path / "resumed" / rundir.LANCZOS_STATE / "state.npz").is_file()
+    steps[:], kill = [], False
+    again = run.spectrum_of_checkpoint(work, out=tmp_path / "resumed", **quiet)
+    assert steps[0] >= 32 and len(steps) == total - steps[0]  # resumed at the last save before step 40
+    np.testing.assert_array_equal(again.eigenvalues, plain.eigenvalues)
+    assert not (tmp_path / "resumed" / rundir.LANCZOS_STATE).exists()
