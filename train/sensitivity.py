@@ -56,17 +56,24 @@ def _fit_entry(values: Any, k: int) -> dict[str, Any]:
     return {"k": int(k), "verdict": verdict.verdict, "fit": record.fit_block(verdict, 0.05)}
 
 
-def _converged(op: Any, k: int, key: Any, num_steps: int, max_steps: int | None, progress: bool) -> Any:
-    """The strict top k of an operator, the Krylov space grown (by default up to 4x) until they converge."""
+def _converged(op: Any, k: int, key: Any, num_steps: int, max_steps: int | None, progress: bool,
+               state_dir: Path | None = None) -> Any:
+    """The strict top k of an operator, the Krylov space grown (by default up to 4x) until they converge.
+
+    With `state_dir` (used on CPU, where the basis is on the host) a killed run resumes its Krylov space."""
+    import jax
+
     import hspec
 
     num_steps = min(op.dim, num_steps or hspec.default_num_steps(k, op.dim))
     max_steps = max_steps or hspec.default_max_steps(num_steps, op.dim)
     return hspec.top_eigenvalues(op, k=k, key=key, num_steps=num_steps, max_steps=max_steps, strict=True,
-                                 progress=progress)
+                                 progress=progress,
+                                 checkpoint_dir=state_dir if jax.default_backend() == "cpu" else None)
 
 
-def _base_spectrum(op: Any, cfg: Config, spec: SensitivitySpec, key: Any, progress: bool) -> dict[str, Any]:
+def _base_spectrum(op: Any, cfg: Config, spec: SensitivitySpec, key: Any, progress: bool,
+                   state_dir: Path | None = None) -> dict[str, Any]:
     """One converged top-K run long enough for every truncation of the paper's procedure; JSON-ready.
 
     It starts at max(the run's Lanczos steps, max multiplier · K) steps, so that every m = c·K is a
@@ -76,7 +83,7 @@ def _base_spectrum(op: Any, cfg: Config, spec: SensitivitySpec, key: Any, progre
 
     k = cfg.k
     m0 = min(op.dim, max(cfg.lanczos_steps or 0, math.ceil(max(spec.multipliers, default=1.0) * k), k + 1))
-    top = _converged(op, k, key, m0, cfg.max_lanczos_steps, progress)
+    top = _converged(op, k, key, m0, cfg.max_lanczos_steps, progress, state_dir)
     lz = top.lanczos
     return {"k": k, "eigenvalues": np.asarray(top.eigenvalues), "residuals": np.asarray(top.residuals),
             "num_converged": top.num_converged, "lanczos_steps": top.num_steps, "alphas": lz.alphas[0],
@@ -123,11 +130,13 @@ def paper_procedure_study(base: dict[str, Any], spec: SensitivitySpec) -> list[d
     return out
 
 
-Cached = Callable[[str, Callable[[], dict]], dict]
+# cached(piece, compute) -> the piece's entry; compute(state_dir) computes it, keeping its Lanczos state in
+# state_dir (None: not kept).
+Cached = Callable[[str, Callable[[Path | None], dict]], dict]
 
 
-def _uncached(piece: str, compute: Callable[[], dict]) -> dict:
-    return compute()
+def _uncached(piece: str, compute: Callable[[Path | None], dict]) -> dict:
+    return compute(None)
 
 
 def piece_cache(parts: Path, provenance: dict[str, Any]) -> Cached:
@@ -139,13 +148,13 @@ def piece_cache(parts: Path, provenance: dict[str, Any]) -> Cached:
 
     stamp = json.dumps(provenance, sort_keys=True, default=str)
 
-    def cached(piece: str, compute: Callable[[], dict]) -> dict:
+    def cached(piece: str, compute: Callable[[Path | None], dict]) -> dict:
         path = parts / f"{piece}.json"
         if path.is_file():
             doc = json.loads(path.read_text())
             if doc.get("stamp") == stamp:
                 return doc["entry"]
-        record.write_json(path, {"stamp": stamp, "entry": compute()})
+        record.write_json(path, {"stamp": stamp, "entry": compute(parts / f"{piece}.lanczos")})
         return json.loads(path.read_text())["entry"]
 
     return cached
@@ -180,9 +189,9 @@ def hessian_samples_study(exp: Any, state: Any, base: dict[str, Any], spec: Sens
             entry.update(_fit_entry(base["eigenvalues"], cfg.k), num_converged=base["num_converged"],
                          lanczos_steps=base["lanczos_steps"])
         else:
-            def compute(n: int = n) -> dict[str, Any]:
+            def compute(state_dir: Path | None, n: int = n) -> dict[str, Any]:
                 top = _converged(_sample_operator(exp, state, n), cfg.k, exp.keys.lanczos_start, cfg.lanczos_steps,
-                                 cfg.max_lanczos_steps, progress)
+                                 cfg.max_lanczos_steps, progress, state_dir)
                 return dict(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
                             lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
             entry.update(cached(f"samples{n}", compute))
@@ -200,9 +209,9 @@ def lanczos_starts_study(exp: Any, op: Any, base: dict[str, Any], spec: Sensitiv
         if i == 0:
             entry = dict(_fit_entry(base["eigenvalues"], cfg.k), num_converged=base["num_converged"])
         else:
-            def compute(i: int = i) -> dict[str, Any]:
+            def compute(state_dir: Path | None, i: int = i) -> dict[str, Any]:
                 key = jax.random.fold_in(exp.keys.lanczos_start, i)
-                top = _converged(op, cfg.k, key, cfg.lanczos_steps, cfg.max_lanczos_steps, progress)
+                top = _converged(op, cfg.k, key, cfg.lanczos_steps, cfg.max_lanczos_steps, progress, state_dir)
                 return dict(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
                             eigenvalues=top.eigenvalues)
             entry = cached(f"start{i}", compute)
@@ -246,7 +255,9 @@ def sensitivity(run: str | os.PathLike, *, results: str | os.PathLike = RESULTS_
     Writes results/sensitivity/<name>/: base.json (one converged top-K run per state, with its Lanczos
     coefficients), then one JSON per study (STUDIES), each {"provenance", "trained": [...], "init": [...]}.
     A study whose file exists is skipped, and each spectrum a study finishes is kept in
-    <work>/sensitivity/<name>/ until the study is written, so a killed study resumes losing at most one spectrum.
+    <work>/sensitivity/<name>/ until the study is written, so a killed study resumes losing at most one spectrum;
+    on CPU the spectrum in progress keeps its Lanczos state there too (`<piece>.lanczos`), so it loses at most a
+    minute.
 
     Args:
         run: a run directory with checkpoints (or a checkpoints/epoch_N directory).
@@ -270,7 +281,7 @@ def sensitivity(run: str | os.PathLike, *, results: str | os.PathLike = RESULTS_
                   "hessian_samples": exp.cfg.hessian_samples, "seed": exp.cfg.seed, "num_params": exp.num_params,
                   "overrides": dict(sorted((overrides or {}).items())), "spec": dataclasses.asdict(spec)}
     ops = {label: _sample_operator(exp, s, exp.cfg.hessian_samples) for label, s in states.items()}
-    base = _load_or_compute_base(out, exp, ops, spec, provenance, progress, echo)
+    base = _load_or_compute_base(out, exp, ops, spec, provenance, progress, echo, Path(work) / SENSITIVITY / out.name)
     for study in spec.studies:
         path = out / f"{study}.json"
         if path.exists():
@@ -286,8 +297,9 @@ def sensitivity(run: str | os.PathLike, *, results: str | os.PathLike = RESULTS_
 
 
 def _load_or_compute_base(out: Path, exp: Any, ops: dict, spec: SensitivitySpec, provenance: dict,
-                          progress: bool, echo: Callable) -> dict[str, Any]:
-    """base.json: the converged top-K run of each state, computed once (reused when the study resumes)."""
+                          progress: bool, echo: Callable, work: Path | None = None) -> dict[str, Any]:
+    """base.json: the converged top-K run of each state, computed once (reused when the study resumes); with
+    `work`, a killed base spectrum resumes its Lanczos run from `work/base-<state>.lanczos`."""
     from train import record
 
     path = out / "base.json"
@@ -296,7 +308,8 @@ def _load_or_compute_base(out: Path, exp: Any, ops: dict, spec: SensitivitySpec,
     doc: dict[str, Any] = {"provenance": provenance}
     for label, op in ops.items():
         echo(f"converged top {exp.cfg.k} of the {label} network ({op.dim} parameters)")
-        doc[label] = _base_spectrum(op, exp.cfg, spec, exp.keys.lanczos_start, progress)
+        doc[label] = _base_spectrum(op, exp.cfg, spec, exp.keys.lanczos_start, progress,
+                                    None if work is None else work / f"base-{label}.lanczos")
     record.write_json(path, doc)
     return json.loads(path.read_text())
 

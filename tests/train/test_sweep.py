@@ -430,7 +430,7 @@ def test_a_killed_sensitivity_study_resumes_losing_only_the_spectrum_in_progress
     real, calls = sens._converged, []
 
     def killed_at_the_fourth(*args, **kwargs):  # base trained, base init, start 1 trained, start 1 init: killed
-        calls.append(1)
+        calls.append(args[6] if len(args) > 6 else None)  # where its Lanczos state is kept
         if len(calls) == 4:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
@@ -443,9 +443,11 @@ def test_a_killed_sensitivity_study_resumes_losing_only_the_spectrum_in_progress
     out, parts = tmp_path / "results" / "sensitivity" / "t", tmp_path / "work" / "sensitivity" / "t"
     assert sorted(p.name for p in out.iterdir()) == ["base.json"]  # no half-written study under results/
     assert [p.relative_to(parts).as_posix() for p in parts.rglob("*.json")] == ["lanczos_starts-trained/start1.json"]
+    assert calls[:3] == [parts / "base-trained.lanczos", parts / "base-init.lanczos",
+                         parts / "lanczos_starts-trained" / "start1.lanczos"]
     calls.clear()
     sens.sensitivity(run_dir, **kw)
-    assert len(calls) == 1  # only the spectrum in progress is computed again
+    assert calls == [parts / "lanczos_starts-init" / "start1.lanczos"]  # only the spectrum in progress, again
     monkeypatch.setattr(sens, "_converged", real)
     sens.sensitivity(run_dir, **dict(kw, results=tmp_path / "r2", work=tmp_path / "w2"))
     uninterrupted = tmp_path / "r2" / "sensitivity" / "t" / "lanczos_starts.json"
