@@ -8,3 +8,11 @@ _MISSING = [name for name in ("flax", "optax", "orbax.checkpoint") if _util.find
 if _MISSING:
     raise ImportError(f"the training suite needs {', '.join(_MISSING)}, which the core install leaves out: "
                       "pip install 'hspec[train]' (or, from a checkout, pip install -e '.[train]')")
+
+
+def progress_wanted(no_progress: bool) -> bool:
+    """Progress bars for a command: unless --no-progress, and only on a terminal (in a log file a bar is a
+    stream of redraws, megabytes over a K = 1000 spectrum)."""
+    import sys
+
+    return not no_progress and sys.stderr.isatty()

@@ -24,6 +24,7 @@ import json
 import os
 import sys
 
+from train import progress_wanted
 from train import config as config_lib
 from train import presets
 
@@ -52,7 +53,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     p.add_argument("--show-config", action="store_true",
                    help="print the resolved config (before the model's size clamps lanczos_steps) and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (there are none when stderr is not a terminal)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides")
     return p
 
@@ -128,7 +130,7 @@ def _main_train(argv: list[str]) -> int:
     from train import run
 
     run.train_run(cfg, args.out or os.path.join("runs", cfg.preset), resume=args.resume,
-                  progress=not args.no_progress)
+                  progress=progress_wanted(args.no_progress))
     return 0
 
 

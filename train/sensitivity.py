@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from train import progress_wanted
 from train import config as config_lib
 from train import rundir
 from train.config import Config, ConfigError
@@ -368,7 +369,7 @@ def main_sensitivity(argv: list[str]) -> int:
         raise SweepError(f"unknown studies {unknown}; valid: {', '.join(STUDIES)}")
     _use_data_dir(args.data_dir)
     out = sensitivity(args.run, results=args.results, epoch=args.epoch, name=args.name,
-                      overrides={k: getattr(typed, k) for k in overrides}, spec=spec, progress=not args.no_progress,
-                      work=args.work)
+                      overrides={k: getattr(typed, k) for k in overrides}, spec=spec,
+                      progress=progress_wanted(args.no_progress), work=args.work)
     print(f"sensitivity written to {out}")
     return 0

@@ -72,6 +72,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from train import progress_wanted
 from train import config as config_lib
 from train import presets, record, rundir
 from train.catalog import OPTIMIZERS
@@ -784,7 +785,8 @@ def _common_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default=RESULTS_ROOT, help=f"published results root (default: {RESULTS_ROOT}/)")
     p.add_argument("--data-dir", help="data directory (default: env HSPEC_DATA_DIR, else ~/.cache/hspec/data); "
                                       "exported as HSPEC_DATA_DIR, so that no path of this machine enters config.json")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (there are none when stderr is not a terminal)")
 
 
 def _sweep_parser() -> argparse.ArgumentParser:
@@ -821,7 +823,7 @@ def main(argv: list[str]) -> int:
         raise SweepError("name a group (python -m train sweep GROUP), or --list to see them: " + ", ".join(GROUPS))
     _use_data_dir(args.data_dir)
     failures = sweep(args.group, roots=roots, overrides=overrides, shard_=parse_shard(args.shard),
-                     progress=not args.no_progress, echo=lambda text: print(text, flush=True))
+                     progress=progress_wanted(args.no_progress), echo=lambda text: print(text, flush=True))
     print(listing(roots, args.group, overrides))
     if failures:
         print(f"failed: {', '.join(failures)} (run the sweep again to retry; finished runs are skipped)")

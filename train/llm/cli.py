@@ -26,6 +26,7 @@ import os
 import sys
 from pathlib import Path
 
+from train import progress_wanted
 from train.llm import presets
 
 EPILOG = """examples:
@@ -53,7 +54,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() first (multi-host)")
     p.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     p.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (there are none when stderr is not a terminal)")
     return p
 
 
@@ -110,7 +112,7 @@ def _run(args: argparse.Namespace, cfg: presets.LLMConfig) -> int:
     work = Path(args.work) if args.work else Path("runs") / "llm" / out.name
     data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
     tracking = train.run(cfg, out, work=work, resume=args.resume, weights=args.weights, data_dir=data_dir,
-                         progress=not args.no_progress)
+                         progress=progress_wanted(args.no_progress))
     print(track.table(tracking))
     print(f"tracking: {out / 'tracking.json'} and {out / 'tracking.png'}; checkpoints in {work / 'checkpoints'}")
     return 0
