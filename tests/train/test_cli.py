@@ -261,3 +261,19 @@ def test_killed_run_resumes_to_the_uninterrupted_result(capsys, tmp_path, data_d
     res = [json.loads((d / "results.json").read_text()) for d in (killed, tmp_path / "straight")]
     assert res[0]["spectrum"]["eigenvalues"] == res[1]["spectrum"]["eigenvalues"]
     assert res[0]["metrics"] == res[1]["metrics"]
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    import io
+    import sys
+
+    from train import progress_wanted
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr(sys, "stderr", Terminal())
+    assert progress_wanted(False) and not progress_wanted(True)
+    monkeypatch.setattr(sys, "stderr", io.StringIO())  # a log file or a pipe
+    assert not progress_wanted(False)
