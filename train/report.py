@@ -859,7 +859,7 @@ def near_threshold(rows: list[Row]) -> list[str]:
     """The networks of a group (and their controls) whose d_KS lies within NEAR_THRESHOLD·d_c of d_c."""
     seen, out = set(), []
     for r in (r for r in _done(rows) if r.final):
-        for name, result in ((r.run, r.result), (f"{r.run}'s control", r.control)):
+        for name, result in ((r.run, r.result), (f"the control of {r.run}", r.control)):
             fit = result.fit if result is not None else {}
             if result is None or fit.get("d_ks") is None or id(result) in seen:
                 continue

@@ -323,7 +323,7 @@ def test_disagreements_name_near_threshold_verdicts_the_resolution_of_s_and_the_
     near = _with_fit(synth(power_law(1.0)), d_ks=1.1 * d_c, is_power_law=False)  # within 25% of d_c
     far = _with_fit(synth(exponential()), d_ks=2 * d_c)
     rows = [row("noise40", far, control=near), row("noise80", synth(power_law(1.0)))]
-    assert report.near_threshold(rows) == [f"noise40's control (d_KS {1.1 * d_c:.4f}, d_c {d_c:.4f})"]
+    assert report.near_threshold(rows) == [f"the control of noise40 (d_KS {1.1 * d_c:.4f}, d_c {d_c:.4f})"]
     # s = 1/(β − 1) and σ_s = σ_β/(β − 1)²: with β = 2 and σ_β = 0.03 both s and σ_s are plain numbers.
     a = _with_fit(synth(power_law(1.0)), beta=2.0, sigma=0.03, s=1.0)
     b = _with_fit(synth(power_law(1.0)), beta=3.0, sigma=0.2, s=0.5)
@@ -337,7 +337,7 @@ def test_disagreements_name_near_threshold_verdicts_the_resolution_of_s_and_the_
              "init": [{"k": 100, "fit": {"is_power_law": False}}, {"k": 1000, "fit": {"is_power_law": False}}]}
     text = report.disagreements_section(all_rows, {"base": {"k_prefix": k_doc}})
     assert "- **label-noise**: The structure breaks down under label noise" in text
-    assert "1 of 2 show a power law (noise80)" in text and "noise40's control (d_KS" in text
+    assert "1 of 2 show a power law (noise80)" in text and "the control of noise40 (d_KS" in text
     assert "K (base, the trained network): power law at K = 100; not at 1000" in text
     assert "its initialisation" not in text  # its verdict does not change with K
     assert "spread of d_KS over training seeds is not measured yet" in text
