@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's checks (device tool): the benchmarks, then hspec's correctness tests on the GPU.
-# Expects MNIST under $HSPEC_DATA_DIR (the device run copies it into .devdata, which is not committed).
+# Expects MNIST and cifar10 under $HSPEC_DATA_DIR (the device run copies them into .devdata, which is not
+# committed). The ResNet18 row of the reproduction comes back as $OUT/resnet18-results.tgz: unpack it into
+# results/ here (`tar xzf resnet18-results.tgz -C results`), then `python -m train report`.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD HSPEC_DATA_DIR=${HSPEC_DATA_DIR:-$PWD/.devdata}
 PY=${PY:-python3}
@@ -12,3 +14,6 @@ echo "== convolution implementations on the GPU"
 timeout 45 $PY benchmarks/conv_cpu.py --repeats 5
 echo "== hspec tests on the GPU (float64 accuracy tests included)"
 timeout 90 $PY -m pytest -q -x -p no:cacheprovider tests/hspec/test_hvp.py tests/hspec/test_lanczos.py tests/hspec/test_drivers.py -k "not imports_no_training" 2>&1 | tail -4
+echo "== the ResNet18 row of the reproduction (the paper's setting; the sweep records any reduction)"
+timeout 300 $PY -m train sweep resnet18 --results /tmp/gpu-results --work /tmp/gpu-sweeps --no-progress
+[ -d /tmp/gpu-results ] && tar czf "${OUT:-/tmp}/resnet18-results.tgz" -C /tmp/gpu-results . && echo "packed resnet18-results.tgz"
