@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
-# One GPU session's checks (device tool): the benchmarks, then hspec's correctness tests on the GPU.
-# Expects MNIST and cifar10 under $HSPEC_DATA_DIR (the device run copies them into .devdata, which is not
-# committed). The ResNet18 row of the reproduction comes back as $OUT/resnet18-results.tgz: unpack it into
-# results/ here (`tar xzf resnet18-results.tgz -C results`), then `python -m train report`.
+# One GPU session's checks (device tool). Parts, as arguments (default: bench tests, about 5 minutes):
+#   bench     the hspec and convolution benchmarks
+#   tests     hspec's correctness tests on the GPU (float64 accuracy tests included)
+#   resnet18  the ResNet18 row of the reproduction (up to 5 minutes more; run it in its own call when the
+#             session's device time allows), packed as $OUT/resnet18-results.tgz: unpack it here with
+#             `tar xzf resnet18-results.tgz -C results`, then `python -m train report`.
+# Expects MNIST (and cifar10 for resnet18) under $HSPEC_DATA_DIR (the device run copies them into .devdata,
+# which is not committed).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD HSPEC_DATA_DIR=${HSPEC_DATA_DIR:-$PWD/.devdata}
 PY=${PY:-python3}
+parts=${*:-bench tests}
 nvidia-smi -L
 $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
-echo "== hspec benchmarks"
-timeout 190 $PY -W ignore benchmarks/hspec_bench.py --sections top1000,hvp,eigsh,memory,compile
-echo "== convolution implementations on the GPU"
-timeout 45 $PY benchmarks/conv_cpu.py --repeats 5
-echo "== hspec tests on the GPU (float64 accuracy tests included)"
-timeout 90 $PY -m pytest -q -x -p no:cacheprovider tests/hspec/test_hvp.py tests/hspec/test_lanczos.py tests/hspec/test_drivers.py -k "not imports_no_training" 2>&1 | tail -4
-echo "== the ResNet18 row of the reproduction (the paper's setting; the sweep records any reduction)"
-timeout 300 $PY -m train sweep resnet18 --results /tmp/gpu-results --work /tmp/gpu-sweeps --no-progress
-[ -d /tmp/gpu-results ] && tar czf "${OUT:-/tmp}/resnet18-results.tgz" -C /tmp/gpu-results . && echo "packed resnet18-results.tgz"
+for part in $parts; do
+  case $part in
+    bench)
+      echo "== hspec benchmarks"
+      timeout 190 $PY -W ignore benchmarks/hspec_bench.py --sections top1000,hvp,eigsh,memory,compile
+      echo "== convolution implementations on the GPU"
+      timeout 45 $PY benchmarks/conv_cpu.py --repeats 5 ;;
+    tests)
+      echo "== hspec tests on the GPU (float64 accuracy tests included)"
+      timeout 90 $PY -m pytest -q -x -p no:cacheprovider tests/hspec/test_hvp.py tests/hspec/test_lanczos.py \
+        tests/hspec/test_drivers.py -k "not imports_no_training" 2>&1 | tail -4 ;;
+    resnet18)
+      echo "== the ResNet18 row of the reproduction (the sweep records any reduction in its setting)"
+      timeout 300 $PY -m train sweep resnet18 --results /tmp/gpu-results --work /tmp/gpu-sweeps --no-progress
+      [ -d /tmp/gpu-results ] && tar czf "${OUT:-/tmp}/resnet18-results.tgz" -C /tmp/gpu-results . \
+        && echo "packed resnet18-results.tgz" ;;
+    *) echo "unknown part $part (bench, tests, resnet18)"; exit 2 ;;
+  esac
+done
