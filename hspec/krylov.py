@@ -484,6 +484,15 @@ class KrylovStore:
         os.replace(tmp, self.dir / self.STATE)
         self.rows_on_disk, self.last_save = hi, time.monotonic()
 
+    @classmethod
+    def saved_steps(cls, directory: str | os.PathLike) -> int | None:
+        """The steps a directory's saved state holds (None: no saved state there)."""
+        try:
+            with np.load(Path(directory) / cls.STATE) as saved:
+                return int(saved["steps"])
+        except (OSError, KeyError, ValueError):
+            return None
+
     def clear(self) -> None:
         """Remove the files (the run finished) and the directory when it is left empty."""
         for name in (self.STATE, self.BASIS, f".{self.STATE}.tmp"):

@@ -477,8 +477,23 @@ def run_state(roots: Roots, group: Group, spec: SweepRun, groups: dict[str, Grou
     failures = read_failures(roots.failure(group.name, spec.name))
     failed = f" [{len(failures)} diverged attempt(s) in {roots.failure(group.name, spec.name)}]" if failures else ""
     if epochs:
-        return f"partial{running} (checkpoint of epoch {epochs[-1]}){failed}"
+        return f"partial{running} (checkpoint of epoch {epochs[-1]}{_lanczos_progress(work)}){failed}"
     return ("running" if running else "missing") + failed
+
+
+def _lanczos_progress(work: Path) -> str:
+    """"; spectrum of epoch 50 saved at Lanczos step 1840" for each spectrum in progress in a run directory."""
+    from hspec.krylov import KrylovStore
+
+    spectra = [(0, work / "init")] + [(int(d.name), d) for d in (work / "epochs").glob("*") if d.name.isdigit()]
+    spectra.append((None, work))
+    out = []
+    for epoch, where in spectra:
+        steps = KrylovStore.saved_steps(where / rundir.LANCZOS_STATE)
+        if steps is not None:
+            which = "final spectrum" if epoch is None else f"spectrum of epoch {epoch}"
+            out.append(f"; {which} saved at Lanczos step {steps}")
+    return "".join(out)
 
 
 def failure_path(results: Path, group: str, run: str) -> Path:

@@ -489,3 +489,18 @@ def test_a_spectrum_killed_in_lanczos_resumes_from_its_saved_krylov_state(swept,
     assert steps[0] >= 32 and len(steps) == total - steps[0]  # resumed at the last save before step 40
     np.testing.assert_array_equal(again.eigenvalues, plain.eigenvalues)
     assert not (tmp_path / "resumed" / rundir.LANCZOS_STATE).exists()
+
+
+def test_list_names_the_spectra_in_progress_and_their_saved_lanczos_step(tmp_path):
+    from hspec.krylov import KrylovStore
+
+    def saved_at(where, steps):
+        V = np.zeros((1, 40, 5))
+        store = KrylovStore(where / rundir.LANCZOS_STATE, every_s=0)
+        store.save((V, np.ones((1, 40)), np.ones((1, 40)), None), steps)
+
+    saved_at(tmp_path / "epochs" / "10", 17)
+    saved_at(tmp_path, 33)
+    assert sweep._lanczos_progress(tmp_path) == ("; spectrum of epoch 10 saved at Lanczos step 17"
+                                                 "; final spectrum saved at Lanczos step 33")
+    assert sweep._lanczos_progress(tmp_path / "epochs") == ""
