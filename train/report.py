@@ -691,6 +691,15 @@ def _fit_numbers(fit: dict[str, Any] | None) -> tuple[float, float, bool] | None
 
 SEED_CHOICE = "seed (training noise)"
 
+# The studies that measure a spectrum per setting: (study, the choice's name, the entry's key, how one setting
+# reads, the heading of its table).
+SETTING_STUDIES = (("k_prefix", "K", "k", "K = {}", "K (top-K prefix of one converged spectrum)"),
+                   ("hessian_samples", "Hessian samples", "hessian_samples", "{} samples", "Hessian samples"),
+                   ("hessian_draws", "Hessian sample drawn", "draw", "draw {}",
+                    "Hessian sample of the same size (draw 0: the run's)"),
+                   ("lanczos_starts", "Lanczos start", "start", "start {}", "Lanczos start"),
+                   ("paper_procedure", "the paper's procedure (m steps, unconverged)", "m", "m = {}", None))
+
 
 def study_docs(results: Path) -> dict[str, dict[str, Any]]:
     """Each published sensitivity folder's study files (None where a study is not run), by folder name."""
@@ -705,11 +714,7 @@ def method_choices(folders: dict[str, dict[str, Any]],
     choices: list[tuple[str, list[tuple[str, Any]]]] = []
     for name, docs in folders.items():
         tag = f" ({name})" if len(folders) > 1 else ""
-        for study, label, key, fmt in (("k_prefix", "K", "k", "K = {}"),
-                                       ("hessian_samples", "Hessian samples", "hessian_samples", "{} samples"),
-                                       ("lanczos_starts", "Lanczos start", "start", "start {}"),
-                                       ("paper_procedure", "the paper's procedure (m steps, unconverged)", "m",
-                                        "m = {}")):
+        for study, label, key, fmt, _ in SETTING_STUDIES:
             doc = docs[study]
             if doc:
                 choices.append((label + tag, [(fmt.format(e[key]), _fit_numbers(e.get("fit")))
@@ -784,11 +789,9 @@ def sensitivity_section(results: Path, all_rows: dict[str, list[Row]] | None = N
         parts.append(f"### {name}\n\n{prov['preset']}, checkpoint of epoch {prov['epoch']}, K = {prov['k']}, "
                      f"{prov['hessian_samples']} Hessian samples, seed {prov['seed']}"
                      + (f"; spectrum overrides {prov['overrides']}" if prov.get("overrides") else ""))
-        for study, label, key in (("k_prefix", "K (top-K prefix of one converged spectrum)", "k"),
-                                  ("hessian_samples", "Hessian samples", "hessian_samples"),
-                                  ("lanczos_starts", "Lanczos start", "start")):
+        for study, _, key, _, label in SETTING_STUDIES:
             doc = docs[study]
-            if doc:
+            if doc and label:
                 lines = [f"| {label} | trained | initialisation |", "|---|---|---|"]
                 lines += [f"| {a[key]} | {_study_cell(a)} | {_study_cell(b)} |"
                           for a, b in zip(doc["trained"], doc["init"])]

@@ -31,9 +31,11 @@ from train.sweep import RESULTS_ROOT, SENSITIVITY, WORK_ROOT, SweepError, _commo
 SENSITIVITY_KS = (100, 300, 500, 1000)
 SENSITIVITY_SAMPLES = (500, 1000, 2000)
 SENSITIVITY_STARTS = 3
+# Hessian samples of the run's size drawn anew: draw 0 is the run's own, draw i uses fold_in(hessian_sample, i).
+SENSITIVITY_DRAWS = 3
 # The paper's procedure: one Lanczos run of m = K ... 3K steps, its Ritz values taken as they are.
 PAPER_MULTIPLIERS = (1.0, 1.25, 1.5, 2.0, 3.0)
-STUDIES = ("k_prefix", "hessian_samples", "lanczos_starts", "paper_procedure")
+STUDIES = ("k_prefix", "hessian_samples", "lanczos_starts", "paper_procedure", "hessian_draws")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,7 @@ class SensitivitySpec:
     ks: tuple[int, ...] = SENSITIVITY_KS
     samples: tuple[int, ...] = SENSITIVITY_SAMPLES
     starts: int = SENSITIVITY_STARTS
+    draws: int = SENSITIVITY_DRAWS
     multipliers: tuple[float, ...] = PAPER_MULTIPLIERS
     studies: tuple[str, ...] = STUDIES
 
@@ -161,15 +164,19 @@ def piece_cache(parts: Path, provenance: dict[str, Any]) -> Cached:
     return cached
 
 
-def _sample_operator(exp: Any, state: Any, size: int) -> Any:
-    """The Hessian operator of `state` on a Hessian sample of `size` examples (the run's sample stream)."""
+def _sample_operator(exp: Any, state: Any, size: int, draw: int = 0) -> Any:
+    """The Hessian operator of `state` on a Hessian sample of `size` examples: drawn from the run's sample
+    stream (draw 0, the run's own sample at its size) or from fold_in(that stream, draw)."""
+    import jax
+
     import hspec
 
     from train import data
     from train.hessian import hessian_batches, hessian_loss
 
-    sample = exp.hessian if size == exp.cfg.hessian_samples else data.hessian_sample(exp.ds, size,
-                                                                                      exp.keys.hessian_sample)
+    key = exp.keys.hessian_sample if draw == 0 else jax.random.fold_in(exp.keys.hessian_sample, draw)
+    own = size == exp.cfg.hessian_samples and draw == 0
+    sample = exp.hessian if own else data.hessian_sample(exp.ds, size, key)
     batches = hessian_batches(sample.x, sample.y, exp.cfg.hessian_batch_size)
     return hspec.hessian_operator(hessian_loss(exp.fm.eval_def, state.rest), state.params, batches=batches)
 
@@ -197,6 +204,25 @@ def hessian_samples_study(exp: Any, state: Any, base: dict[str, Any], spec: Sens
                             lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
             entry.update(cached(f"samples{n}", compute))
         out.append(entry)
+    return out
+
+
+def hessian_draws_study(exp: Any, state: Any, base: dict[str, Any], spec: SensitivitySpec, progress: bool,
+                        cached: Cached = _uncached) -> list[dict[str, Any]]:
+    """The verdict at K on other Hessian samples of the run's size: which examples, not how many (the paper
+    does not say which 1000 it used). Draw 0 is the run's sample; the Lanczos start is the run's."""
+    cfg, out = exp.cfg, []
+    for i in range(spec.draws):
+        if i == 0:
+            entry = dict(_fit_entry(base["eigenvalues"], cfg.k), num_converged=base["num_converged"])
+        else:
+            def compute(state_dir: Path | None, i: int = i) -> dict[str, Any]:
+                top = _converged(_sample_operator(exp, state, cfg.hessian_samples, i), cfg.k, exp.keys.lanczos_start,
+                                 cfg.lanczos_steps, cfg.max_lanczos_steps, progress, state_dir)
+                return dict(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
+                            lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
+            entry = cached(f"draw{i}", compute)
+        out.append({"draw": i, "key": "hessian_sample" if i == 0 else f"fold_in(hessian_sample, {i})", **entry})
     return out
 
 
@@ -326,6 +352,8 @@ def _study(study: str, exp: Any, state: Any, op: Any, base: dict, spec: Sensitiv
         return hessian_samples_study(exp, state, base, spec, progress, cached)
     if study == "lanczos_starts":
         return lanczos_starts_study(exp, op, base, spec, progress, cached)
+    if study == "hessian_draws":
+        return hessian_draws_study(exp, state, base, spec, progress, cached)
     raise SweepError(f"unknown study {study!r}; valid: {', '.join(STUDIES)}")
 
 
@@ -346,6 +374,8 @@ def _sensitivity_parser() -> argparse.ArgumentParser:
                                 f"{','.join(map(str, SENSITIVITY_KS))}; the spectrum's K is the run's k)")
     p.add_argument("--samples", help=f"Hessian-sample sizes (default: {','.join(map(str, SENSITIVITY_SAMPLES))})")
     p.add_argument("--starts", type=int, default=SENSITIVITY_STARTS, help="Lanczos start vectors")
+    p.add_argument("--draws", type=int, default=SENSITIVITY_DRAWS,
+                   help="Hessian samples of the run's size (the run's own and draws from fold_in of its stream)")
     p.add_argument("--multipliers", help=f"the paper's procedure: m = c*K for these c (default: "
                                          f"{','.join(map(str, PAPER_MULTIPLIERS))})")
     p.add_argument("--studies", help=f"which studies (default: all of {','.join(STUDIES)})")
@@ -361,7 +391,7 @@ def main_sensitivity(argv: list[str]) -> int:
     overrides = config_lib.parse_assignments(args.sets)
     typed = config_lib.apply_overrides(Config(), overrides)
     spec = SensitivitySpec(ks=_numbers(args.ks, int) or SENSITIVITY_KS,
-                           samples=_numbers(args.samples, int) or SENSITIVITY_SAMPLES, starts=args.starts,
+                           samples=_numbers(args.samples, int) or SENSITIVITY_SAMPLES, starts=args.starts, draws=args.draws,
                            multipliers=_numbers(args.multipliers, float) or PAPER_MULTIPLIERS,
                            studies=_numbers(args.studies, str) or STUDIES)
     unknown = [s for s in spec.studies if s not in STUDIES]

@@ -349,7 +349,7 @@ def sensitivity(swept, data_dir):
     roots = swept["roots"]
     args = ["sensitivity", "--run", str(roots.workdir("tiny", "a")), "--results", str(roots.results), "--name", "t",
             "--work", str(roots.work),
-            "--ks", "4,10", "--samples", "64,128", "--starts", "2", "--multipliers", "1,2,3", "--no-progress",
+            "--ks", "4,10", "--samples", "64,128", "--starts", "2", "--draws", "2", "--multipliers", "1,2,3", "--no-progress",
             "--data-dir", str(data_dir)]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HSPEC_DATA_DIR", str(data_dir))
@@ -418,6 +418,28 @@ def test_sensitivity_samples_and_starts(sensitivity):
     base = np.asarray(docs["base"]["trained"]["eigenvalues"])
     np.testing.assert_allclose(starts[1]["eigenvalues"], base, rtol=1e-3)
     assert docs["k_prefix"]["provenance"]["run"].endswith("tiny/a")
+
+
+def test_sensitivity_hessian_draws_are_other_samples_of_the_same_size(sensitivity, data_dir, monkeypatch):
+    """Draw 1 is the top K on 128 examples drawn with fold_in(hessian_sample, 1): recomputed here from that sample
+    with hspec directly; draw 0 is the run's own spectrum."""
+    import jax
+
+    from train import data
+
+    monkeypatch.setenv("HSPEC_DATA_DIR", str(data_dir))
+    roots, docs = sensitivity
+    draws = docs["hessian_draws"]["trained"]
+    assert [d["key"] for d in draws] == ["hessian_sample", "fold_in(hessian_sample, 1)"]
+    assert draws[0]["fit"] == docs["k_prefix"]["trained"][-1]["fit"]
+    model, exp = run.load_model(roots.workdir("tiny", "a"))
+    sample = data.hessian_sample(exp.ds, 128, jax.random.fold_in(exp.keys.hessian_sample, 1))
+    assert not np.array_equal(sample.indices, exp.hessian.indices)  # another sample: the test can fail
+    loss, params = loss_fn_from_model(model)
+    op = hspec.hessian_operator(loss, params, batches=hessian_batches(sample.x, sample.y, 128))
+    direct = hspec.top_eigenvalues(op, k=10, key=jax.random.key(123), strict=True).eigenvalues
+    np.testing.assert_allclose(draws[1]["eigenvalues"], direct, rtol=1e-6)
+    assert draws[1]["fit"]["d_ks"] == pytest.approx(hspec.power_law_verdict(direct, 10).fit.d_ks, rel=1e-4)
 
 
 def test_a_killed_sensitivity_study_resumes_losing_only_the_spectrum_in_progress(swept, data_dir, monkeypatch,
