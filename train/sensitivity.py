@@ -207,23 +207,33 @@ def hessian_samples_study(exp: Any, state: Any, base: dict[str, Any], spec: Sens
     return out
 
 
+def _variants_study(count: int, field: str, stream: str, base: dict[str, Any], k: int, cached: Cached,
+                    spectrum: Callable[[int, Path | None], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Entries 0..count-1 of a study that varies one key stream: entry 0 is the base spectrum (the run's key);
+    entry i is `spectrum(i, state_dir)`, computed with fold_in(stream, i) and kept by `cached`."""
+    out = []
+    for i in range(count):
+        if i == 0:
+            entry = dict(_fit_entry(base["eigenvalues"], k), num_converged=base["num_converged"])
+        else:
+            entry = cached(f"{field}{i}", lambda state_dir, i=i: spectrum(i, state_dir))
+        out.append({field: i, "key": stream if i == 0 else f"fold_in({stream}, {i})", **entry})
+    return out
+
+
 def hessian_draws_study(exp: Any, state: Any, base: dict[str, Any], spec: SensitivitySpec, progress: bool,
                         cached: Cached = _uncached) -> list[dict[str, Any]]:
     """The verdict at K on other Hessian samples of the run's size: which examples, not how many (the paper
     does not say which 1000 it used). Draw 0 is the run's sample; the Lanczos start is the run's."""
-    cfg, out = exp.cfg, []
-    for i in range(spec.draws):
-        if i == 0:
-            entry = dict(_fit_entry(base["eigenvalues"], cfg.k), num_converged=base["num_converged"])
-        else:
-            def compute(state_dir: Path | None, i: int = i) -> dict[str, Any]:
-                top = _converged(_sample_operator(exp, state, cfg.hessian_samples, i), cfg.k, exp.keys.lanczos_start,
-                                 cfg.lanczos_steps, cfg.max_lanczos_steps, progress, state_dir)
-                return dict(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
-                            lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
-            entry = cached(f"draw{i}", compute)
-        out.append({"draw": i, "key": "hessian_sample" if i == 0 else f"fold_in(hessian_sample, {i})", **entry})
-    return out
+    cfg = exp.cfg
+
+    def spectrum(i: int, state_dir: Path | None) -> dict[str, Any]:
+        top = _converged(_sample_operator(exp, state, cfg.hessian_samples, i), cfg.k, exp.keys.lanczos_start,
+                         cfg.lanczos_steps, cfg.max_lanczos_steps, progress, state_dir)
+        return dict(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
+                    lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
+
+    return _variants_study(spec.draws, "draw", "hessian_sample", base, cfg.k, cached, spectrum)
 
 
 def lanczos_starts_study(exp: Any, op: Any, base: dict[str, Any], spec: SensitivitySpec, progress: bool,
@@ -231,19 +241,14 @@ def lanczos_starts_study(exp: Any, op: Any, base: dict[str, Any], spec: Sensitiv
     """The verdict at K from several Lanczos start vectors: start 0 is the run's key, start i its fold_in(i)."""
     import jax
 
-    cfg, out = exp.cfg, []
-    for i in range(spec.starts):
-        if i == 0:
-            entry = dict(_fit_entry(base["eigenvalues"], cfg.k), num_converged=base["num_converged"])
-        else:
-            def compute(state_dir: Path | None, i: int = i) -> dict[str, Any]:
-                key = jax.random.fold_in(exp.keys.lanczos_start, i)
-                top = _converged(op, cfg.k, key, cfg.lanczos_steps, cfg.max_lanczos_steps, progress, state_dir)
-                return dict(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
-                            eigenvalues=top.eigenvalues)
-            entry = cached(f"start{i}", compute)
-        out.append({"start": i, "key": "lanczos_start" if i == 0 else f"fold_in(lanczos_start, {i})", **entry})
-    return out
+    cfg = exp.cfg
+
+    def spectrum(i: int, state_dir: Path | None) -> dict[str, Any]:
+        key = jax.random.fold_in(exp.keys.lanczos_start, i)
+        top = _converged(op, cfg.k, key, cfg.lanczos_steps, cfg.max_lanczos_steps, progress, state_dir)
+        return dict(_fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged, eigenvalues=top.eigenvalues)
+
+    return _variants_study(spec.starts, "start", "lanczos_start", base, cfg.k, cached, spectrum)
 
 
 def _display_path(path: Path) -> str:
