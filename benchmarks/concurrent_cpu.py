@@ -2,8 +2,8 @@
 
 The sweep queues run two jobs side by side on a 2-core machine. Each JAX process sizes its CPU thread
 pool to the cores it may use, so two unpinned processes run 2 x 2 threads on 2 cores. This times the
-same fixed work (LeNet-5 Hessian-vector products on N MNIST-shaped inputs, the step that dominates a
-Lanczos spectrum) in three arrangements, measured in one run:
+same fixed work (LeNet-5 Hessian-vector products on N MNIST-shaped inputs, `hspec.hvp` as every Lanczos
+step applies it) in three arrangements, measured in one run:
 
 - ``alone``: one worker, all cores (the baseline);
 - ``pair``: two workers at once, both unpinned (what `nohup ... &` twice gives);
@@ -34,6 +34,7 @@ def worker(n: int, products: int, cpus: list[int] | None) -> dict:
     import jax
     from flax import nnx
 
+    import hspec
     from train import models
     from train.hessian import loss_fn_from_model
 
@@ -42,8 +43,7 @@ def worker(n: int, products: int, cpus: list[int] | None) -> dict:
     y = jax.random.randint(ky, (n,), 0, 10)
     loss, params = loss_fn_from_model(models.build("lenet5", num_classes=10, input_shape=(28, 28, 1),
                                                    rngs=nnx.Rngs(0)))
-    grad = jax.grad(lambda p: loss(p, (x, y)))
-    hvp = jax.jit(lambda p, v: jax.jvp(grad, (p,), (v,))[1])
+    hvp = jax.jit(lambda p, v: hspec.hvp(lambda q: loss(q, (x, y)), p, v))
     v = jax.tree.map(lambda p: jax.random.normal(kv, p.shape), params)
     jax.block_until_ready(hvp(params, v))
     t = time.perf_counter()
@@ -51,11 +51,11 @@ def worker(n: int, products: int, cpus: list[int] | None) -> dict:
         v = hvp(params, v)
         v = jax.tree.map(lambda a: a / (1.0 + abs(a).max()), v)  # keep the chain bounded, as Lanczos does
     jax.block_until_ready(v)
-    return {"seconds": time.perf_counter() - t, "products": products, "cpus": sorted(os.sched_getaffinity(0))}
+    return {"seconds": time.perf_counter() - t, "products": products}
 
 
 def run_workers(n: int, products: int, pins: list[list[int] | None]) -> float:
-    """Start one worker per entry of `pins` at once; products per second over all of them (wall clock)."""
+    """Start one worker per entry of `pins` at once; products per second over all of them."""
     procs = [subprocess.Popen([sys.executable, __file__, "--worker", json.dumps(p), "--n", str(n),
                                "--products", str(products)], stdout=subprocess.PIPE, text=True)
              for p in pins]
