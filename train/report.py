@@ -29,6 +29,7 @@ import numpy as np
 
 from train import config as config_lib
 from train import record, rundir, sensitivity, sweep
+from train.catalog import NUM_CLASSES
 from train.record import SpectrumResult
 
 FIGURES = "reproduction"
@@ -69,6 +70,11 @@ class Row:
     def reduced(self) -> bool:
         return any(n.startswith("reduced") for n in self.notes)
 
+    @property
+    def learned(self) -> bool:
+        """False for a trained network that learned nothing from its inputs (`did_not_learn`)."""
+        return self.result is None or not did_not_learn(self.result)
+
 
 @dataclasses.dataclass(frozen=True)
 class Outcome:
@@ -94,6 +100,41 @@ def test_error(result: SpectrumResult) -> float | None:
     """1 − test accuracy of a record, or None."""
     acc = result.metrics.get("test_acc")
     return None if acc is None else 1.0 - float(acc)
+
+
+# Before it learns anything a network's best loss is that of predicting the class frequencies, at most ln C
+# (every class equally likely). A trained network still within 2% of ln C has learned essentially nothing
+# of its inputs (measured here: learned networks end at most at 0.83 ln C, even on 80% noisy labels; the
+# runs stuck at lr 0.1 end at 0.997 - 1.000 ln C and predict the most common class).
+STUCK_LOSS_FRACTION = 0.98
+
+
+def did_not_learn(result: SpectrumResult) -> bool:
+    """True when a trained network's final train loss is within 2% of ln C, the loss of a network that
+    predicts every class as equally likely: training left it at the loss of knowing nothing of the inputs."""
+    loss, classes = result.metrics.get("train_loss"), NUM_CLASSES.get(result.setting.get("dataset"))
+    if not result.setting.get("trained") or loss is None or not classes:
+        return False
+    return float(loss) >= STUCK_LOSS_FRACTION * math.log(classes)
+
+
+def did_not_learn_note(result: SpectrumResult) -> str:
+    """Why a row is kept out of the claims, with the numbers that show it."""
+    classes = NUM_CLASSES[result.setting["dataset"]]
+    err = test_error(result)
+    return (f"did not learn: train loss {result.metrics['train_loss']:.4f} against ln {classes} = "
+            f"{math.log(classes):.4f} for predicting every class as equally likely"
+            + ("" if err is None else f", test accuracy {100 * (1 - err):.2f}%")
+            + "; kept out of the claims and the error bars")
+
+
+def learned(rows: Sequence[Row]) -> list[Row]:
+    """The rows the claims and statistics are computed from: every row but networks that did not learn."""
+    return [r for r in rows if r.learned]
+
+
+def _not_learned_names(rows: Sequence[Row]) -> list[str]:
+    return [r.run for r in rows if r.final and not r.learned]
 
 
 def _s(result: SpectrumResult) -> float | None:
@@ -508,7 +549,7 @@ def table_row(row: Row) -> str:
     cells = [row.run, str(fit.get("k")), _fmt(fit.get("d_ks"), ".4f"), _fmt(fit.get("d_crit"), ".4f"),
              short_verdict(r), beta, _fmt(fit.get("s"), ".3f"), _fmt(sh.get("lambda_max"), ".4g"),
              _fmt(sh.get("trace"), ".4g"), "—" if err is None else f"{100 * err:.2f}%", conv, _control_cell(row),
-             "; ".join(row.notes)]
+             "; ".join(((did_not_learn_note(r),) if not row.learned else ()) + row.notes)]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -524,10 +565,12 @@ def claims_table(claims: Sequence[Claim], rows: list[Row]) -> str:
     pending = sum(r.result is None for r in runs)
     # A claim judged on part of its group may change when the rest is measured: say so beside it.
     so_far = f" (so far: {len(runs) - pending} of {len(runs)} runs measured)" if pending else ""
+    stuck = _not_learned_names(rows)
+    left_out = f"; left out: {_names(stuck)}, which did not learn" if stuck else ""
     for claim in claims:
-        out = claim.rule(rows)
+        out = claim.rule(learned(rows))
         note = so_far if out.status != UNDECIDED else ""
-        lines.append(f"| {claim.text} | {claim.how} | **{out.status}**{note}: {out.detail} |")
+        lines.append(f"| {claim.text} | {claim.how} | **{out.status}**{note}: {out.detail}{left_out} |")
     return "\n".join(lines)
 
 
@@ -543,18 +586,23 @@ def seeds_table(rows: list[Row]) -> str:
     """s and d_KS as mean ± standard deviation over seeds and the verdict as k of n, per series (and the
     baseline's controls)."""
     series: dict[str, list[SpectrumResult]] = {}
+    stuck: dict[str, list[str]] = {}
     for r in _done(rows):
-        series.setdefault(r.run.rsplit("-seed", 1)[0], []).append(r.result)
+        name = r.run.rsplit("-seed", 1)[0]
+        series.setdefault(name, [])
+        (series[name].append(r.result) if r.learned else stuck.setdefault(name, []).append(r.run))
     controls = {r.control_key: r.control for r in _done(rows) if r.run.startswith("baseline") and r.control}
     if controls:
         series["baseline: random-initialisation controls"] = [controls[k] for k in sorted(controls)]
-    lines = ["| series | seeds | s (mean ± sd) | d_KS (mean ± sd) | power law | reduced |", "|---|---|---|---|---|---|"]
+    lines = ["| series | seeds | s (mean ± sd) | d_KS (mean ± sd) | power law | reduced | left out (did not learn) |",
+             "|---|---|---|---|---|---|---|"]
     for name, results in series.items():
         s = [x.fit["s"] for x in results if x.fit.get("s") is not None]
         d = [x.fit["d_ks"] for x in results if x.fit.get("d_ks") is not None]
         reduced = any(r.reduced for r in rows if r.result in results)
         lines.append(f"| {name} | {len(results)} | {_mean_sd(s)} | {_mean_sd(d)} | "
-                     f"{sum(x.is_power_law for x in results)} of {len(results)} | {'yes' if reduced else ''} |")
+                     f"{sum(x.is_power_law for x in results)} of {len(results)} | {'yes' if reduced else ''} | "
+                     f"{_names(stuck.get(name, [])) if name in stuck else ''} |")
     return "\n".join(lines)
 
 
@@ -724,11 +772,11 @@ def method_choices(folders: dict[str, dict[str, Any]],
             choices.append(("the paper's procedure, non-positive Ritz values dropped" + tag,
                             [(f"m = {e['m']}, K' = {(e.get('positive_only') or e)['k']}",
                               _fit_numbers((e.get("positive_only") or e).get("fit"))) for e in doc["trained"]]))
-    seeds = [r for r in _done(all_rows.get("seeds", [])) if r.run.startswith("baseline")]
+    seeds = [r for r in learned(_done(all_rows.get("seeds", []))) if r.run.startswith("baseline")]
     if seeds:
         choices.append((SEED_CHOICE, [(f"seed {r.result.setting.get('seed')}", _fit_numbers(r.result.fit))
                                                   for r in seeds]))
-    variants = _done(all_rows.get("lenet-variants", []))
+    variants = learned(_done(all_rows.get("lenet-variants", [])))
     if variants:
         choices.append(("LeNet layers", [(r.run, _fit_numbers(r.result.fit)) for r in variants]))
     return choices
@@ -825,11 +873,11 @@ def _group_figures(name: str, rows: list[Row], figures: Path, rel: str) -> list[
     if not done:
         return []
     out = []
-    curves = [(r.run, r.result.eigenvalues) for r in done]
+    curves = [(r.run + ("" if r.learned else " (did not learn)"), r.result.eigenvalues) for r in done]
     rank_figure(curves, figures / f"{name}.png", f"{name}: rank-eigenvalue curves (positive values)")
     out.append(f"![{name}: rank-eigenvalue curves]({rel}/{name}.png)")
     if name in ("checkpoints", "optimizers", "fashion-mnist", "cifar10-lenet"):
-        trained = [r for r in done if (r.value or 0) != 0] if name == "checkpoints" else done
+        trained = learned([r for r in done if (r.value or 0) != 0] if name == "checkpoints" else done)
         sharpness_figure(trained, figures / f"{name}-sharpness.png", f"{name}: s, λ_max and Tr(H) against test error")
         out.append(f"![{name}: s, λ_max, Tr(H) against test error]({rel}/{name}-sharpness.png)\n\n"
                    + correlation_table(trained))
@@ -929,6 +977,7 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
     """
     items: dict[tuple, tuple[list[str], str]] = {}
     for name, rows in all_rows.items():
+        rows = learned(rows)
         for claim in CLAIMS.get(name, ()):
             out = claim.rule(rows)
             if out.status != DISAGREE:
@@ -967,10 +1016,17 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
             if dep:
                 general.append(f"K ({folder}, {what}): {dep}; d_c = 1.36/√K shrinks with K, so a larger K "
                                f"asks a closer fit of more eigenvalues.")
-    seeds = [r.result.fit.get("d_ks") for r in _done(all_rows.get("seeds", [])) if r.run.startswith("baseline")]
+    seeds = [r.result.fit.get("d_ks") for r in learned(_done(all_rows.get("seeds", [])))
+             if r.run.startswith("baseline")]
     seeds = [d for d in seeds if d is not None]
     general.append(f"Seeds: the baseline's d_KS over {len(seeds)} seeds is {_mean_sd(seeds)}." if len(seeds) >= 2
                    else "Seeds: the spread of d_KS over training seeds is not measured yet (the seeds group).")
+    stuck = [f"{name}/{run}" for name, rows in all_rows.items() for run in _not_learned_names(rows)
+             if name != "checkpoints"]
+    if stuck:
+        general.append(f"Networks that did not learn (train loss within 2% of ln C; the rows say more) are left out "
+                       f"of every claim and error bar: {_names(sorted(set(stuck)))}. Training at the paper's lr 0.1 "
+                       f"does not always take off; their spectra are in their rows.")
     general.append("Unstated choices of the paper: the LeNet layers (the lenet-variants group), whether its "
                    "eigenvalues were converged (the paper's procedure in the sensitivity section), the Hessian "
                    "sample (which 1,000 examples) and the Lanczos start.")
@@ -988,9 +1044,10 @@ def overview(all_rows: dict[str, list[Row]]) -> str:
             failed = sum(row.failed for row in rows)
             lines.append(f"| {name} | " + (f"none finished ({failed} failed)" if failed else "not run yet") + " | |")
             continue
-        statuses = [c.rule(rows).status for c in CLAIMS.get(name, ())]
-        reduced = sum(r.reduced for r in done)
+        statuses = [c.rule(learned(rows)).status for c in CLAIMS.get(name, ())]
+        reduced, stuck = sum(r.reduced for r in done), len(_not_learned_names(done))
         lines.append(f"| {name} | {len(done)} of {len(rows)}" + (f" ({reduced} reduced)" if reduced else "")
+                     + (f" ({stuck} did not learn)" if stuck else "")
                      + f" | {statuses.count(AGREE)} / {statuses.count(DISAGREE)} / {statuses.count(UNDECIDED)} |")
     return "\n".join(lines)
 

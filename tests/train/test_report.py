@@ -374,3 +374,45 @@ def test_label_fit_compares_train_accuracy_with_predicting_the_clean_labels():
     assert "random 5.0% against 10.0% (0% of its changed labels fitted)" in text
     assert "unchanged" not in text and "init" not in text  # no changed labels; not trained
     assert report.label_fit([rows[2]]) is None
+
+
+def _stuck(values, **setting):
+    """A trained record whose final train loss is that of uniform logits over MNIST's 10 classes, computed here
+    from the softmax cross-entropy itself: the loss of a network that learned nothing of its inputs."""
+    import dataclasses
+
+    logits = np.zeros(10)
+    uniform_loss = float(-(logits[3] - np.log(np.exp(logits).sum())))  # any label: −log(1/10)
+    res = synth(values, trained=True, test_acc=0.1135, **setting)
+    return dataclasses.replace(res, metrics={**res.metrics, "train_loss": uniform_loss, "train_acc": 0.11})
+
+
+def test_a_network_that_did_not_learn_is_shown_but_kept_out_of_claims_and_error_bars():
+    import dataclasses
+
+    stuck = _stuck(power_law(1.0))
+    assert report.did_not_learn(stuck)
+    # A network on 80% noisy labels ends at 1.90 (0.83 ln 10, measured here): it learned, and counts.
+    noisy = synth(exponential(), trained=True)
+    noisy = dataclasses.replace(noisy, metrics={**noisy.metrics, "train_loss": 1.9039})
+    assert not report.did_not_learn(noisy)
+    # A random initialisation (not trained) is a control, never "did not learn".
+    assert not report.did_not_learn(dataclasses.replace(stuck, setting={**stuck.setting, "trained": False}))
+
+    # The step rule with the stuck power law at n1000 would see none, PL, none, PL (disagree); without it, agree.
+    rows = [row("n600", synth(exponential(), trained=True), value=600), row("n1000", stuck, value=1000),
+            row("n3000", synth(exponential(), trained=True), value=3000),
+            row("n60000", synth(power_law(1.0), trained=True), value=60000)]
+    assert report.rule_train_size(rows).status == DISAGREE
+    table = report.claims_table(report.CLAIMS["train-size"], rows)
+    assert "**agree**" in table and "left out: n1000, which did not learn" in table
+    assert "did not learn: train loss 2.3026 against ln 10 = 2.3026" in report.table_row(rows[1])
+    assert "(1 did not learn)" in report.overview({"train-size": rows})
+
+    # The seeds' error bars: mean ± sd over the seeds that learned, the stuck one named beside them.
+    seeds = [row("baseline-seed0", synth(power_law(1.0), trained=True)),
+             row("baseline-seed1", synth(power_law(1.3), trained=True)),
+             row("baseline-seed2", _stuck(exponential()))]
+    s = [seeds[0].result.fit["s"], seeds[1].result.fit["s"]]
+    line = next(x for x in report.seeds_table(seeds).splitlines() if x.startswith("| baseline |"))
+    assert f"| 2 | {np.mean(s):.4f} ± {np.std(s, ddof=1):.4f} |" in line and line.endswith("| baseline-seed2 |")
