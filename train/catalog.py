@@ -10,6 +10,11 @@ from __future__ import annotations
 NUM_CLASSES: dict[str, int] = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "avila": 12}
 DATASETS: tuple[str, ...] = tuple(NUM_CLASSES)
 
+#: The full training sets of the paper's data. A run with `train_size` equal to one trains on every example
+#: in the loader's order, exactly as `train_size=None` does (train.data.apply_options keeps the set whole).
+FULL_TRAIN_SIZE: dict[str, int] = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000,
+                                   "avila": 10430}
+
 #: The paper's eleven optimizers, in its order (METHOD.md §5).
 OPTIMIZERS: tuple[str, ...] = ("sgd", "vanilla_sgd", "adam", "amsgrad", "adabound", "yogi", "radam", "diffgrad",
                                "adai", "pnm", "lookahead")

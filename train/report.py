@@ -29,13 +29,11 @@ import numpy as np
 
 from train import config as config_lib
 from train import record, rundir, sensitivity, sweep
-from train.catalog import NUM_CLASSES
+from train.catalog import FULL_TRAIN_SIZE, NUM_CLASSES
 from train.record import SpectrumResult
 
 FIGURES = "reproduction"
 AGREE, DISAGREE, UNDECIDED = "agree", "disagree", "undecided"
-# Full training sets of the paper's data; a smaller one without train_size is a data subset (CIFAR-10 here).
-FULL_TRAIN = {"mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000, "cifar100": 50000, "avila": 10430}
 # Config fields that do not change what is measured, and rule fields whose preset value is "the rule".
 _BOOKKEEPING = ("preset", "data_dir", "init_control", "keep_checkpoints", "checkpoint_every", "hessian_batch_size",
                 "spectrum_epochs")
@@ -377,7 +375,7 @@ def reductions(config: dict[str, Any], nominal: config_lib.Config, data: dict[st
             continue
         if name in config and config[name] != nom[name]:
             out.append(f"{name}={config[name]} (paper {nom[name]})")
-    full, n = FULL_TRAIN.get(config.get("dataset")), data.get("num_train")
+    full, n = FULL_TRAIN_SIZE.get(config.get("dataset")), data.get("num_train")
     if config.get("train_size") is None and full and n and n < full:
         out.append(f"data: {n} of {full} training examples")
     if overrides:
@@ -431,10 +429,14 @@ def _run_row(results: Path, group: sweep.Group, spec: sweep.SweepRun) -> tuple[R
     result = record.load(where / rundir.RESULTS)
     control, key = load_control(where)
     config = _read_json(where / rundir.CONFIG) or {}
-    reduced = reductions(config, sweep.nominal_config(spec), result.data, _read_json(where / sweep.OVERRIDES))
+    # Against the source's own nominal setting: an alias trains the same network (sweep.same_training) but may
+    # spell it differently (n60000's train_size=60000 is the reference's whole set).
+    reduced = reductions(config, sweep.nominal_config(src), result.data, _read_json(where / sweep.OVERRIDES))
     why = (src.why,) if src.why and src.departures else ()
     notes = (("reduced: " + "; ".join(reduced),) if reduced else ()) + why + failed + alias
     value = result.setting.get(group.axis) if group.axis else None
+    if group.axis and value is None:  # the source leaves the axis at its default (the whole training set)
+        value = getattr(sweep.nominal_config(spec), group.axis)
     return Row(spec.name, result, control, key, value, True, notes), where
 
 

@@ -75,7 +75,7 @@ from typing import Any, Callable, Iterator
 from train import progress_wanted
 from train import config as config_lib
 from train import presets, record, rundir
-from train.catalog import OPTIMIZERS
+from train.catalog import FULL_TRAIN_SIZE, OPTIMIZERS
 from train.config import Config, ConfigError
 
 RESULTS_ROOT = "results"
@@ -173,7 +173,9 @@ def _build_groups() -> dict[str, Group]:
         Group("batch-size-iters1000", "LeNet-5, MNIST, SGD: batch size at a fixed 1000 iterations", "batch_size",
               tuple(SweepRun(f"batch{b}", f"lenet-mnist-iters1000-batch{b}") for b in presets.BATCH_SIZES)),
         Group("train-size", "LeNet-5, MNIST, SGD: training-set size", "train_size",
-              tuple(SweepRun(f"n{n}", f"lenet-mnist-n{n}") for n in presets.TRAIN_SIZES)),
+              # All 60000 examples is the reference run itself (same_training): never trained twice.
+              tuple(SweepRun(f"n{n}", f"lenet-mnist-n{n}", same_as=REFERENCE if n == FULL_TRAIN_SIZE["mnist"] else None)
+                    for n in presets.TRAIN_SIZES)),
         Group("label-noise", "LeNet-5, MNIST, SGD: 40% and 80% symmetric label noise, random labels", None,
               (SweepRun("noise40", "lenet-mnist-noise40"), SweepRun("noise80", "lenet-mnist-noise80"),
                SweepRun("random-labels", "lenet-mnist-random-labels"))),
@@ -269,6 +271,16 @@ def run_config(spec: SweepRun, overrides: dict[str, Any]) -> Config:
         return config_lib.validate(cfg)
     except ConfigError as err:
         raise ConfigError(f"run {spec.name} ({spec.preset}): {err}") from None
+
+
+def same_training(a: Config, b: Config) -> bool:
+    """Whether two configurations train the same network: equal but for the preset's name and the spectrum's
+    settings, with a `train_size` of the whole training set read as no subset (the loader keeps it whole)."""
+    def canonical(cfg: Config) -> Config:
+        whole = cfg.train_size is not None and cfg.train_size == FULL_TRAIN_SIZE.get(cfg.dataset)
+        return dataclasses.replace(cfg, train_size=None) if whole else cfg
+
+    return not config_lib.differences(canonical(a), canonical(b), ignore=("preset",) + config_lib.SPECTRUM_FIELDS)
 
 
 def applied_overrides(spec: SweepRun, cfg: Config) -> dict[str, Any]:

@@ -211,6 +211,11 @@ def test_report_tables_claims_and_numbers(synthetic_results, tmp_path, capsys):
     # The alias: optimizers/sgd is the reference run.
     assert "| sgd | 100 |" in section("optimizers")
     assert "same run as checkpoints/lenet-mnist-sgd" in section("optimizers")
+    # n60000 is the reference too: its size comes from its preset (the reference leaves train_size unset, the
+    # whole set), and the spelling train_size=60000 is no departure from the paper.
+    n60000 = next(x for x in section("train-size").splitlines() if x.startswith("| n60000 |"))
+    assert "reduced" not in n60000 and n60000.endswith("| same run as checkpoints/lenet-mnist-sgd |")
+    assert [(r.run, r.value) for r in report.load_group(results, "train-size") if r.result] == [("n60000", 60000)]
     # The reduced run is flagged, and so is its overview line.
     assert "reduced: 2 of 50 epochs; sweep overrides: epochs" in section("fcn-depth")
     assert "| fcn-depth | 1 of 3 (1 reduced) |" in text

@@ -4,6 +4,7 @@ sensitivity study on the tiny run, its numbers recomputed another way."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -49,13 +50,28 @@ def test_groups_hold_the_papers_settings():
 
 def test_same_as_runs_are_the_same_training():
     aliases = [(group, spec) for group in sweep.GROUPS.values() for spec in group.runs if spec.same_as]
-    assert len(aliases) == 7  # optimizers/sgd, batch128, width100, three seed-0 runs, lenet-variants/paper-form
+    # optimizers/sgd, batch128, n60000, width100, three seed-0 runs, lenet-variants/paper-form
+    assert len(aliases) == 8
     for group, spec in aliases:
         _, src = sweep.source_of(group, spec)
         assert src.same_as is None
         diff = config_lib.differences(sweep.nominal_config(spec), sweep.nominal_config(src),
-                                      ignore=("preset",) + config_lib.SPECTRUM_FIELDS)
+                                      ignore=("preset", "train_size") + config_lib.SPECTRUM_FIELDS)
         assert diff == {}, (spec.name, diff)
+        assert sweep.same_training(sweep.nominal_config(spec), sweep.nominal_config(src)), spec.name
+
+
+def test_no_network_is_trained_twice():
+    """Every pair of runs that would train the same network is declared same_as (n60000 once trained the
+    reference run again: 50 epochs, bit for bit)."""
+    trained = [(f"{g.name}/{s.name}", sweep.nominal_config(s)) for g in sweep.iter_groups() for s in g.runs
+               if s.same_as is None]
+    for i, (name, cfg) in enumerate(trained):
+        twins = [other for other, c in trained[i + 1:] if sweep.same_training(cfg, c)]
+        assert not twins, (name, twins)
+    ref = sweep.nominal_config(sweep.find_run(sweep.REFERENCE)[1])
+    assert sweep.same_training(ref, dataclasses.replace(ref, train_size=60000, k=10, preset="x"))
+    assert not sweep.same_training(ref, dataclasses.replace(ref, train_size=59999))
 
 
 def test_overrides_apply_to_every_run_and_are_recorded():
