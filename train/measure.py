@@ -10,6 +10,7 @@ rests on unconverged Ritz values.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable
 
@@ -67,7 +68,16 @@ class Measurement:
     sharpness: dict[str, Any]
     eigengap_fit: dict[str, Any] | None
     density: dict[str, Any] | None
-    timing: dict[str, float]
+    timing: dict[str, Any]
+
+
+def device_description() -> str:
+    """What measured: "cpu (2 cores)" or "gpu: NVIDIA H200 x1". No host name (results are committed);
+    the timings of a record mean nothing without it."""
+    devices = jax.devices()
+    if devices[0].platform == "cpu":
+        return f"cpu ({os.cpu_count()} cores)"
+    return f"{devices[0].platform}: {devices[0].device_kind} x{len(devices)}"
 
 
 def _eigengap_fit(eigenvalues: np.ndarray) -> dict | None:
@@ -139,7 +149,8 @@ def measure(loss_fn: Callable, params: Any, batches: list, spec: SpectrumSpec, *
                     max_lanczos_steps=max_steps)
     sharpness = {"lambda_max": float(top.eigenvalues[0]),  # the top Ritz value converges first
                  "trace": trace.trace, "trace_stderr": trace.stderr, "trace_samples": trace.num_samples}
-    timing = {"lanczos_s": t1 - t0, "trace_s": t2 - t1, "measure_s": time.perf_counter() - t0}
+    timing = {"lanczos_s": t1 - t0, "trace_s": t2 - t1, "measure_s": time.perf_counter() - t0,
+              "device": device_description()}
     return Measurement(record.fit_block(verdict, spec.significance), verdict.verdict, spectrum, sharpness,
                        _eigengap_fit(top.eigenvalues), density, timing)
 

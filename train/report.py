@@ -433,11 +433,17 @@ def _run_row(results: Path, group: sweep.Group, spec: sweep.SweepRun) -> tuple[R
     # spell it differently (n60000's train_size=60000 is the reference's whole set).
     reduced = reductions(config, sweep.nominal_config(src), result.data, _read_json(where / sweep.OVERRIDES))
     why = (src.why,) if src.why and src.departures else ()
-    notes = (("reduced: " + "; ".join(reduced),) if reduced else ()) + why + failed + alias
+    notes = (("reduced: " + "; ".join(reduced),) if reduced else ()) + why + failed + alias + _device_note(result)
     value = result.setting.get(group.axis) if group.axis else None
     if group.axis and value is None:  # the source leaves the axis at its default (the whole training set)
         value = getattr(sweep.nominal_config(spec), group.axis)
     return Row(spec.name, result, control, key, value, True, notes), where
+
+
+def _device_note(result: SpectrumResult) -> tuple[str, ...]:
+    """A row measured elsewhere than on a CPU says where (float32 on an accelerator rounds differently)."""
+    device = result.timing.get("device")
+    return (f"measured on {device}",) if device and not device.startswith("cpu") else ()
 
 
 def _epoch_rows(row: Row, where: Path) -> list[Row]:
@@ -495,8 +501,9 @@ def control_rows(results: Path) -> list[Row]:
                                                      (", ..." if len(later) > 4 else "") if later else "")
         reduced = control_reductions((_read_json(where / sweep.CONTROL_KEY) or {}).get("fields", {}),
                                      used or planned.get(where.name, []))
-        notes = (("reduced: " + "; ".join(reduced),) if reduced else ()) + (note,)
-        rows.append(Row(where.name, record.load(where / rundir.RESULTS), value=None, notes=notes))
+        result = record.load(where / rundir.RESULTS)
+        notes = (("reduced: " + "; ".join(reduced),) if reduced else ()) + (note,) + _device_note(result)
+        rows.append(Row(where.name, result, value=None, notes=notes))
     return rows
 
 
@@ -1067,6 +1074,25 @@ Random-initialisation controls are the same measurement at the initial network o
 depart from the paper's setting as they say; "converged" is the number of the top K with a converged Ritz value."""
 
 
+# Every record committed before the device was kept in it was measured on this one machine (no GPU was lent to
+# those sessions); the report says so instead of leaving those numbers without a machine.
+UNRECORDED_DEVICE = ("device not recorded (this repository's records from before it was kept were all measured on "
+                     "the project's 2-core x86-64 CPU machine)")
+
+
+def machines(all_rows: dict[str, list[Row]]) -> str:
+    """Which devices measured the published records, with how many each (a record counted once)."""
+    records = {id(res): res for rows in all_rows.values() for r in rows for res in (r.result, r.control)
+               if res is not None}
+    counts: dict[str, int] = {}
+    for res in records.values():
+        device = res.timing.get("device") or UNRECORDED_DEVICE
+        counts[device] = counts.get(device, 0) + 1
+    if not counts:
+        return "Measured on: nothing yet."
+    return "Measured on: " + "; ".join(f"{device}: {n} spectra" for device, n in sorted(counts.items())) + "."
+
+
 def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
     """Write the report and its figures; return the markdown.
 
@@ -1078,7 +1104,7 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
     figures = out.parent / FIGURES
     all_rows = {name: load_group(results, name) for name in sweep.GROUPS}
     folders = study_docs(results)
-    sections = [HEADER, "## Overview\n\n" + overview(all_rows),
+    sections = [HEADER, machines(all_rows), "## Overview\n\n" + overview(all_rows),
                 "## Where we disagree, and likely reasons\n\n" + disagreements_section(all_rows, folders)]
     sections += [group_section(name, rows, figures, FIGURES) for name, rows in all_rows.items()]
     sections.append("## Sensitivity of the verdict to the method's choices\n\n" + sensitivity_section(results, all_rows, folders))

@@ -202,6 +202,8 @@ def test_tiny_run_writes_every_field_and_matches_the_dense_hessian(capsys, tmp_p
         assert res["schema_version"] == 2 and res["keys"]["streams"]["lanczos_start"] == 5
         assert METRIC_KEYS <= set(res["metrics"]) and {"lambda_max", "trace"} <= set(res["sharpness"])
         assert {"verdict", "eigengap_fit", "timing", "hspec_version", "spectrum"} <= set(res)
+        if jax.default_backend() == "cpu":  # the device that measured, without the host's name
+            assert res["timing"]["device"] == f"cpu ({os.cpu_count()} cores)"
         s = res["setting"]
         assert (s["trained"], s["epochs"], s["labels"], s["train_size"], s["k"]) == (trained, epoch, "clean", 512, 10)
         assert s["lanczos_steps"] == res["spectrum"]["lanczos_steps"] >= s["lanczos_steps_requested"] == 40

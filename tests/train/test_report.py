@@ -421,3 +421,19 @@ def test_a_network_that_did_not_learn_is_shown_but_kept_out_of_claims_and_error_
     s = [seeds[0].result.fit["s"], seeds[1].result.fit["s"]]
     line = next(x for x in report.seeds_table(seeds).splitlines() if x.startswith("| baseline |"))
     assert f"| 2 | {np.mean(s):.4f} ± {np.std(s, ddof=1):.4f} |" in line and line.endswith("| baseline-seed2 |")
+
+
+def test_the_report_says_which_device_measured_each_record():
+    import dataclasses
+
+    def on(device):
+        res = synth(power_law(1.0))
+        return dataclasses.replace(res, timing={"lanczos_s": 1.0, **({"device": device} if device else {})})
+
+    gpu, cpu, old = on("gpu: NVIDIA H200 x1"), on("cpu (2 cores)"), on(None)
+    # A shared control (the same record twice) counts once; two records of one device count twice.
+    rows = {"a": [row("x", gpu, control=old), row("y", cpu, control=old)], "b": [row("z", on("gpu: NVIDIA H200 x1"))]}
+    assert report.machines(rows) == ("Measured on: cpu (2 cores): 1 spectra; gpu: NVIDIA H200 x1: 2 spectra; "
+                                     f"{report.UNRECORDED_DEVICE}: 1 spectra.")
+    assert report._device_note(gpu) == ("measured on gpu: NVIDIA H200 x1",)
+    assert report._device_note(cpu) == () and report._device_note(old) == ()
