@@ -433,7 +433,7 @@ def test_the_report_says_which_device_measured_each_record():
     gpu, cpu, old = on("gpu: NVIDIA H200 x1"), on("cpu (2 cores)"), on(None)
     # A shared control (the same record twice) counts once; two records of one device count twice.
     rows = {"a": [row("x", gpu, control=old), row("y", cpu, control=old)], "b": [row("z", on("gpu: NVIDIA H200 x1"))]}
-    assert report.machines(rows) == ("Measured on: cpu (2 cores): 1 spectra; gpu: NVIDIA H200 x1: 2 spectra; "
-                                     f"{report.UNRECORDED_DEVICE}: 1 spectra.")
+    assert report.machines(rows) == ("Measured on: cpu (2 cores): 1 spectra; "
+                                     f"{report.UNRECORDED_DEVICE}: 1 spectra; gpu: NVIDIA H200 x1: 2 spectra.")
     assert report._device_note(gpu) == ("measured on gpu: NVIDIA H200 x1",)
     assert report._device_note(cpu) == () and report._device_note(old) == ()
