@@ -437,3 +437,46 @@ def test_the_report_says_which_device_measured_each_record():
                                      f"{report.UNRECORDED_DEVICE}: 1 spectra; gpu: NVIDIA H200 x1: 2 spectra.")
     assert report._device_note(gpu) == ("measured on gpu: NVIDIA H200 x1",)
     assert report._device_note(cpu) == () and report._device_note(old) == ()
+
+
+def _measured_at(values: np.ndarray, **setting) -> record.SpectrumResult:
+    """A record of a converged top len(values), fitted at K = len(values) as a run fits it."""
+    import dataclasses
+
+    res = synth(values[:K], **setting)
+    verdict = hspec.power_law_verdict(values, len(values))
+    return dataclasses.replace(res, fit=record.fit_block(verdict, 0.05), verdict=verdict.verdict,
+                               spectrum={"eigenvalues": [float(v) for v in values], "num_converged": len(values)})
+
+
+def test_claims_at_other_k_refit_prefixes_of_the_converged_spectrum():
+    # Top 100 a power law (k^-1), then a steep exponential tail: a power law at K = 100, not at K = 300.
+    head = power_law(1.0, 5.0)
+    values = np.concatenate([head, head[-1] * np.exp(-np.arange(1, 201) / 10)])
+    trained, init = _measured_at(values, trained=True), _measured_at(5 * np.exp(-np.arange(1, 301) / 20.0))
+    assert not trained.is_power_law
+    small = report.at_k(trained, 100)
+    alone = hspec.power_law_verdict(values[:100], 100)  # the top 100 fitted on their own
+    assert small.is_power_law and small.fit["d_ks"] == pytest.approx(alone.fit.d_ks, rel=1e-12)
+    assert small.fit["k"] == 100 and small.spectrum == trained.spectrum
+    assert report.at_k(trained, 301) is None and report.at_k(None, 100) is None
+
+    # The reference run appears in two groups (its control under one key): one network, one control in the counts.
+    rows = {"checkpoints": [Row("lenet-mnist-sgd", trained, init, "ctl")], "optimizers": [Row("sgd", trained, init, "ctl")]}
+    text = report.claims_at_other_k(rows, ks=(300, 100))
+    assert "| checkpoints | Trained networks show a power law (d_KS < d_c); randomly initialised ones do not. " \
+           "| agree | disagree |" in text
+    assert "| 100 | 1 of 1 | 0 of 1 |" in text and "| 300 | 0 of 1 | 0 of 1 |" in text
+    assert "sharpest at K = 100: 1 of 1 trained networks against 0 of 1 controls" in text
+    assert report.claims_at_other_k({}) == "No results yet."
+
+
+def test_a_step_claim_with_no_power_law_anywhere_says_there_is_nothing_to_break_down():
+    rows = [row(f"n{n}", synth(exponential(), trained=True), value=n) for n in (600, 3000, 60000)]
+    text = report.disagreements_section({"train-size": rows}, {})
+    assert "**train-size**" in text and "there is no structure to break down or to appear" in text
+    # Power laws at both ends and none between: a disagreement, but not for want of any power law.
+    rows[0] = row("n600", synth(power_law(1.0), trained=True), value=600)
+    rows[-1] = row("n60000", synth(power_law(1.0), trained=True), value=60000)
+    text = report.disagreements_section({"train-size": rows}, {})
+    assert "**train-size**" in text and "no structure" not in text
