@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from train.catalog import NUM_CLASSES
+
 SCHEMA_VERSION = 2
 # The fit block's keys: hspec.PowerLawFit's fields, then the verdict's positive-value bookkeeping.
 FIT_KEYS = ("beta", "sigma", "s", "d_ks", "d_crit", "is_power_law", "k", "xmin", "significance", "lsq_slope",
@@ -186,6 +188,31 @@ def _fmt(x: Any, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
+# Before it learns anything a network's best loss is that of predicting the class frequencies, at most ln C
+# (every class equally likely). A trained network still within 2% of ln C has learned essentially nothing
+# of its inputs (measured here: learned networks end at most at 0.83 ln C, even on 80% noisy labels; the
+# runs stuck at lr 0.1 end at 0.997 - 1.000 ln C and predict the most common class).
+STUCK_LOSS_FRACTION = 0.98
+
+
+def did_not_learn(result: SpectrumResult) -> bool:
+    """True when a trained network's final train loss is within 2% of ln C, the loss of a network that
+    predicts every class as equally likely: training left it at the loss of knowing nothing of the inputs."""
+    loss, classes = result.metrics.get("train_loss"), NUM_CLASSES.get(result.setting.get("dataset"))
+    if not result.setting.get("trained") or loss is None or not classes:
+        return False
+    return float(loss) >= STUCK_LOSS_FRACTION * math.log(classes)
+
+
+def did_not_learn_note(result: SpectrumResult) -> str:
+    """"did not learn: train loss 2.3012 against ln 10 = 2.3026 ..., test accuracy 11.35%" (for did_not_learn)."""
+    classes = NUM_CLASSES[result.setting["dataset"]]
+    acc = result.metrics.get("test_acc")
+    return (f"did not learn: train loss {result.metrics['train_loss']:.4f} against ln {classes} = "
+            f"{math.log(classes):.4f} for predicting every class as equally likely"
+            + ("" if acc is None else f", test accuracy {100 * acc:.2f}%"))
+
+
 def verdict_table(rows: list[tuple[str, SpectrumResult]]) -> str:
     """A table a person can read: one row per spectrum with K, d_KS, d_c, s, λ_max, Tr(H), test acc, verdict.
 
@@ -205,6 +232,9 @@ def verdict_table(rows: list[tuple[str, SpectrumResult]]) -> str:
                      f"{_fmt(fit['d_crit'], '.4f'):>7} {_fmt(fit['s'], '.3f'):>7} "
                      f"{_fmt(sh.get('lambda_max'), '.4g'):>11} {_fmt(sh.get('trace'), '.4g'):>11} "
                      f"{_fmt(None if acc is None else 100 * acc, '.2f'):>7}%  {r.verdict}")
+    # A spectrum of a network that learned nothing answers no question about trained networks: say so.
+    lines += [f"warning: {label} {did_not_learn_note(r)}; its spectrum is that of an untrained network "
+              f"(try a smaller learning_rate or another seed)" for label, r in rows if did_not_learn(r)]
     return "\n".join(lines)
 
 

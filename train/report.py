@@ -29,8 +29,8 @@ import numpy as np
 
 from train import config as config_lib
 from train import record, rundir, sensitivity, sweep
-from train.catalog import FULL_TRAIN_SIZE, NUM_CLASSES
-from train.record import SpectrumResult
+from train.catalog import FULL_TRAIN_SIZE
+from train.record import SpectrumResult, did_not_learn, did_not_learn_note
 
 FIGURES = "reproduction"
 AGREE, DISAGREE, UNDECIDED = "agree", "disagree", "undecided"
@@ -98,32 +98,6 @@ def test_error(result: SpectrumResult) -> float | None:
     """1 − test accuracy of a record, or None."""
     acc = result.metrics.get("test_acc")
     return None if acc is None else 1.0 - float(acc)
-
-
-# Before it learns anything a network's best loss is that of predicting the class frequencies, at most ln C
-# (every class equally likely). A trained network still within 2% of ln C has learned essentially nothing
-# of its inputs (measured here: learned networks end at most at 0.83 ln C, even on 80% noisy labels; the
-# runs stuck at lr 0.1 end at 0.997 - 1.000 ln C and predict the most common class).
-STUCK_LOSS_FRACTION = 0.98
-
-
-def did_not_learn(result: SpectrumResult) -> bool:
-    """True when a trained network's final train loss is within 2% of ln C, the loss of a network that
-    predicts every class as equally likely: training left it at the loss of knowing nothing of the inputs."""
-    loss, classes = result.metrics.get("train_loss"), NUM_CLASSES.get(result.setting.get("dataset"))
-    if not result.setting.get("trained") or loss is None or not classes:
-        return False
-    return float(loss) >= STUCK_LOSS_FRACTION * math.log(classes)
-
-
-def did_not_learn_note(result: SpectrumResult) -> str:
-    """Why a row is kept out of the claims, with the numbers that show it."""
-    classes = NUM_CLASSES[result.setting["dataset"]]
-    err = test_error(result)
-    return (f"did not learn: train loss {result.metrics['train_loss']:.4f} against ln {classes} = "
-            f"{math.log(classes):.4f} for predicting every class as equally likely"
-            + ("" if err is None else f", test accuracy {100 * (1 - err):.2f}%")
-            + "; kept out of the claims and the error bars")
 
 
 def learned(rows: Sequence[Row]) -> list[Row]:
@@ -558,7 +532,8 @@ def table_row(row: Row) -> str:
     cells = [row.run, str(fit.get("k")), _fmt(fit.get("d_ks"), ".4f"), _fmt(fit.get("d_crit"), ".4f"),
              short_verdict(r), beta, _fmt(fit.get("s"), ".3f"), _fmt(sh.get("lambda_max"), ".4g"),
              _fmt(sh.get("trace"), ".4g"), "—" if err is None else f"{100 * err:.2f}%", conv, _control_cell(row),
-             "; ".join(((did_not_learn_note(r),) if not row.learned else ()) + row.notes)]
+             "; ".join(((did_not_learn_note(r) + "; kept out of the claims and the error bars",)
+                        if not row.learned else ()) + row.notes)]
     return "| " + " | ".join(cells) + " |"
 
 

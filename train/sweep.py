@@ -481,7 +481,9 @@ def run_state(roots: Roots, group: Group, spec: SweepRun, groups: dict[str, Grou
     dest = roots.published(group.name, spec.name)
     if is_published(dest):
         stored = published_overrides(dest)
-        return "done" + (f" (overrides {json.dumps(stored, sort_keys=True)})" if stored else "")
+        stuck = record.did_not_learn(record.load(dest / rundir.RESULTS))
+        return ("done" + (" (did not learn: train loss at ln C)" if stuck else "")
+                + (f" (overrides {json.dumps(stored, sort_keys=True)})" if stored else ""))
     work = roots.workdir(group.name, spec.name)
     lock = roots.lock(f"{group.name}--{spec.name}")
     running = " running" if lock.path.exists() and not lock.is_stale() else ""

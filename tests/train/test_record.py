@@ -79,3 +79,27 @@ def test_verdict_table_shows_both_paths():
     fit = hspec.fit_power_law(ZIPF)
     assert f"{fit.d_ks:.4f}" in final and f"{fit.s:.3f}" in final and "50.00%" in final
     assert init.split()[2] == "-" and "non-positive eigenvalues among the top K: 10 of 100" in init
+
+
+def test_a_network_that_did_not_learn_is_named_under_the_verdict_table_and_in_the_sweep_list(tmp_path):
+    import dataclasses
+
+    from train import sweep
+
+    base = _record(ZIPF, 100)
+    # Cross-entropy of uniform logits over MNIST's 10 classes, −log(1/10), from softmax itself:
+    uniform = float(-np.log(np.exp(0.0) / np.exp(np.zeros(10)).sum()))
+    stuck = dataclasses.replace(base, setting={**base.setting, "trained": True},
+                                metrics={**base.metrics, "train_loss": uniform, "test_acc": 0.1135})
+    learned = dataclasses.replace(stuck, metrics={**stuck.metrics, "train_loss": 1.9})  # 0.83 ln 10: it learned
+    assert record.did_not_learn(stuck) and not record.did_not_learn(learned) and not record.did_not_learn(base)
+    table = record.verdict_table([("init", base), ("final", stuck), ("other", learned)]).splitlines()
+    assert len(table) == 6 and table[-1].startswith("warning: final did not learn: train loss 2.3026 against "
+                                                    "ln 10 = 2.3026") and "test accuracy 11.35%" in table[-1]
+
+    roots = sweep.Roots(tmp_path / "results", tmp_path / "work")
+    group = sweep.Group("g", "tests", None, (sweep.SweepRun("a", "tiny-fcn-mnist"), sweep.SweepRun("b", "tiny-fcn-mnist")))
+    for spec, res in zip(group.runs, (stuck, learned)):
+        record.save(res, roots.published(group.name, spec.name) / "results.json")
+    assert sweep.run_state(roots, group, group.runs[0]) == "done (did not learn: train loss at ln C)"
+    assert sweep.run_state(roots, group, group.runs[1]) == "done"
