@@ -33,6 +33,7 @@ from train.catalog import FULL_TRAIN_SIZE
 from train.record import SpectrumResult, did_not_learn, did_not_learn_note
 
 FIGURES = "reproduction"
+CLAIMS_AT_K_FIGURE = "power-laws-against-k.png"
 AGREE, DISAGREE, UNDECIDED = "agree", "disagree", "undecided"
 # Config fields that do not change what is measured, and rule fields whose preset value is "the rule".
 _BOOKKEEPING = ("preset", "data_dir", "init_control", "keep_checkpoints", "checkpoint_every", "hessian_batch_size",
@@ -1046,10 +1047,49 @@ def rows_at_k(rows: list[Row], k: int, refit: Callable = at_k) -> list[Row] | No
     return out if _done(out) else None
 
 
-def claims_at_other_k(all_rows: dict[str, list[Row]], ks: Sequence[int] = sensitivity.SENSITIVITY_KS) -> str:
+def power_law_counts(by_group: dict[str, list[Row] | None]) -> tuple[dict[str, bool], dict[str, bool]]:
+    """(trained networks, random-initialisation controls) -> is a power law, each network counted once however
+    many groups show it (the reference run is a row of five groups; a control is shared by many runs)."""
+    trained, controls = {}, {}
+    for name, rows in by_group.items():
+        for r in rows or ():
+            if name == sweep.CONTROLS:  # a control's row is named by its key
+                controls[r.run] = r.result.is_power_law
+                continue
+            if r.result is not None and r.final:
+                trained[json.dumps(r.result.setting, sort_keys=True)] = r.result.is_power_law
+            if r.control is not None:
+                controls[r.control_key] = r.control.is_power_law
+    return trained, controls
+
+
+def _k_of_n(flags: dict[str, bool]) -> str:
+    return f"{sum(flags.values())} of {len(flags)}"
+
+
+def counts_figure(counts: list[tuple[int, dict[str, bool], dict[str, bool]]], path: Path) -> None:
+    """The share of trained networks and of controls that are power laws, against K."""
+    fig = _figure(5.2, 3.6)
+    ax = fig.add_subplot()
+    ks = [k for k, _, _ in counts]
+    for label, index, style in (("trained networks", 1, "o-"), ("random-initialisation controls", 2, "s--")):
+        ax.plot(ks, [100 * sum(c[index].values()) / max(len(c[index]), 1) for c in counts], style, label=label)
+    ax.set_xscale("log")
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("K (top-K prefix of the converged spectrum)")
+    ax.set_ylabel("power laws (%)")
+    ax.set_ylim(-5, 105)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def claims_at_other_k(all_rows: dict[str, list[Row]], ks: Sequence[int] = sensitivity.SENSITIVITY_KS,
+                      figure: Path | None = None, rel: str = FIGURES) -> str:
     """Every claim's outcome with K = each of ks, from prefixes of the same converged spectra, and how many
-    trained networks and controls show a power law at each K. The paper's K is 1000; it does not say that its
-    eigenvalues were converged, and d_c = 1.36/√K asks more of a larger K, so this is the first thing to check."""
+    trained networks and controls show a power law at each K (with their figure at `figure`, when given).
+
+    The paper's K is 1000; it does not say that its eigenvalues were converged, and d_c = 1.36/√K asks more
+    of a larger K, so this is the first thing to check."""
     ks = sorted(ks)
     judged = {name: learned(rows) for name, rows in all_rows.items() if _done(rows) and CLAIMS.get(name)}
     if not judged:
@@ -1062,40 +1102,34 @@ def claims_at_other_k(all_rows: dict[str, list[Row]], ks: Sequence[int] = sensit
         return fitted[id(result), k]
 
     by_k = {k: {name: rows_at_k(rows, k, refit) for name, rows in judged.items()} for k in ks}
+    ks = [k for k in ks if any(rows is not None for rows in by_k[k].values())]  # a K some network reaches
+    if not ks:
+        return "No network measured at K ≥ " + str(min(by_k)) + " yet."
     lines = ["| group | the paper's claim | " + " | ".join(f"K = {k}" for k in ks) + " |",
              "|---|---|" + "---|" * len(ks)]
     for name in judged:
-        if any(by_k[k][name] is None for k in ks):
-            continue  # a group measured at a smaller K (Avila, ResNet18: K = 50)
-        # the controls group counts its K = 1000 controls alone
-        for i, claim in enumerate(CLAIMS[name]):
-            cells = [claim.rule(by_k[k][name]).status for k in ks]
-            lines.append(f"| {name} | {claim.text} | " + " | ".join(cells) + " |")
-    counts = ["| K | trained networks with a power law | random-initialisation controls with a power law |",
-              "|---|---|---|"]
-    shares: list[tuple[float, int, str]] = []
-    for k in ks:
-        # A network counted once, however many groups show it (the reference run is a row of five).
-        trained, controls = {}, {}
-        for name, rows in by_k[k].items():
-            for r in rows or ():
-                if name == sweep.CONTROLS:  # a control's row is named by its key
-                    controls[r.run] = r.result.is_power_law
-                    continue
-                if r.result is not None and r.final:
-                    trained[json.dumps(r.result.setting, sort_keys=True)] = r.result.is_power_law
-                if r.control is not None:
-                    controls[r.control_key] = r.control.is_power_law
-        counts.append(f"| {k} | {sum(trained.values())} of {len(trained)} | {sum(controls.values())} of {len(controls)} |")
-        shares.append((sum(trained.values()) / max(len(trained), 1) - sum(controls.values()) / max(len(controls), 1),
-                       -k, f"K = {k}: {sum(trained.values())} of {len(trained)} trained networks against "
-                           f"{sum(controls.values())} of {len(controls)} controls"))
-    best = max(shares)
+        if all(by_k[k][name] is not None for k in ks):  # not a group measured at K = 50 (Avila, ResNet18)
+            lines += [f"| {name} | {claim.text} | " + " | ".join(claim.rule(by_k[k][name]).status for k in ks) + " |"
+                      for claim in CLAIMS[name]]
+    counts = [(k, *power_law_counts(by_k[k])) for k in ks]
+    table = ["| K | trained networks with a power law | random-initialisation controls with a power law |",
+             "|---|---|---|"] + [f"| {k} | {_k_of_n(t)} | {_k_of_n(c)} |" for k, t, c in counts]
+
+    def gap(entry: tuple[int, dict[str, bool], dict[str, bool]]) -> float:
+        _, t, c = entry
+        return sum(t.values()) / max(len(t), 1) - sum(c.values()) / max(len(c), 1)
+
+    best, last = max(counts, key=gap), counts[-1]  # the first K of the largest gap
     contrast = (f"The contrast the paper draws (trained networks are power laws, their initialisations are not) is "
-                f"sharpest at {best[2]}; at K = {max(ks)}: {shares[-1][2].split(': ', 1)[1]}.")
-    return ("The same converged spectra, fitted on their top K for smaller K (exact: every one of the top 1000 is "
-            "converged). Groups measured at K = 50 are left out; so are networks that did not learn.\n\n"
-            + "\n".join(lines) + "\n\n" + "\n".join(counts) + "\n\n" + contrast)
+                f"sharpest at K = {best[0]}: {_k_of_n(best[1])} trained networks against {_k_of_n(best[2])} controls; "
+                f"at K = {last[0]}: {_k_of_n(last[1])} against {_k_of_n(last[2])}.")
+    parts = ["The same converged spectra, fitted on their top K for smaller K (exact: every one of the top 1000 is "
+             "converged). Groups measured at K = 50 are left out; so are networks that did not learn.",
+             "\n".join(lines), "\n".join(table), contrast]
+    if figure is not None:
+        counts_figure(counts, figure)
+        parts.append(f"![power laws against K]({rel}/{figure.name})")
+    return "\n\n".join(parts)
 
 
 def overview(all_rows: dict[str, list[Row]]) -> str:
@@ -1160,12 +1194,12 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
     folders = study_docs(results)
     sections = [HEADER, machines(all_rows), "## Overview\n\n" + overview(all_rows),
                 "## Where we disagree, and likely reasons\n\n" + disagreements_section(all_rows, folders),
-                "## The claims at other K\n\n" + claims_at_other_k(all_rows)]
+                "## The claims at other K\n\n" + claims_at_other_k(all_rows, figure=figures / CLAIMS_AT_K_FIGURE)]
     sections += [group_section(name, rows, figures, FIGURES) for name, rows in all_rows.items()]
     sections.append("## Sensitivity of the verdict to the method's choices\n\n" + sensitivity_section(results, all_rows, folders))
     sections.append("## Data\n\n" + data_section(all_rows))
     text = "\n\n".join(sections) + "\n"
-    written = {f"{name}.png" for name, rows in all_rows.items() if _done(rows)}
+    written = {f"{name}.png" for name, rows in all_rows.items() if _done(rows)} | {CLAIMS_AT_K_FIGURE}
     written |= {f"{n}-sharpness.png" for n in ("checkpoints", "optimizers", "fashion-mnist", "cifar10-lenet")
                 if _done(all_rows[n])}
     for stale in figures.glob("*.png") if figures.is_dir() else ():

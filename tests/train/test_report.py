@@ -238,6 +238,10 @@ def test_report_tables_claims_and_numbers(synthetic_results, tmp_path, capsys):
     # No path of this machine, no temporary directory.
     assert "/machine/secret" not in text and str(tmp_path) not in text and "…/mnist" in section("Data")
     assert (out.parent / "reproduction" / "optimizers-sharpness.png").is_file()
+    assert (out.parent / "reproduction" / report.CLAIMS_AT_K_FIGURE).is_file()
+    # Synthetic spectra hold K = 100: the claims at K = 100 only; one control, shared by every run.
+    assert "| K = 100 |" in section("The claims at other K") and "K = 300" not in section("The claims at other K")
+    assert "sharpest at K = 100:" in section("The claims at other K") and "against 0 of 1 controls" in text
 
 
 def test_report_is_byte_stable(synthetic_results, tmp_path):
