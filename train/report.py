@@ -9,7 +9,7 @@ without the "Software" PNG tag at a fixed DPI.
 
 Per group: a table of our measurements beside the paper's claims (METHOD.md §5, as text; never the
 paper's per-row numbers: this is a blind reproduction), and for each claim an "agree"/"disagree"
-computed from our numbers by a small pure rule (the `rule_*` functions), or "undecided" while results
+computed from our numbers by a small pure rule (train.claims), or "undecided" while results
 are missing. Runs that depart from the paper's setting (fewer epochs, a smaller K, sweep overrides, a data
 subset) are flagged in their row and never presented as the paper's setting.
 """
@@ -23,294 +23,36 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from train import config as config_lib
 from train import record, rundir, sensitivity, sweep
 from train.catalog import FULL_TRAIN_SIZE
-from train.record import SpectrumResult, did_not_learn, did_not_learn_note
+from train.claims import (AGREE, CLAIMS, DISAGREE, ORDERING_RULES, STEP_RULES, UNDECIDED, Claim, Row, at_k, exponent,
+                          kendall, learned, listed, measured, not_learned_runs, pearson, rows_at_k,
+                          rule_s_tracks_test_error, test_error)
+# The claims lived here before train.claims: notebooks and users' scripts use report.Row, report.CLAIMS and
+# report.rule_*, so they stay importable from here (listed in __all__).
+from train.claims import (PL_CLAIM, Outcome, rule_baseline_seeds, rule_batch_size, rule_controls, rule_depth,
+                          rule_no_power_law, rule_sgd_below_adam, rule_s_tracks_sharpness, rule_step,
+                          rule_train_size, rule_trained_vs_init, rule_width)
+from train.record import SpectrumResult, did_not_learn_note
+
+__all__ = ["render", "main", "load_group", "AGREE", "DISAGREE", "UNDECIDED", "CLAIMS", "PL_CLAIM", "Claim",
+           "Outcome", "Row", "rule_baseline_seeds", "rule_batch_size", "rule_controls", "rule_depth",
+           "rule_no_power_law", "rule_sgd_below_adam", "rule_s_tracks_sharpness", "rule_s_tracks_test_error",
+           "rule_step", "rule_train_size", "rule_trained_vs_init", "rule_width"]
 
 FIGURES = "reproduction"
 CLAIMS_AT_K_FIGURE = "power-laws-against-k.png"
-AGREE, DISAGREE, UNDECIDED = "agree", "disagree", "undecided"
 # Config fields that do not change what is measured, and rule fields whose preset value is "the rule".
 _BOOKKEEPING = ("preset", "data_dir", "init_control", "keep_checkpoints", "checkpoint_every", "hessian_batch_size",
                 "spectrum_epochs")
 _RULE_FIELDS = ("learning_rate", "lanczos_steps", "max_lanczos_steps", "augment", "activation")
 
 
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One measured network of a group, as the report sees it.
-
-    Attributes:
-        run: the run's name in its group (or "epoch <e>", or a control's key).
-        result: its record, or None when not run yet.
-        control: the record of its random-initialisation control, or None.
-        control_key: the control's key (rows sharing a control share it).
-        value: the group's varying setting (batch size, width, epoch...), or None.
-        final: the end of a run (False for the spectra after intermediate epochs).
-        notes: departures from the paper's setting, and where the result comes from.
-        failed: not published, and an attempt to train it diverged (results/failed/).
-    """
-
-    run: str
-    result: SpectrumResult | None
-    control: SpectrumResult | None = None
-    control_key: str | None = None
-    value: Any = None
-    final: bool = True
-    notes: tuple[str, ...] = ()
-    failed: bool = False
-
-    @property
-    def reduced(self) -> bool:
-        return any(n.startswith("reduced") for n in self.notes)
-
-    @property
-    def learned(self) -> bool:
-        """False for a trained network that learned nothing from its inputs (`did_not_learn`)."""
-        return self.result is None or not did_not_learn(self.result)
-
-
-@dataclasses.dataclass(frozen=True)
-class Outcome:
-    """A claim's status (agree, disagree, undecided) and the numbers it rests on."""
-
-    status: str
-    detail: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Claim:
-    """A claim of the paper (text), the rule that tests it on our rows, and the rule in words."""
-
-    text: str
-    rule: Callable[[list[Row]], Outcome]
-    how: str
-
-
-# --- small helpers ----------------------------------------------------------------------------------------
-
-
-def test_error(result: SpectrumResult) -> float | None:
-    """1 − test accuracy of a record, or None."""
-    acc = result.metrics.get("test_acc")
-    return None if acc is None else 1.0 - float(acc)
-
-
-def learned(rows: Sequence[Row]) -> list[Row]:
-    """The rows the claims and statistics are computed from: every row but networks that did not learn."""
-    return [r for r in rows if r.learned]
-
-
-def _not_learned_names(rows: Sequence[Row]) -> list[str]:
-    return [r.run for r in rows if r.final and not r.learned]
-
-
-def _s(result: SpectrumResult) -> float | None:
-    return result.fit.get("s")
-
-
-def _done(rows: Sequence[Row]) -> list[Row]:
-    return [r for r in rows if r.result is not None]
-
-
-def _fmt(x: Any, spec: str) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "—"
-    return format(x, spec)
-
-
-def _names(values: Sequence[Any]) -> str:
-    return ", ".join(str(v) for v in values) or "none"
-
-
-def _stat(fn: Callable, x: Sequence[float], y: Sequence[float]) -> float | None:
-    """A correlation statistic, or None when undefined (fewer than 3 points, a constant input)."""
-    import warnings
-
-    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = float(fn(x, y).statistic)
-    return value if math.isfinite(value) else None
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Pearson r (scipy.stats.pearsonr), None when undefined."""
-    from scipy import stats
-
-    return _stat(stats.pearsonr, x, y)
-
-
-def kendall(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Kendall τ (scipy.stats.kendalltau), None when undefined."""
-    from scipy import stats
-
-    return _stat(stats.kendalltau, x, y)
-
-
-# --- the rules (pure functions of rows) --------------------------------------------------------------------
-
-
-def rule_trained_vs_init(rows: list[Row]) -> Outcome:
-    """Agree iff every trained network (end of run) shows a power law and none of their controls does."""
-    finals = [r for r in _done(rows) if r.final]
-    if not finals:
-        return Outcome(UNDECIDED, "no results yet")
-    trained = [r.result.is_power_law for r in finals]
-    controls = {r.control_key: r.control.is_power_law for r in finals if r.control is not None}
-    detail = (f"{sum(trained)} of {len(trained)} trained networks show a power law; "
-              f"{sum(controls.values())} of {len(controls)} random-initialisation controls do")
-    if not all(trained) or any(controls.values()):
-        return Outcome(DISAGREE, detail)
-    if not controls:
-        return Outcome(UNDECIDED, detail + " (no control computed yet)")
-    return Outcome(AGREE, detail)
-
-
-def rule_no_power_law(rows: list[Row]) -> Outcome:
-    """Agree iff none of the networks shows a power law."""
-    done = [r for r in _done(rows) if r.final]
-    if not done:
-        return Outcome(UNDECIDED, "no results yet")
-    hits = [r.run for r in done if r.result.is_power_law]
-    detail = f"{len(hits)} of {len(done)} show a power law" + (f" ({_names(hits)})" if hits else "")
-    return Outcome(DISAGREE if hits else AGREE, detail)
-
-
-def rule_step(rows: list[Row], *, power_law_below: bool, what: str) -> Outcome:
-    """Agree iff, in increasing order of the group's value, the verdict changes exactly once, from power law
-    to none (power_law_below) or from none to power law (not power_law_below)."""
-    points = sorted((r.value, r.result.is_power_law) for r in _done(rows) if r.final and r.value is not None)
-    if len(points) < 2:
-        return Outcome(UNDECIDED, f"{len(points)} result(s); a step needs at least two")
-    flags = [f for _, f in points]
-    changes = sum(a != b for a, b in zip(flags, flags[1:]))
-    detail = (f"power law at {what} {_names([v for v, f in points if f])}; "
-              f"none at {_names([v for v, f in points if not f])}")
-    agree = changes == 1 and flags[0] == power_law_below
-    return Outcome(AGREE if agree else DISAGREE, detail)
-
-
-def rule_batch_size(rows: list[Row]) -> Outcome:
-    """Agree iff the verdict flips once, from power law to none, as the batch size grows."""
-    return rule_step(rows, power_law_below=True, what="batch size")
-
-
-def rule_train_size(rows: list[Row]) -> Outcome:
-    """Agree iff the verdict flips once, from none to power law, as the training set grows."""
-    return rule_step(rows, power_law_below=False, what="training-set size")
-
-
-def rule_depth(rows: list[Row]) -> Outcome:
-    """Agree iff the verdict flips once, from none to power law, as the depth grows."""
-    return rule_step(rows, power_law_below=False, what="depth")
-
-
-def rule_width(rows: list[Row]) -> Outcome:
-    """Agree iff the verdict flips once, from none to power law, as the width grows."""
-    return rule_step(rows, power_law_below=False, what="width")
-
-
-def rule_sgd_below_adam(rows: list[Row]) -> Outcome:
-    """Agree iff momentum SGD's s is smaller than the s of every Adam-family optimizer with a result."""
-    s = {r.result.setting.get("optimizer"): _s(r.result) for r in _done(rows) if r.final and _s(r.result) is not None}
-    adam = {o: s[o] for o in sweep.ADAM_FAMILY if o in s}
-    if "sgd" not in s or not adam:
-        return Outcome(UNDECIDED, "needs SGD and at least one Adam-family optimizer with a defined s")
-    lowest = min(adam, key=adam.get)
-    detail = (f"s(SGD) = {s['sgd']:.3f}; smallest Adam-family s = {adam[lowest]:.3f} ({lowest}), "
-              f"over {len(adam)} of them")
-    return Outcome(AGREE if s["sgd"] < adam[lowest] else DISAGREE, detail)
-
-
-def _series(rows: list[Row]) -> dict[str, tuple[list[float], list[float]]]:
-    """(s, measure) pairs of the rows with a defined s, per sharpness/generalisation measure."""
-    done = [r for r in _done(rows) if _s(r.result) is not None and test_error(r.result) is not None]
-    s = [_s(r.result) for r in done]
-    return {"lambda_max": (s, [r.result.sharpness.get("lambda_max") for r in done]),
-            "Tr(H)": (s, [r.result.sharpness.get("trace") for r in done]),
-            "test error": (s, [test_error(r.result) for r in done])}
-
-
-def rule_s_tracks_sharpness(rows: list[Row]) -> Outcome:
-    """Agree iff Kendall τ between s and each of λ_max, Tr(H) and test error is positive (at least 3 runs)."""
-    taus = {name: kendall(x, y) for name, (x, y) in _series([r for r in rows if r.final]).items()}
-    n = len(_series([r for r in rows if r.final])["test error"][0])
-    if any(t is None for t in taus.values()):
-        return Outcome(UNDECIDED, f"{n} run(s) with a defined s; τ needs at least three distinct values")
-    detail = ", ".join(f"τ(s, {name}) = {t:+.2f}" for name, t in taus.items()) + f" over {n} runs"
-    return Outcome(AGREE if all(t > 0 for t in taus.values()) else DISAGREE, detail)
-
-
-def rule_s_tracks_test_error(rows: list[Row]) -> Outcome:
-    """Across checkpoints of one run: agree iff Pearson r between s and test error is positive."""
-    trained = [r for r in _done(rows) if (r.value or 0) > 0]
-    x, y = _series(trained)["test error"]
-    r = pearson(x, y)
-    if r is None:
-        return Outcome(UNDECIDED, f"{len(x)} checkpoint(s) with a defined s; r needs at least three")
-    return Outcome(AGREE if r > 0 else DISAGREE, f"Pearson r(s, test error) = {r:+.2f} over {len(x)} checkpoints")
-
-
-def rule_controls(rows: list[Row]) -> Outcome:
-    """The controls group: agree iff no randomly initialised network shows a power law."""
-    return rule_no_power_law(rows)
-
-
-def rule_baseline_seeds(rows: list[Row]) -> Outcome:
-    """Agree iff every seed of the baseline shows a power law and none of its controls does."""
-    return rule_trained_vs_init([r for r in rows if r.run.startswith("baseline")])
-
-
-PL_CLAIM = "Trained networks show a power law (d_KS < d_c); randomly initialised ones do not."
-_TRAINED = Claim(PL_CLAIM, rule_trained_vs_init, "every trained network is a power law and none of its controls is")
-_OPTIMIZER_CLAIMS = (
-    _TRAINED,
-    Claim("Momentum SGD gives a smaller ŝ than the Adam family.", rule_sgd_below_adam,
-          "s(SGD) below the s of every Adam-family optimizer (Adam, AMSGrad, AdaBound, Yogi, RAdam, DiffGrad)"),
-    Claim("Smaller ŝ goes with smaller λ_max, smaller Tr(H) and lower test error.", rule_s_tracks_sharpness,
-          "Kendall τ of s against each of λ_max, Tr(H) and test error is positive across the optimizers"),
-)
-CLAIMS: dict[str, tuple[Claim, ...]] = {
-    "checkpoints": (
-        Claim(PL_CLAIM, rule_trained_vs_init, "the network after the last epoch is a power law and its "
-              "initialisation is not"),
-        Claim("Smaller ŝ goes with lower test error: the generalisation claim is a correlation across "
-              "checkpoints of one training run (METHOD.md §4).", rule_s_tracks_test_error,
-              "Pearson r between s and test error across the checkpoints is positive"),
-    ),
-    "optimizers": _OPTIMIZER_CLAIMS,
-    "batch-size": (Claim("The power-law structure breaks down abruptly above a critical batch size.",
-                         rule_batch_size,
-                         "in increasing batch size the verdict changes once, from power law to none"),),
-    "batch-size-iters1000": (Claim("The power-law structure breaks down abruptly above a critical batch size.",
-                                   rule_batch_size,
-                                   "in increasing batch size the verdict changes once, from power law to none"),),
-    "train-size": (Claim("The structure breaks down with too little data.", rule_train_size,
-                         "in increasing training-set size the verdict changes once, from none to power law"),),
-    "label-noise": (Claim("The structure breaks down under label noise (40%, 80%) and random labels.",
-                          rule_no_power_law, "none of the three networks is a power law"),),
-    "fcn-depth": (Claim("The structure needs enough capacity (depth).", rule_depth,
-                        "in increasing depth the verdict changes once, from none to power law"),),
-    "fcn-width": (Claim("The structure needs enough capacity (width).", rule_width,
-                        "in increasing width the verdict changes once, from none to power law"),),
-    "linear": (_TRAINED,),
-    "lenet-variants": (_TRAINED,),
-    sweep.CONTROLS: (Claim("Randomly initialised networks do not show a power law.", rule_controls,
-                           "no control is a power law"),),
-    "seeds": (Claim(PL_CLAIM, rule_baseline_seeds, "all 3 seeds of the baseline are power laws and none of "
-                    "their controls is"),),
-    "fashion-mnist": _OPTIMIZER_CLAIMS,
-    "cifar10-lenet": _OPTIMIZER_CLAIMS,
-    "avila": (_TRAINED,),
-    "resnet18": (_TRAINED,),
-}
 _NOTES = {
     "linear": "METHOD.md §5 lists linear networks among the models without a claim of their own; the general "
               "claim is tested.",
@@ -325,6 +67,12 @@ _NOTES = {
     "lenet-variants": "The paper gives no LeNet layers; `paper-form` is the reference run (padding 2 on 28x28 "
                       "inputs, max pooling, METHOD.md §5). The variants test how much that unstated choice matters.",
 }
+
+
+def _fmt(x: Any, spec: str) -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return format(x, spec)
 
 
 # --- loading ----------------------------------------------------------------------------------------------
@@ -469,10 +217,10 @@ def control_rows(results: Path) -> list[Row]:
     for where in sorted(p for p in (results / sweep.CONTROLS).glob("*") if _visible(p) and sweep.is_published(p)):
         used = users.get(where.name, [])
         if used:
-            note = f"used by {len(used)} run(s): {_names(used[:4])}" + (", ..." if len(used) > 4 else "")
+            note = f"used by {len(used)} run(s): {listed(used[:4])}" + (", ..." if len(used) > 4 else "")
         else:
             later = planned.get(where.name, [])
-            note = "used by no published run yet" + (f"; the control of {_names(later[:4])}" +
+            note = "used by no published run yet" + (f"; the control of {listed(later[:4])}" +
                                                      (", ..." if len(later) > 4 else "") if later else "")
         reduced = control_reductions((_read_json(where / sweep.CONTROL_KEY) or {}).get("fields", {}),
                                      used or planned.get(where.name, []))
@@ -550,8 +298,8 @@ def claims_table(claims: Sequence[Claim], rows: list[Row]) -> str:
     pending = sum(r.result is None for r in runs)
     # A claim judged on part of its group may change when the rest is measured: say so beside it.
     so_far = f" (so far: {len(runs) - pending} of {len(runs)} runs measured)" if pending else ""
-    stuck = _not_learned_names(rows)
-    left_out = f"; left out: {_names(stuck)}, which did not learn" if stuck else ""
+    stuck = not_learned_runs(rows)
+    left_out = f"; left out: {listed(stuck)}, which did not learn" if stuck else ""
     for claim in claims:
         out = claim.rule(learned(rows))
         note = so_far if out.status != UNDECIDED else ""
@@ -572,11 +320,11 @@ def seeds_table(rows: list[Row]) -> str:
     baseline's controls)."""
     series: dict[str, list[SpectrumResult]] = {}
     stuck: dict[str, list[str]] = {}
-    for r in _done(rows):
+    for r in measured(rows):
         name = r.run.rsplit("-seed", 1)[0]
         series.setdefault(name, [])
         (series[name].append(r.result) if r.learned else stuck.setdefault(name, []).append(r.run))
-    controls = {r.control_key: r.control for r in _done(rows) if r.run.startswith("baseline") and r.control}
+    controls = {r.control_key: r.control for r in measured(rows) if r.run.startswith("baseline") and r.control}
     if controls:
         series["baseline: random-initialisation controls"] = [controls[k] for k in sorted(controls)]
     lines = ["| series | seeds | s (mean ± sd) | d_KS (mean ± sd) | power law | reduced | left out (did not learn) |",
@@ -587,15 +335,15 @@ def seeds_table(rows: list[Row]) -> str:
         reduced = any(r.reduced for r in rows if r.result in results)
         lines.append(f"| {name} | {len(results)} | {_mean_sd(s)} | {_mean_sd(d)} | "
                      f"{sum(x.is_power_law for x in results)} of {len(results)} | {'yes' if reduced else ''} | "
-                     f"{_names(stuck.get(name, [])) if name in stuck else ''} |")
+                     f"{listed(stuck.get(name, [])) if name in stuck else ''} |")
     return "\n".join(lines)
 
 
 def correlation_table(rows: list[Row]) -> str:
     """Pearson r and Kendall τ of s, d_KS, λ_max and Tr(H) against test error."""
-    done = [r for r in _done(rows) if test_error(r.result) is not None]
+    done = [r for r in measured(rows) if test_error(r.result) is not None]
     lines = ["| measure | Pearson r with test error | Kendall τ with test error | n |", "|---|---|---|---|"]
-    for name, get in (("s", _s), ("d_KS", lambda x: x.fit.get("d_ks")),
+    for name, get in (("s", exponent), ("d_KS", lambda x: x.fit.get("d_ks")),
                       ("λ_max", lambda x: x.sharpness.get("lambda_max")),
                       ("Tr(H)", lambda x: x.sharpness.get("trace"))):
         pts = [(get(r.result), test_error(r.result)) for r in done if get(r.result) is not None]
@@ -644,10 +392,10 @@ def rank_figure(curves: list[tuple[str, np.ndarray]], path: Path, title: str) ->
 
 def sharpness_figure(rows: list[Row], path: Path, title: str) -> None:
     """s, λ_max and Tr(H) against test error, one panel each, Pearson r and Kendall τ in the titles."""
-    done = [r for r in _done(rows) if _s(r.result) is not None and test_error(r.result) is not None]
+    done = [r for r in measured(rows) if exponent(r.result) is not None and test_error(r.result) is not None]
     fig = _figure(12.0, 3.8)
     err = [100 * test_error(r.result) for r in done]
-    for i, (name, ys) in enumerate((("s", [_s(r.result) for r in done]),
+    for i, (name, ys) in enumerate((("s", [exponent(r.result) for r in done]),
                                     ("λ_max", [r.result.sharpness.get("lambda_max") for r in done]),
                                     ("Tr(H)", [r.result.sharpness.get("trace") for r in done]))):
         ax = fig.add_subplot(1, 3, i + 1)
@@ -674,7 +422,7 @@ def data_section(all_rows: dict[str, list[Row]]) -> str:
     """The data each run used (the records' data blocks), one line per distinct data set and options."""
     used: dict[tuple, list[str]] = {}
     for group, rows in all_rows.items():
-        for r in (r for r in _done(rows) if r.final):
+        for r in (r for r in measured(rows) if r.final):
             d, s = r.result.data, r.result.setting
             key = (s.get("dataset"), _sanitize(str(d.get("source", ""))), d.get("num_train"), d.get("num_test"),
                    s.get("labels"), _fmt(d.get("realised_label_noise"), ".3f"))
@@ -685,7 +433,7 @@ def data_section(all_rows: dict[str, list[Row]]) -> str:
              "|---|---|---|---|---|---|---|"]
     for key in sorted(used, key=lambda k: tuple(str(x) for x in k)):
         names = used[key]
-        who = _names(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        who = listed(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         lines.append("| " + " | ".join(str(x) for x in key) + f" | {who} |")
     notes = ["- CIFAR-10 is the subset in the data directory: the first 4,000 training and 1,000 test images, not the "
              "paper's 50,000 / 10,000; every CIFAR-10 row says so.",
@@ -757,11 +505,11 @@ def method_choices(folders: dict[str, dict[str, Any]],
             choices.append(("the paper's procedure, non-positive Ritz values dropped" + tag,
                             [(f"m = {e['m']}, K' = {(e.get('positive_only') or e)['k']}",
                               _fit_numbers((e.get("positive_only") or e).get("fit"))) for e in doc["trained"]]))
-    seeds = [r for r in learned(_done(all_rows.get("seeds", []))) if r.run.startswith("baseline")]
+    seeds = [r for r in learned(measured(all_rows.get("seeds", []))) if r.run.startswith("baseline")]
     if seeds:
         choices.append((SEED_CHOICE, [(f"seed {r.result.setting.get('seed')}", _fit_numbers(r.result.fit))
                                                   for r in seeds]))
-    variants = learned(_done(all_rows.get("lenet-variants", [])))
+    variants = learned(measured(all_rows.get("lenet-variants", [])))
     if variants:
         choices.append(("LeNet layers", [(r.run, _fit_numbers(r.result.fit)) for r in variants]))
     return choices
@@ -854,7 +602,7 @@ def sensitivity_section(results: Path, all_rows: dict[str, list[Row]] | None = N
 
 def _group_figures(name: str, rows: list[Row], figures: Path, rel: str) -> list[str]:
     """Write a group's figures; returns the markdown lines that show them."""
-    done = [r for r in _done(rows)]
+    done = [r for r in measured(rows)]
     if not done:
         return []
     out = []
@@ -876,7 +624,7 @@ def group_section(name: str, rows: list[Row], figures: Path, rel: str) -> str:
     parts = [f"## {name}\n\n{group.description[:1].upper()}{group.description[1:]}. Produced by `{command}`."]
     if name in _NOTES:
         parts.append(_NOTES[name])
-    if not _done(rows):
+    if not measured(rows):
         failed = [row for row in rows if row.failed]
         return "\n\n".join(parts + (["No run finished yet.", group_table(rows)] if failed else ["Not run yet."]))
     parts.append(claims_table(CLAIMS.get(name, ()), rows))
@@ -894,7 +642,7 @@ NEAR_THRESHOLD = 0.25
 def near_threshold(rows: list[Row]) -> list[str]:
     """The networks of a group (and their controls) whose d_KS lies within NEAR_THRESHOLD·d_c of d_c."""
     seen, out = set(), []
-    for r in (r for r in _done(rows) if r.final):
+    for r in (r for r in measured(rows) if r.final):
         for name, result in ((r.run, r.result), (f"the control of {r.run}", r.control)):
             fit = result.fit if result is not None else {}
             if result is None or fit.get("d_ks") is None or id(result) in seen:
@@ -911,7 +659,7 @@ def s_resolution(rows: list[Row]) -> str | None:
     s = 1/(β − 1), so σ_s = σ_β/(β − 1)² (first order): an ordering of s between networks whose s differ by
     less than about 2σ_s rests on the fit's noise.
     """
-    fits = [r.result.fit for r in _done(rows) if r.result.fit.get("s") is not None and r.result.fit.get("beta")]
+    fits = [r.result.fit for r in measured(rows) if r.result.fit.get("s") is not None and r.result.fit.get("beta")]
     if len(fits) < 2:
         return None
     s_values = [f["s"] for f in fits]
@@ -928,7 +676,7 @@ def label_fit(rows: list[Row]) -> str | None:
     changed (the realised noise); accuracy above that is the share of changed labels it memorised.
     """
     parts = []
-    for r in (r for r in _done(rows) if r.final and r.result.setting.get("trained")):
+    for r in (r for r in measured(rows) if r.final and r.result.setting.get("trained")):
         q, acc = r.result.data.get("realised_label_noise"), r.result.metrics.get("train_acc")
         if q and acc is not None:
             parts.append(f"{r.run} {100 * acc:.1f}% against {100 * (1 - q):.1f}% "
@@ -936,7 +684,7 @@ def label_fit(rows: list[Row]) -> str | None:
     if not parts:
         return None
     return ("how far the networks fit their changed labels: train accuracy on their own labels against what "
-            "predicting the clean labels scores: " + _names(parts))
+            "predicting the clean labels scores: " + listed(parts))
 
 
 def _k_dependence(doc: dict[str, Any] | None, label: str) -> str | None:
@@ -947,13 +695,7 @@ def _k_dependence(doc: dict[str, Any] | None, label: str) -> str | None:
     yes = [k for k, v in entries if v]
     if not yes or len(yes) == len(entries):
         return None
-    return f"power law at K = {_names(yes)}; not at {_names([k for k, v in entries if not v])}"
-
-
-# Claims that the verdict changes once along the group's axis.
-STEP_RULES = (rule_batch_size, rule_train_size, rule_depth, rule_width)
-# Claims about an ordering or a correlation of s (not about a verdict): their reasons are the resolution of s.
-ORDERING_RULES = (rule_sgd_below_adam, rule_s_tracks_sharpness, rule_s_tracks_test_error)
+    return f"power law at K = {listed(yes)}; not at {listed([k for k, v in entries if not v])}"
 
 
 def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dict[str, Any]]) -> str:
@@ -980,20 +722,20 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
                 near = near_threshold(rows)
                 fitted = label_fit(rows)
                 reasons += [fitted] if fitted else []
-                if claim.rule in STEP_RULES and not any(r.result.is_power_law for r in _done(rows) if r.final):
+                if claim.rule in STEP_RULES and not any(r.result.is_power_law for r in measured(rows) if r.final):
                     reasons.append("none of the group's networks is a power law at this K, so there is no "
                                    "structure to break down or to appear (the section on the claims at other K "
                                    "shows where there is)")
             if near:
                 reasons.append(f"verdicts near the threshold (|d_KS − d_c| ≤ {NEAR_THRESHOLD:g}·d_c), which the "
-                               f"sample, the seed or K can flip: {_names(near[:6])}"
+                               f"sample, the seed or K can flip: {listed(near[:6])}"
                                + (f" and {len(near) - 6} more" if len(near) > 6 else ""))
-            reduced = [r.run for r in _done(rows) if r.reduced]
+            reduced = [r.run for r in measured(rows) if r.reduced]
             if reduced:
-                reasons.append(f"rows that depart from the paper's setting: {_names(reduced)}")
-            measured = tuple(sorted((res.fit.get("d_ks") or 0.0, res.sharpness.get("lambda_max") or 0.0)
-                                    for r in _done(rows) if r.final for res in (r.result, r.control) if res is not None))
-            groups, _ = items.setdefault((claim.text, out.detail, measured),
+                reasons.append(f"rows that depart from the paper's setting: {listed(reduced)}")
+            numbers = tuple(sorted((res.fit.get("d_ks") or 0.0, res.sharpness.get("lambda_max") or 0.0)
+                                   for r in measured(rows) if r.final for res in (r.result, r.control) if res is not None))
+            groups, _ = items.setdefault((claim.text, out.detail, numbers),
                                          ([], f"{claim.text} Ours: {out.detail}." + "".join(f"\n  - {x}" for x in reasons)))
             groups.append(name)
     items = [f"- **{', '.join(groups)}**" + (" (the same networks)" if len(groups) > 1 else "") + f": {body}"
@@ -1007,16 +749,16 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
             if dep:
                 general.append(f"K ({folder}, {what}): {dep}; d_c = 1.36/√K shrinks with K, so a larger K "
                                f"asks a closer fit of more eigenvalues.")
-    seeds = [r.result.fit.get("d_ks") for r in learned(_done(all_rows.get("seeds", [])))
+    seeds = [r.result.fit.get("d_ks") for r in learned(measured(all_rows.get("seeds", [])))
              if r.run.startswith("baseline")]
     seeds = [d for d in seeds if d is not None]
     general.append(f"Seeds: the baseline's d_KS over {len(seeds)} seeds is {_mean_sd(seeds)}." if len(seeds) >= 2
                    else "Seeds: the spread of d_KS over training seeds is not measured yet (the seeds group).")
-    stuck = [f"{name}/{run}" for name, rows in all_rows.items() for run in _not_learned_names(rows)
+    stuck = [f"{name}/{run}" for name, rows in all_rows.items() for run in not_learned_runs(rows)
              if name != "checkpoints"]
     if stuck:
         general.append(f"Networks that did not learn (train loss within 2% of ln C; the rows say more) are left out "
-                       f"of every claim and error bar: {_names(sorted(set(stuck)))}. Training at the paper's lr 0.1 "
+                       f"of every claim and error bar: {listed(sorted(set(stuck)))}. Training at the paper's lr 0.1 "
                        f"does not always take off; their spectra are in their rows.")
     general.append("Unstated choices of the paper: the LeNet layers (the lenet-variants group), whether its "
                    "eigenvalues were converged (the paper's procedure in the sensitivity section), the Hessian "
@@ -1024,27 +766,6 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
     return ("Each claim our numbers disagree with, with what our own measurements suggest as reasons. None of "
             "these is a finding about the paper's code, which we have not seen.\n\n" + "\n".join(items)
             + "\n\nWhat bears on all of them:\n\n" + "\n".join(f"- {g}" for g in general))
-
-
-def at_k(result: SpectrumResult | None, k: int) -> SpectrumResult | None:
-    """A record as measured with K = k: the fit of the top k of its converged spectrum (the top k of a converged
-    top K are the converged top k, so this is exact, not an approximation). None when it holds fewer than k."""
-    if result is None or (result.fit.get("k") or 0) < k or result.spectrum.get("num_converged", 0) < k:
-        return None
-    entry = sensitivity.fit_entry(result.eigenvalues[:k], k)
-    return dataclasses.replace(result, fit=entry["fit"], verdict=entry["verdict"])
-
-
-def rows_at_k(rows: list[Row], k: int, refit: Callable = at_k) -> list[Row] | None:
-    """A group's rows with every record refitted at K = k by `refit` (at_k, or a caching wrapper of it); rows of
-    networks measured with fewer than k left out (the controls of Avila and ResNet18, K = 50). None when no
-    measured network is left."""
-    out = []
-    for r in rows:
-        result = refit(r.result, k)
-        if r.result is None or result is not None:
-            out.append(dataclasses.replace(r, result=result, control=refit(r.control, k)))
-    return out if _done(out) else None
 
 
 def power_law_counts(by_group: dict[str, list[Row] | None]) -> tuple[dict[str, bool], dict[str, bool]]:
@@ -1091,7 +812,7 @@ def claims_at_other_k(all_rows: dict[str, list[Row]], ks: Sequence[int] = sensit
     The paper's K is 1000; it does not say that its eigenvalues were converged, and d_c = 1.36/√K asks more
     of a larger K, so this is the first thing to check."""
     ks = sorted(ks)
-    judged = {name: learned(rows) for name, rows in all_rows.items() if _done(rows) and CLAIMS.get(name)}
+    judged = {name: learned(rows) for name, rows in all_rows.items() if measured(rows) and CLAIMS.get(name)}
     if not judged:
         return "No results yet."
     fitted: dict[tuple[int, int], SpectrumResult | None] = {}  # a shared control is refitted once per K
@@ -1136,13 +857,13 @@ def overview(all_rows: dict[str, list[Row]]) -> str:
     """One line per group: results present and the claims' outcomes."""
     lines = ["| group | networks measured | claims: agree / disagree / undecided |", "|---|---|---|"]
     for name, rows in all_rows.items():
-        done = _done(rows)
+        done = measured(rows)
         if not done:
             failed = sum(row.failed for row in rows)
             lines.append(f"| {name} | " + (f"none finished ({failed} failed)" if failed else "not run yet") + " | |")
             continue
         statuses = [c.rule(learned(rows)).status for c in CLAIMS.get(name, ())]
-        reduced, stuck = sum(r.reduced for r in done), len(_not_learned_names(done))
+        reduced, stuck = sum(r.reduced for r in done), len(not_learned_runs(done))
         lines.append(f"| {name} | {len(done)} of {len(rows)}" + (f" ({reduced} reduced)" if reduced else "")
                      + (f" ({stuck} did not learn)" if stuck else "")
                      + f" | {statuses.count(AGREE)} / {statuses.count(DISAGREE)} / {statuses.count(UNDECIDED)} |")
@@ -1199,9 +920,9 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
     sections.append("## Sensitivity of the verdict to the method's choices\n\n" + sensitivity_section(results, all_rows, folders))
     sections.append("## Data\n\n" + data_section(all_rows))
     text = "\n\n".join(sections) + "\n"
-    written = {f"{name}.png" for name, rows in all_rows.items() if _done(rows)} | {CLAIMS_AT_K_FIGURE}
+    written = {f"{name}.png" for name, rows in all_rows.items() if measured(rows)} | {CLAIMS_AT_K_FIGURE}
     written |= {f"{n}-sharpness.png" for n in ("checkpoints", "optimizers", "fashion-mnist", "cifar10-lenet")
-                if _done(all_rows[n])}
+                if measured(all_rows[n])}
     for stale in figures.glob("*.png") if figures.is_dir() else ():
         if stale.name not in written:
             stale.unlink()

@@ -11,9 +11,9 @@ from scipy import stats
 
 import hspec
 from train import config as config_lib
-from train import record, report, sweep
+from train import claims, record, report, sweep
 from train.__main__ import main
-from train.report import AGREE, DISAGREE, UNDECIDED, Row
+from train.claims import AGREE, DISAGREE, UNDECIDED, Row
 
 K = 100
 RANKS = np.arange(1, K + 1, dtype=np.float64)
@@ -58,14 +58,14 @@ def test_synthetic_spectra_are_what_the_rules_assume():
 
 def test_trained_vs_init():
     pl, no = synth(power_law(1.0)), synth(exponential())
-    assert report.rule_trained_vs_init([row("a", pl, control=no), row("b", pl, control=no)]).status == AGREE
-    out = report.rule_trained_vs_init([row("a", pl, control=no), row("b", no, control=no)])
+    assert claims.rule_trained_vs_init([row("a", pl, control=no), row("b", pl, control=no)]).status == AGREE
+    out = claims.rule_trained_vs_init([row("a", pl, control=no), row("b", no, control=no)])
     assert out.status == DISAGREE and "1 of 2 trained" in out.detail
-    assert report.rule_trained_vs_init([row("a", pl, control=pl)]).status == DISAGREE
-    assert report.rule_trained_vs_init([row("a", pl)]).status == UNDECIDED  # no control yet
-    assert report.rule_trained_vs_init([row("a", None)]).status == UNDECIDED
+    assert claims.rule_trained_vs_init([row("a", pl, control=pl)]).status == DISAGREE
+    assert claims.rule_trained_vs_init([row("a", pl)]).status == UNDECIDED  # no control yet
+    assert claims.rule_trained_vs_init([row("a", None)]).status == UNDECIDED
     # Intermediate epochs do not count as "trained networks": only the end of a run does.
-    assert report.rule_trained_vs_init([row("e1", no, final=False), row("a", pl, control=no)]).status == AGREE
+    assert claims.rule_trained_vs_init([row("e1", no, final=False), row("a", pl, control=no)]).status == AGREE
 
 
 @pytest.mark.parametrize("flags,status", [
@@ -79,45 +79,45 @@ def test_batch_size_step(flags, status):
     sizes = (128, 512, 640, 8192)
     rows = [row(f"batch{b}", synth(power_law(1.0) if f else exponential()), value=b) for b, f in zip(sizes, flags)]
     # Shuffled input: the rule sorts by batch size itself.
-    assert report.rule_batch_size(rows[::-1]).status == status
+    assert claims.rule_batch_size(rows[::-1]).status == status
 
 
 def test_train_size_and_capacity_steps_go_the_other_way():
     rows = [row(f"n{n}", synth(power_law(1.0) if n >= 3000 else exponential()), value=n)
             for n in (600, 1000, 3000, 60000)]
-    out = report.rule_train_size(rows)
+    out = claims.rule_train_size(rows)
     assert out.status == AGREE and "power law at training-set size 3000, 60000" in out.detail
-    assert report.rule_batch_size(rows).status == DISAGREE
-    for rule, what in ((report.rule_depth, "depth"), (report.rule_width, "width")):
+    assert claims.rule_batch_size(rows).status == DISAGREE
+    for rule, what in ((claims.rule_depth, "depth"), (claims.rule_width, "width")):
         out = rule(rows)
         assert out.status == AGREE and f"power law at {what} 3000, 60000; none at 600, 1000" == out.detail
 
 
 def test_no_power_law_under_noise():
-    assert report.rule_no_power_law([row("noise40", synth(exponential()))]).status == AGREE
-    out = report.rule_no_power_law([row("noise40", synth(exponential())), row("noise80", synth(power_law(1.0)))])
+    assert claims.rule_no_power_law([row("noise40", synth(exponential()))]).status == AGREE
+    out = claims.rule_no_power_law([row("noise40", synth(exponential())), row("noise80", synth(power_law(1.0)))])
     assert out.status == DISAGREE and "noise80" in out.detail
 
 
 def test_sgd_below_adam():
     rows = [row("sgd", synth(power_law(0.8), optimizer="sgd")), row("adam", synth(power_law(1.2), optimizer="adam")),
             row("yogi", synth(power_law(1.5), optimizer="yogi")), row("pnm", synth(power_law(0.1), optimizer="pnm"))]
-    assert report.rule_sgd_below_adam(rows).status == AGREE  # PNM is not of the Adam family
+    assert claims.rule_sgd_below_adam(rows).status == AGREE  # PNM is not of the Adam family
     rows.append(row("radam", synth(power_law(0.5), optimizer="radam")))
-    out = report.rule_sgd_below_adam(rows)
+    out = claims.rule_sgd_below_adam(rows)
     assert out.status == DISAGREE and "(radam)" in out.detail
-    assert report.rule_sgd_below_adam(rows[1:]).status == UNDECIDED
+    assert claims.rule_sgd_below_adam(rows[1:]).status == UNDECIDED
 
 
 def test_s_tracks_sharpness_uses_kendall_tau_of_each_measure():
     s = [0.6, 0.9, 1.2, 1.5]
     rows = [row(f"o{i}", synth(power_law(x, scale=1 + x), test_acc=1 - x / 10, trace=x)) for i, x in enumerate(s)]
-    assert report.rule_s_tracks_sharpness(rows).status == AGREE
+    assert claims.rule_s_tracks_sharpness(rows).status == AGREE
     # Test error falling as s grows: τ(s, test error) < 0.
     rows = [row(f"o{i}", synth(power_law(x, scale=1 + x), test_acc=0.5 + x / 10, trace=x)) for i, x in enumerate(s)]
-    out = report.rule_s_tracks_sharpness(rows)
+    out = claims.rule_s_tracks_sharpness(rows)
     assert out.status == DISAGREE and "τ(s, test error) = -1.00" in out.detail
-    assert report.rule_s_tracks_sharpness(rows[:2]).status == UNDECIDED
+    assert claims.rule_s_tracks_sharpness(rows[:2]).status == UNDECIDED
 
 
 def test_s_tracks_test_error_across_checkpoints_is_pearson_r():
@@ -127,7 +127,7 @@ def test_s_tracks_test_error_across_checkpoints_is_pearson_r():
     rows.append(row("init", synth(exponential(), test_acc=0.1), value=0, final=False))  # epoch 0 is left out
     fitted = [r.result.fit["s"] for r in rows[:4]]
     expected = stats.pearsonr(fitted, err).statistic
-    out = report.rule_s_tracks_test_error(rows)
+    out = claims.rule_s_tracks_test_error(rows)
     assert out.status == (AGREE if expected > 0 else DISAGREE) and f"{expected:+.2f}" in out.detail
 
 
@@ -400,20 +400,20 @@ def test_a_network_that_did_not_learn_is_shown_but_kept_out_of_claims_and_error_
     import dataclasses
 
     stuck = _stuck(power_law(1.0))
-    assert report.did_not_learn(stuck)
+    assert record.did_not_learn(stuck)
     # A network on 80% noisy labels ends at 1.90 (0.83 ln 10, measured here): it learned, and counts.
     noisy = synth(exponential(), trained=True)
     noisy = dataclasses.replace(noisy, metrics={**noisy.metrics, "train_loss": 1.9039})
-    assert not report.did_not_learn(noisy)
+    assert not record.did_not_learn(noisy)
     # A random initialisation (not trained) is a control, never "did not learn".
-    assert not report.did_not_learn(dataclasses.replace(stuck, setting={**stuck.setting, "trained": False}))
+    assert not record.did_not_learn(dataclasses.replace(stuck, setting={**stuck.setting, "trained": False}))
 
     # The step rule with the stuck power law at n1000 would see none, PL, none, PL (disagree); without it, agree.
     rows = [row("n600", synth(exponential(), trained=True), value=600), row("n1000", stuck, value=1000),
             row("n3000", synth(exponential(), trained=True), value=3000),
             row("n60000", synth(power_law(1.0), trained=True), value=60000)]
-    assert report.rule_train_size(rows).status == DISAGREE
-    table = report.claims_table(report.CLAIMS["train-size"], rows)
+    assert claims.rule_train_size(rows).status == DISAGREE
+    table = report.claims_table(claims.CLAIMS["train-size"], rows)
     assert "**agree**" in table and "left out: n1000, which did not learn" in table
     assert "did not learn: train loss 2.3026 against ln 10 = 2.3026" in report.table_row(rows[1])
     assert "(1 did not learn)" in report.overview({"train-size": rows})
@@ -459,11 +459,11 @@ def test_claims_at_other_k_refit_prefixes_of_the_converged_spectrum():
     values = np.concatenate([head, head[-1] * np.exp(-np.arange(1, 201) / 10)])
     trained, init = _measured_at(values, trained=True), _measured_at(5 * np.exp(-np.arange(1, 301) / 20.0))
     assert not trained.is_power_law
-    small = report.at_k(trained, 100)
+    small = claims.at_k(trained, 100)
     alone = hspec.power_law_verdict(values[:100], 100)  # the top 100 fitted on their own
     assert small.is_power_law and small.fit["d_ks"] == pytest.approx(alone.fit.d_ks, rel=1e-12)
     assert small.fit["k"] == 100 and small.spectrum == trained.spectrum
-    assert report.at_k(trained, 301) is None and report.at_k(None, 100) is None
+    assert claims.at_k(trained, 301) is None and claims.at_k(None, 100) is None
 
     # The reference run appears in two groups (its control under one key): one network, one control in the counts.
     rows = {"checkpoints": [Row("lenet-mnist-sgd", trained, init, "ctl")], "optimizers": [Row("sgd", trained, init, "ctl")]}
