@@ -145,4 +145,13 @@ def data_record(ds: Any, data_dir: str | None = None) -> dict[str, Any]:
     root = str(resolve_data_dir(data_dir).absolute())
     noise = None if ds.y_train_clean is None else float(np.mean(ds.y_train != ds.y_train_clean))
     return {"source": ds.source.replace(root, "<data_dir>"), "num_train": int(len(ds.y_train)),
-            "num_test": int(len(ds.y_test)), "realised_label_noise": noise}
+            "num_test": int(len(ds.y_test)), "realised_label_noise": noise,
+            "train_label_entropy": label_entropy(ds.y_train)}
+
+
+def label_entropy(labels: np.ndarray) -> float:
+    """Entropy (nats) of the labels' class frequencies: the cross-entropy of the best prediction that ignores
+    the inputs (train.record.did_not_learn compares the final train loss with it)."""
+    p = np.bincount(np.asarray(labels).astype(np.int64)) / len(labels)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())

@@ -188,28 +188,41 @@ def _fmt(x: Any, spec: str) -> str:
     return "-" if x is None else format(x, spec)
 
 
-# Before it learns anything a network's best loss is that of predicting the class frequencies, at most ln C
-# (every class equally likely). A trained network still within 2% of ln C has learned essentially nothing
-# of its inputs (measured here: learned networks end at most at 0.83 ln C, even on 80% noisy labels; the
-# runs stuck at lr 0.1 end at 0.997 - 1.000 ln C and predict the most common class).
+# Before it learns anything a network's best loss is that of predicting the class frequencies of its training
+# labels: their entropy H (data.train_label_entropy), at most ln C. A trained network still within 2% of it has
+# learned essentially nothing of its inputs (measured here: learned networks end at most at 0.83 ln C, even on
+# 80% noisy labels; the runs stuck at lr 0.1 end at 0.997 - 1.000 ln C and predict the most common class).
 STUCK_LOSS_FRACTION = 0.98
 
 
+def no_input_loss(result: SpectrumResult) -> tuple[float, str] | None:
+    """(loss, its name): the train loss of predicting the class frequencies without looking at the inputs.
+
+    The entropy of the training labels where the record keeps it; ln C for older records (equal to it on
+    balanced data such as MNIST, an upper bound on imbalanced data such as Avila). None when C is unknown.
+    """
+    entropy = result.data.get("train_label_entropy")
+    if entropy is not None:
+        return float(entropy), "the entropy of its training labels"
+    classes = NUM_CLASSES.get(result.setting.get("dataset"))
+    return None if not classes else (math.log(classes), f"ln {classes}")
+
+
 def did_not_learn(result: SpectrumResult) -> bool:
-    """True when a trained network's final train loss is within 2% of ln C, the loss of a network that
-    predicts every class as equally likely: training left it at the loss of knowing nothing of the inputs."""
-    loss, classes = result.metrics.get("train_loss"), NUM_CLASSES.get(result.setting.get("dataset"))
-    if not result.setting.get("trained") or loss is None or not classes:
+    """True when a trained network's final train loss is within 2% of `no_input_loss`: training left it at
+    the loss of a network that knows nothing of its inputs."""
+    loss, floor = result.metrics.get("train_loss"), no_input_loss(result)
+    if not result.setting.get("trained") or loss is None or floor is None:
         return False
-    return float(loss) >= STUCK_LOSS_FRACTION * math.log(classes)
+    return float(loss) >= STUCK_LOSS_FRACTION * floor[0]
 
 
 def did_not_learn_note(result: SpectrumResult) -> str:
     """"did not learn: train loss 2.3012 against ln 10 = 2.3026 ..., test accuracy 11.35%" (for did_not_learn)."""
-    classes = NUM_CLASSES[result.setting["dataset"]]
+    floor, name = no_input_loss(result)
     acc = result.metrics.get("test_acc")
-    return (f"did not learn: train loss {result.metrics['train_loss']:.4f} against ln {classes} = "
-            f"{math.log(classes):.4f} for predicting every class as equally likely"
+    return (f"did not learn: train loss {result.metrics['train_loss']:.4f} against {name} = {floor:.4f}, the loss "
+            f"of predicting the class frequencies without looking at the inputs"
             + ("" if acc is None else f", test accuracy {100 * acc:.2f}%"))
 
 

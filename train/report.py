@@ -757,7 +757,8 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
     stuck = [f"{name}/{run}" for name, rows in all_rows.items() for run in not_learned_runs(rows)
              if name != "checkpoints"]
     if stuck:
-        general.append(f"Networks that did not learn (train loss within 2% of ln C; the rows say more) are left out "
+        general.append(f"Networks that did not learn (train loss within 2% of the loss of predicting the class "
+                       f"frequencies without looking at the inputs; the rows say more) are left out "
                        f"of every claim and error bar: {listed(sorted(set(stuck)))}. Training at the paper's lr 0.1 "
                        f"does not always take off; their spectra are in their rows.")
     general.append("Unstated choices of the paper: the LeNet layers (the lenet-variants group), whether its "

@@ -482,7 +482,7 @@ def run_state(roots: Roots, group: Group, spec: SweepRun, groups: dict[str, Grou
     if is_published(dest):
         stored = published_overrides(dest)
         stuck = record.did_not_learn(record.load(dest / rundir.RESULTS))
-        return ("done" + (" (did not learn: train loss at ln C)" if stuck else "")
+        return ("done" + (" (did not learn: train loss at that of ignoring the inputs)" if stuck else "")
                 + (f" (overrides {json.dumps(stored, sort_keys=True)})" if stored else ""))
     work = roots.workdir(group.name, spec.name)
     lock = roots.lock(f"{group.name}--{spec.name}")

@@ -202,6 +202,8 @@ def test_tiny_run_writes_every_field_and_matches_the_dense_hessian(capsys, tmp_p
         assert res["schema_version"] == 2 and res["keys"]["streams"]["lanczos_start"] == 5
         assert METRIC_KEYS <= set(res["metrics"]) and {"lambda_max", "trace"} <= set(res["sharpness"])
         assert {"verdict", "eigengap_fit", "timing", "hspec_version", "spectrum"} <= set(res)
+        # 512 MNIST labels: near-uniform over 10 classes, so their entropy lies just under ln 10.
+        assert math.log(10) - 0.05 < res["data"]["train_label_entropy"] <= math.log(10)
         if jax.default_backend() == "cpu":  # the device that measured, without the host's name
             assert res["timing"]["device"] == f"cpu ({os.cpu_count()} cores)"
         s = res["setting"]

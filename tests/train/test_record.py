@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -101,5 +102,26 @@ def test_a_network_that_did_not_learn_is_named_under_the_verdict_table_and_in_th
     group = sweep.Group("g", "tests", None, (sweep.SweepRun("a", "tiny-fcn-mnist"), sweep.SweepRun("b", "tiny-fcn-mnist")))
     for spec, res in zip(group.runs, (stuck, learned)):
         record.save(res, roots.published(group.name, spec.name) / "results.json")
-    assert sweep.run_state(roots, group, group.runs[0]) == "done (did not learn: train loss at ln C)"
+    assert sweep.run_state(roots, group, group.runs[0]) == "done (did not learn: train loss at that of ignoring the inputs)"
     assert sweep.run_state(roots, group, group.runs[1]) == "done"
+
+
+def test_the_no_input_loss_is_the_entropy_of_the_training_labels():
+    import dataclasses
+
+    from scipy import stats
+
+    from train.experiment import label_entropy
+
+    labels = np.repeat(np.arange(12), [400, 200, 100, 80, 50, 50, 40, 30, 30, 10, 5, 5])  # Avila-like imbalance
+    h = label_entropy(labels)
+    assert h == pytest.approx(stats.entropy(np.bincount(labels)), rel=1e-12) and h < 0.9 * math.log(12)
+    base = _record(ZIPF, 100)
+    stuck = dataclasses.replace(base, setting={**base.setting, "dataset": "avila", "trained": True},
+                                data={**base.data, "train_label_entropy": h}, metrics={**base.metrics, "train_loss": h})
+    # At the labels' entropy it learned nothing, though far below ln 12 (which alone would miss it).
+    assert record.did_not_learn(stuck) and record.no_input_loss(stuck) == (h, "the entropy of its training labels")
+    learned = dataclasses.replace(stuck, metrics={**stuck.metrics, "train_loss": 0.9 * h})
+    assert not record.did_not_learn(learned)
+    older = dataclasses.replace(stuck, data={"source": "test"})  # a record from before the entropy was kept
+    assert record.no_input_loss(older) == (math.log(12), "ln 12") and not record.did_not_learn(older)

@@ -415,7 +415,7 @@ def test_a_network_that_did_not_learn_is_shown_but_kept_out_of_claims_and_error_
     assert claims.rule_train_size(rows).status == DISAGREE
     table = report.claims_table(claims.CLAIMS["train-size"], rows)
     assert "**agree**" in table and "left out: n1000, which did not learn" in table
-    assert "did not learn: train loss 2.3026 against ln 10 = 2.3026" in report.table_row(rows[1])
+    assert "did not learn: train loss 2.3026 against ln 10 = 2.3026, the loss of predicting" in report.table_row(rows[1])
     assert "(1 did not learn)" in report.overview({"train-size": rows})
 
     # The seeds' error bars: mean ± sd over the seeds that learned, the stuck one named beside them.
