@@ -111,7 +111,8 @@ def run_spectra(exp: Experiment, run: Path, *, progress: bool = True,
             try:
                 result = measure_checkpoint(exp, path, where, f"{exp.cfg.preset}: {label}", progress)
             except Exception as err:
-                raise RuntimeError(f"the spectrum of {label} (epoch {epoch}) failed: {err}. The checkpoints are "
+                raise RuntimeError(f"the spectrum of {label} (epoch {epoch}) failed: {str(err).rstrip('.')}. "
+                                   "The checkpoints are "
                                    "kept: finish with --resume (spectrum fields such as lanczos_steps or k may "
                                    "be changed with --set)") from err
             if label == "final" and epoch in exp.cfg.spectrum_epochs:  # the epoch list stays complete
