@@ -808,17 +808,19 @@ def counts_figure(counts: list[tuple[int, dict[str, bool], dict[str, bool]]], pa
     save_figure(fig, path)
 
 
-def claims_at_other_k(all_rows: dict[str, list[Row]], ks: Sequence[int] = sensitivity.SENSITIVITY_KS,
-                      figure: Path | None = None, rel: str = FIGURES) -> str:
-    """Every claim's outcome with K = each of ks, from prefixes of the same converged spectra, and how many
-    trained networks and controls show a power law at each K (with their figure at `figure`, when given).
+@dataclasses.dataclass(frozen=True)
+class Refits:
+    """Every group's rows refitted at each K some network reaches (`refit_groups`), and the power-law counts."""
 
-    The paper's K is 1000; it does not say that its eigenvalues were converged, and d_c = 1.36/√K asks more
-    of a larger K, so this is the first thing to check."""
-    ks = sorted(ks)
+    ks: list[int]
+    by_k: dict[int, dict[str, list[Row] | None]]
+    counts: list[tuple[int, dict[str, bool], dict[str, bool]]]
+
+
+def refit_groups(all_rows: dict[str, list[Row]], ks: Sequence[int] = sensitivity.SENSITIVITY_KS) -> Refits | None:
+    """The groups with claims (networks that did not learn left out) refitted at each of ks; None when no
+    network reaches any of them."""
     judged = {name: learned(rows) for name, rows in all_rows.items() if measured(rows) and CLAIMS.get(name)}
-    if not judged:
-        return "No results yet."
     fitted: dict[tuple[int, int], SpectrumResult | None] = {}  # a shared control is refitted once per K
 
     def refit(result: SpectrumResult | None, k: int) -> SpectrumResult | None:
@@ -826,35 +828,61 @@ def claims_at_other_k(all_rows: dict[str, list[Row]], ks: Sequence[int] = sensit
             fitted[id(result), k] = at_k(result, k)
         return fitted[id(result), k]
 
-    by_k = {k: {name: rows_at_k(rows, k, refit) for name, rows in judged.items()} for k in ks}
-    ks = [k for k in ks if any(rows is not None for rows in by_k[k].values())]  # a K some network reaches
-    if not ks:
-        return "No network measured at K ≥ " + str(min(by_k)) + " yet."
-    lines = ["| group | the paper's claim | " + " | ".join(f"K = {k}" for k in ks) + " |",
-             "|---|---|" + "---|" * len(ks)]
-    for name in judged:
-        if all(by_k[k][name] is not None for k in ks):  # not a group measured at K = 50 (Avila, ResNet18)
-            lines += [f"| {name} | {claim.text} | " + " | ".join(claim.rule(by_k[k][name]).status for k in ks) + " |"
-                      for claim in CLAIMS[name]]
-    counts = [(k, *power_law_counts(by_k[k])) for k in ks]
-    table = ["| K | trained networks with a power law | random-initialisation controls with a power law |",
-             "|---|---|---|"] + [f"| {k} | {_k_of_n(t)} | {_k_of_n(c)} |" for k, t, c in counts]
+    by_k = {k: {name: rows_at_k(rows, k, refit) for name, rows in judged.items()} for k in sorted(ks)}
+    reached = [k for k in by_k if any(rows is not None for rows in by_k[k].values())]
+    if not reached:
+        return None
+    return Refits(reached, by_k, [(k, *power_law_counts(by_k[k])) for k in reached])
 
+
+def contrast_sentence(refits: Refits) -> str:
+    """Where trained networks and controls differ most in their share of power laws, and at the largest K."""
     def gap(entry: tuple[int, dict[str, bool], dict[str, bool]]) -> float:
         _, t, c = entry
         return sum(t.values()) / max(len(t), 1) - sum(c.values()) / max(len(c), 1)
 
-    best, last = max(counts, key=gap), counts[-1]  # the first K of the largest gap
-    contrast = (f"The contrast the paper draws (trained networks are power laws, their initialisations are not) is "
-                f"sharpest at K = {best[0]}: {_k_of_n(best[1])} trained networks against {_k_of_n(best[2])} controls; "
-                f"at K = {last[0]}: {_k_of_n(last[1])} against {_k_of_n(last[2])}.")
+    best, last = max(refits.counts, key=gap), refits.counts[-1]  # the first K of the largest gap
+    return (f"The contrast the paper draws (trained networks are power laws, their initialisations are not) is "
+            f"sharpest at K = {best[0]}: {_k_of_n(best[1])} trained networks against {_k_of_n(best[2])} controls; "
+            f"at K = {last[0]}: {_k_of_n(last[1])} against {_k_of_n(last[2])}.")
+
+
+def claims_at_other_k(all_rows: dict[str, list[Row]], refits: Refits | None = None, figure: Path | None = None,
+                      rel: str = FIGURES) -> str:
+    """Every claim's outcome at each K of `refits` (default: refit_groups(all_rows)), from prefixes of the same
+    converged spectra, and how many trained networks and controls show a power law at each K (with their
+    figure at `figure`, when given).
+
+    The paper's K is 1000; it does not say that its eigenvalues were converged, and d_c = 1.36/√K asks more
+    of a larger K, so this is the first thing to check."""
+    refits = refit_groups(all_rows) if refits is None else refits
+    if refits is None:
+        return "No network measured at these K yet."
+    ks, by_k = refits.ks, refits.by_k
+    lines = ["| group | the paper's claim | " + " | ".join(f"K = {k}" for k in ks) + " |",
+             "|---|---|" + "---|" * len(ks)]
+    for name in by_k[ks[0]]:
+        if all(by_k[k][name] is not None for k in ks):  # not a group measured at K = 50 (Avila, ResNet18)
+            lines += [f"| {name} | {claim.text} | " + " | ".join(claim.rule(by_k[k][name]).status for k in ks) + " |"
+                      for claim in CLAIMS[name]]
+    table = ["| K | trained networks with a power law | random-initialisation controls with a power law |",
+             "|---|---|---|"] + [f"| {k} | {_k_of_n(t)} | {_k_of_n(c)} |" for k, t, c in refits.counts]
     parts = ["The same converged spectra, fitted on their top K for smaller K (exact: every one of the top 1000 is "
              "converged). Groups measured at K = 50 are left out; so are networks that did not learn.",
-             "\n".join(lines), "\n".join(table), contrast]
+             "\n".join(lines), "\n".join(table), contrast_sentence(refits)]
     if figure is not None:
-        counts_figure(counts, figure)
+        counts_figure(refits.counts, figure)
         parts.append(f"![power laws against K]({rel}/{figure.name})")
     return "\n\n".join(parts)
+
+
+def in_brief(all_rows: dict[str, list[Row]], refits: Refits | None) -> str:
+    """The bottom line: the claims' outcomes at K = 1000 and the trained/control contrast across K."""
+    statuses = [c.rule(learned(rows)).status for name, rows in all_rows.items() if measured(rows)
+                for c in CLAIMS.get(name, ())]
+    text = (f"In brief: of the {len(statuses)} claims with results (one per group and claim), {statuses.count(AGREE)} agree, "
+            f"{statuses.count(DISAGREE)} disagree and {statuses.count(UNDECIDED)} are undecided at the paper's K. ")
+    return text + (contrast_sentence(refits) if refits is not None else "")
 
 
 def overview(all_rows: dict[str, list[Row]]) -> str:
@@ -917,9 +945,10 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
     figures = out.parent / FIGURES
     all_rows = {name: load_group(results, name) for name in sweep.GROUPS}
     folders = study_docs(results)
-    sections = [HEADER, machines(all_rows), "## Overview\n\n" + overview(all_rows),
+    refits = refit_groups(all_rows)
+    sections = [HEADER, machines(all_rows), in_brief(all_rows, refits), "## Overview\n\n" + overview(all_rows),
                 "## Where we disagree, and likely reasons\n\n" + disagreements_section(all_rows, folders),
-                "## The claims at other K\n\n" + claims_at_other_k(all_rows, figure=figures / CLAIMS_AT_K_FIGURE)]
+                "## The claims at other K\n\n" + claims_at_other_k(all_rows, refits, figures / CLAIMS_AT_K_FIGURE)]
     sections += [group_section(name, rows, figures, FIGURES) for name, rows in all_rows.items()]
     sections.append("## Sensitivity of the verdict to the method's choices\n\n" + sensitivity_section(results, all_rows, folders))
     sections.append("## Data\n\n" + data_section(all_rows))

@@ -3,6 +3,7 @@ results tree (the tables' numbers recomputed here, the output byte-stable, no pa
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -467,12 +468,19 @@ def test_claims_at_other_k_refit_prefixes_of_the_converged_spectrum():
 
     # The reference run appears in two groups (its control under one key): one network, one control in the counts.
     rows = {"checkpoints": [Row("lenet-mnist-sgd", trained, init, "ctl")], "optimizers": [Row("sgd", trained, init, "ctl")]}
-    text = report.claims_at_other_k(rows, ks=(300, 100))
+    refits = report.refit_groups(rows, ks=(300, 100))
+    assert refits.ks == [100, 300]
+    text = report.claims_at_other_k(rows, refits)
     assert "| checkpoints | Trained networks show a power law (d_KS < d_c); randomly initialised ones do not. " \
            "| agree | disagree |" in text
     assert "| 100 | 1 of 1 | 0 of 1 |" in text and "| 300 | 0 of 1 | 0 of 1 |" in text
     assert "sharpest at K = 100: 1 of 1 trained networks against 0 of 1 controls" in text
-    assert report.claims_at_other_k({}) == "No results yet."
+    assert report.claims_at_other_k({}) == "No network measured at these K yet."
+    assert report.refit_groups(rows, ks=(301,)) is None  # no network has 301 eigenvalues
+    # The bottom line: the checkpoints' two claims and the optimizers' three, judged at K = 300 (their own K).
+    brief = report.in_brief(rows, refits)
+    a, d, u = map(int, re.search(r"(\d+) agree, (\d+) disagree and (\d+) are undecided", brief).groups())
+    assert "of the 5 claims with results (one per group and claim)" in brief and a + d + u == 5 and brief.endswith(report.contrast_sentence(refits))
 
 
 def test_a_step_claim_with_no_power_law_anywhere_says_there_is_nothing_to_break_down():
