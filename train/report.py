@@ -881,7 +881,8 @@ def in_brief(all_rows: dict[str, list[Row]], refits: Refits | None) -> str:
     statuses = [c.rule(learned(rows)).status for name, rows in all_rows.items() if measured(rows)
                 for c in CLAIMS.get(name, ())]
     text = (f"In brief: of the {len(statuses)} claims with results (one per group and claim), {statuses.count(AGREE)} agree, "
-            f"{statuses.count(DISAGREE)} disagree and {statuses.count(UNDECIDED)} are undecided at the paper's K. ")
+            f"{statuses.count(DISAGREE)} disagree and {statuses.count(UNDECIDED)} "
+            f"{'is' if statuses.count(UNDECIDED) == 1 else 'are'} undecided at the paper's K. ")
     return text + (contrast_sentence(refits) if refits is not None else "")
 
 

@@ -479,7 +479,7 @@ def test_claims_at_other_k_refit_prefixes_of_the_converged_spectrum():
     assert report.refit_groups(rows, ks=(301,)) is None  # no network has 301 eigenvalues
     # The bottom line: the checkpoints' two claims and the optimizers' three, judged at K = 300 (their own K).
     brief = report.in_brief(rows, refits)
-    a, d, u = map(int, re.search(r"(\d+) agree, (\d+) disagree and (\d+) are undecided", brief).groups())
+    a, d, u = map(int, re.search(r"(\d+) agree, (\d+) disagree and (\d+) (?:is|are) undecided", brief).groups())
     assert "of the 5 claims with results (one per group and claim)" in brief and a + d + u == 5 and brief.endswith(report.contrast_sentence(refits))
 
 
