@@ -275,6 +275,29 @@ def test_sensitivity_section_reads_the_study_files(tmp_path):
     assert f"| 50 | power law: d_KS {fit.d_ks:.4f} / d_c {fit.d_crit:.4f}, s {fit.s:.3f} |" in text
 
 
+def test_lanczos_starts_say_how_far_their_converged_values_lie_from_start_0(tmp_path):
+    prov = {"run": "runs/x", "epoch": 50, "preset": "lenet-mnist-sgd", "k": 4, "hessian_samples": 1000, "seed": 0,
+            "overrides": {}}
+    base = {"trained": {"eigenvalues": [2.0, 1.0, 0.5, 0.25]}, "init": {"eigenvalues": [4.0, 3.0, 2.0, 1.0]}}
+    shifted = lambda values, at, by: [v + (by if i == at else 0.0) for i, v in enumerate(values)]  # noqa: E731
+    doc = {"provenance": prov,
+           "trained": [{"start": 0, "k": 4, **report_fit(np.array(base["trained"]["eigenvalues"]), 4)},
+                       {"start": 1, "k": 4, "eigenvalues": shifted(base["trained"]["eigenvalues"], 2, 1e-6),
+                        **report_fit(np.array(base["trained"]["eigenvalues"]), 4)},
+                       {"start": 2, "k": 4, "eigenvalues": shifted(base["trained"]["eigenvalues"], 3, -3e-6),
+                        **report_fit(np.array(base["trained"]["eigenvalues"]), 4)}],
+           "init": [{"start": s, "k": 4, "eigenvalues": shifted(base["init"]["eigenvalues"], 0, 2e-8),
+                     **report_fit(np.array(base["init"]["eigenvalues"]), 4)} for s in (0, 1, 2)]}
+    # the largest shift over the starts, over lambda_1: 3e-6 / 2.0 and 2e-8 / 4.0
+    text = report.start_agreement(base, doc)
+    assert "1.5e-06 λ_1 (the trained network, 2 other starts)" in text
+    assert "5.0e-09 λ_1 (its initialisation, 3 other starts)" in text
+    record.write_json(tmp_path / "sensitivity" / "ref" / "lanczos_starts.json", doc)
+    record.write_json(tmp_path / "sensitivity" / "ref" / "base.json", base)
+    assert text in report.sensitivity_section(tmp_path)
+    assert report.start_agreement(None, doc) == ""
+
+
 def report_fit(values, k):
     verdict = hspec.power_law_verdict(values, k)
     return {"verdict": verdict.verdict, "fit": record.fit_block(verdict, 0.05)}
