@@ -560,6 +560,16 @@ def method_choice_summary(choices: list[tuple[str, list[tuple[str, Any]]]]) -> s
             + "\n".join(lines) + "\n\n" + rule + " " + verdict + moved)
 
 
+def stuck_setting(setting: dict[str, Any]) -> str:
+    """The settings that decide whether a run takes off: optimizer, learning rate, batch, data and labels."""
+    parts = [f"{setting.get('optimizer')} lr {setting.get('learning_rate'):g}", f"batch {setting.get('batch_size')}"]
+    if setting.get("train_size"):
+        parts.append(f"{setting['train_size']} examples")
+    if setting.get("labels") not in (None, "clean"):
+        parts.append(f"{setting['labels']} labels")
+    return ", ".join(parts)
+
+
 def start_agreement(base: dict[str, Any] | None, doc: dict[str, Any] | None) -> str:
     """How far the other Lanczos starts' converged top K lie from the base run's (start 0), in units of λ_1:
     with every value converged they should agree to the tolerance, whatever the start."""
@@ -777,12 +787,12 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
     seeds = [d for d in seeds if d is not None]
     general.append(f"Seeds: the baseline's d_KS over {len(seeds)} seeds is {_mean_sd(seeds)}." if len(seeds) >= 2
                    else "Seeds: the spread of d_KS over training seeds is not measured yet (the seeds group).")
-    stuck = [f"{name}/{run}" for name, rows in all_rows.items() for run in not_learned_runs(rows)
-             if name != "checkpoints"]
+    stuck = sorted({f"{name}/{r.run} ({stuck_setting(r.result.setting)})" for name, rows in all_rows.items()
+                    for r in rows if r.run in not_learned_runs(rows) and name != "checkpoints"})
     if stuck:
         general.append(f"Networks that did not learn (train loss within 2% of the loss of predicting the class "
                        f"frequencies without looking at the inputs; the rows say more) are left out "
-                       f"of every claim and error bar: {listed(sorted(set(stuck)))}. Training at the paper's lr 0.1 "
+                       f"of every claim and error bar: {listed(stuck)}. Training at the paper's learning rates "
                        f"does not always take off; their spectra are in their rows.")
     general.append("Unstated choices of the paper: the LeNet layers (the lenet-variants group), whether its "
                    "eigenvalues were converged (the paper's procedure in the sensitivity section), the Hessian "

@@ -441,6 +441,11 @@ def test_a_network_that_did_not_learn_is_shown_but_kept_out_of_claims_and_error_
     assert "**agree**" in table and "left out: n1000, which did not learn" in table
     assert "did not learn: train loss 2.3026 against ln 10 = 2.3026, the loss of predicting" in report.table_row(rows[1])
     assert "(1 did not learn)" in report.overview({"train-size": rows})
+    # Where the bottom line lists it, it says what decides whether a run takes off.
+    assert report.stuck_setting({**stuck.setting, "learning_rate": 1.0, "train_size": 1000}) == \
+        "sgd lr 1, batch 128, 1000 examples"
+    assert report.stuck_setting({**stuck.setting, "learning_rate": 0.1, "labels": "random"}) == \
+        "sgd lr 0.1, batch 128, random labels"
 
     # The seeds' error bars: mean ± sd over the seeds that learned, the stuck one named beside them.
     seeds = [row("baseline-seed0", synth(power_law(1.0), trained=True)),
