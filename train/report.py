@@ -731,6 +731,29 @@ def _k_dependence(doc: dict[str, Any] | None, label: str) -> str | None:
     return f"power law at K = {listed(yes)}; not at {listed([k for k, v in entries if not v])}"
 
 
+def _sample_dependence(draws: dict[str, Any] | None, sizes: dict[str, Any] | None, label: str) -> str | None:
+    """How much the Hessian sample moves one network's d_KS: over draws of the same size, and over sizes."""
+    parts = []
+    if draws:
+        d = [(e.get("fit") or {}).get("d_ks") for e in draws[label]]
+        d = [x for x in d if x is not None]
+        if len(d) >= 2:
+            hits = sum(bool((e.get("fit") or {}).get("is_power_law")) for e in draws[label])
+            parts.append(f"{len(d)} draws of {draws['provenance']['hessian_samples']} examples give d_KS "
+                         f"{min(d):.4f} – {max(d):.4f} (a power law in {hits} of {len(draws[label])})")
+    if sizes:
+        entries = [(e["hessian_samples"], e.get("fit") or {}) for e in sizes[label]]
+        yes = [n for n, f in entries if f.get("is_power_law")]
+        parts.append(f"{listed([n for n, _ in entries])} examples give d_KS "
+                     f"{listed([_fmt(f.get('d_ks'), '.4f') for _, f in entries])} ("
+                     + (f"a power law at {listed(yes)})" if yes else "no power law)"))
+    if not parts:
+        return None
+    d_c = next((f["d_crit"] for doc in (draws, sizes) if doc for e in doc[label]
+                for f in [e.get("fit") or {}] if f.get("d_crit")), None)
+    return "; ".join(parts) + ("" if d_c is None else f", against d_c = {d_c:.4f}")
+
+
 def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dict[str, Any]]) -> str:
     """Every claim we disagree with, with what our own measurements offer as likely reasons.
 
@@ -782,6 +805,9 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
             if dep:
                 general.append(f"K ({folder}, {what}): {dep}; d_c = 1.36/√K shrinks with K, so a larger K "
                                f"asks a closer fit of more eigenvalues.")
+            sample = _sample_dependence(docs.get("hessian_draws"), docs.get("hessian_samples"), label)
+            if sample:
+                general.append(f"Hessian sample ({folder}, {what}): {sample}.")
     seeds = [r.result.fit.get("d_ks") for r in learned(measured(all_rows.get("seeds", [])))
              if r.run.startswith("baseline")]
     seeds = [d for d in seeds if d is not None]

@@ -298,6 +298,21 @@ def test_lanczos_starts_say_how_far_their_converged_values_lie_from_start_0(tmp_
     assert report.start_agreement(None, doc) == ""
 
 
+def test_the_hessian_sample_line_gives_the_spread_over_draws_and_sizes():
+    fits = {"pl": hspec.fit_power_law(power_law(1.0)), "exp": hspec.fit_power_law(exponential())}
+    entry = lambda name, **kw: {**kw, **report_fit(power_law(1.0) if name == "pl" else exponential(), K)}  # noqa
+    draws = {"provenance": {"hessian_samples": 1000},
+             "trained": [entry("exp", draw=0), entry("pl", draw=1), entry("exp", draw=2)]}
+    sizes = {"provenance": {"hessian_samples": 1000},
+             "trained": [entry("exp", hessian_samples=500), entry("pl", hessian_samples=2000)]}
+    lo, hi = sorted((fits["pl"].d_ks, fits["exp"].d_ks))
+    line = report._sample_dependence(draws, sizes, "trained")
+    assert line == (f"3 draws of 1000 examples give d_KS {lo:.4f} – {hi:.4f} (a power law in 1 of 3); 500, 2000 "
+                    f"examples give d_KS {fits['exp'].d_ks:.4f}, {fits['pl'].d_ks:.4f} (a power law at 2000), "
+                    f"against d_c = {fits['pl'].d_crit:.4f}")
+    assert report._sample_dependence(None, None, "trained") is None
+
+
 def report_fit(values, k):
     verdict = hspec.power_law_verdict(values, k)
     return {"verdict": verdict.verdict, "fit": record.fit_block(verdict, 0.05)}
