@@ -43,6 +43,13 @@ def test_groups_hold_the_papers_settings():
     linear = g["linear"].runs[0]  # diverges at the paper's lr 0.1 (results/failed/linear/linear.json)
     assert sweep.applied_overrides(linear, sweep.run_config(linear, {})) == {"learning_rate": 0.01}
     assert "diverges" in linear.why
+    # The CIFAR optimizers that do not learn at the paper's lr 1 run there and, beside it, at lr 0.1.
+    cifar = {s.name: s for s in g["cifar10-lenet"].runs}
+    for name in ("vanilla-sgd", "adai"):
+        paper, lower = cifar[name], cifar[f"{name}-lr0.1"]
+        assert config_lib.resolve(sweep.nominal_config(paper)).learning_rate == 1.0 and not paper.departures
+        assert sweep.applied_overrides(lower, sweep.run_config(lower, {})) == {"learning_rate": 0.1}
+        assert sweep.nominal_config(lower).optimizer == sweep.nominal_config(paper).optimizer
     for group in g.values():
         assert len({s.name for s in group.runs}) == len(group.runs)
         assert all(not sweep.nominal_config(s).init_control for s in group.runs)  # controls are computed apart
@@ -64,7 +71,8 @@ def test_same_as_runs_are_the_same_training():
 def test_no_network_is_trained_twice():
     """Every pair of runs that would train the same network is declared same_as (n60000 once trained the
     reference run again: 50 epochs, bit for bit)."""
-    trained = [(f"{g.name}/{s.name}", sweep.nominal_config(s)) for g in sweep.iter_groups() for s in g.runs
+    # run_config: as trained, departures included (vanilla-sgd-lr0.1 is vanilla-sgd at another rate).
+    trained = [(f"{g.name}/{s.name}", sweep.run_config(s, {})) for g in sweep.iter_groups() for s in g.runs
                if s.same_as is None]
     for i, (name, cfg) in enumerate(trained):
         twins = [other for other, c in trained[i + 1:] if sweep.same_training(cfg, c)]
