@@ -100,30 +100,49 @@ def listed(values: Sequence[Any]) -> str:
     return ", ".join(str(v) for v in values) or "none"
 
 
-def _stat(fn: Callable, x: Sequence[float], y: Sequence[float]) -> float | None:
-    """A correlation statistic, or None when undefined (fewer than 3 points, a constant input)."""
+def _test(fn: Callable, x: Sequence[float], y: Sequence[float]) -> tuple[float, float] | None:
+    """A correlation statistic and its two-sided p-value, or None when undefined (fewer than 3 points, a
+    constant input)."""
     import warnings
 
     if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        value = float(fn(x, y).statistic)
-    return value if math.isfinite(value) else None
+        res = fn(x, y)
+    value, p = float(res.statistic), float(res.pvalue)
+    return (value, p) if math.isfinite(value) else None
+
+
+def pearson_test(x: Sequence[float], y: Sequence[float]) -> tuple[float, float] | None:
+    """Pearson r and its p-value (scipy.stats.pearsonr), None when undefined."""
+    from scipy import stats
+
+    return _test(stats.pearsonr, x, y)
+
+
+def kendall_test(x: Sequence[float], y: Sequence[float]) -> tuple[float, float] | None:
+    """Kendall τ and its p-value (scipy.stats.kendalltau), None when undefined."""
+    from scipy import stats
+
+    return _test(stats.kendalltau, x, y)
 
 
 def pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Pearson r (scipy.stats.pearsonr), None when undefined."""
-    from scipy import stats
-
-    return _stat(stats.pearsonr, x, y)
+    """Pearson r, None when undefined."""
+    res = pearson_test(x, y)
+    return None if res is None else res[0]
 
 
 def kendall(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Kendall τ (scipy.stats.kendalltau), None when undefined."""
-    from scipy import stats
+    """Kendall τ, None when undefined."""
+    res = kendall_test(x, y)
+    return None if res is None else res[0]
 
-    return _stat(stats.kendalltau, x, y)
+
+def with_p(res: tuple[float, float] | None, spec: str = "+.2f") -> str:
+    """"+0.36 (p 0.15)": a correlation with its two-sided p-value; "—" when undefined."""
+    return "—" if res is None else f"{res[0]:{spec}} (p {res[1]:.2g})"
 
 
 # --- the rules (pure functions of rows) --------------------------------------------------------------------
@@ -212,22 +231,27 @@ def _series(rows: list[Row]) -> dict[str, tuple[list[float], list[float]]]:
 
 def rule_s_tracks_sharpness(rows: list[Row]) -> Outcome:
     """Agree iff Kendall τ between s and each of λ_max, Tr(H) and test error is positive (at least 3 runs)."""
-    taus = {name: kendall(x, y) for name, (x, y) in _series([r for r in rows if r.final]).items()}
+    tests = {name: kendall_test(x, y) for name, (x, y) in _series([r for r in rows if r.final]).items()}
     n = len(_series([r for r in rows if r.final])["test error"][0])
-    if any(t is None for t in taus.values()):
+    if any(t is None for t in tests.values()):
         return Outcome(UNDECIDED, f"{n} run(s) with a defined s; τ needs at least three distinct values")
-    detail = ", ".join(f"τ(s, {name}) = {t:+.2f}" for name, t in taus.items()) + f" over {n} runs"
-    return Outcome(AGREE if all(t > 0 for t in taus.values()) else DISAGREE, detail)
+    detail = ", ".join(f"τ(s, {name}) = {with_p(t)}" for name, t in tests.items()) + f" over {n} runs"
+    # The rule is the claim's direction; the p-values say how far so few runs can carry it.
+    weak = [name for name, t in tests.items() if t[1] >= 0.05]
+    if weak:
+        detail += f"; not significant at 5%: {', '.join(weak)}"
+    return Outcome(AGREE if all(t[0] > 0 for t in tests.values()) else DISAGREE, detail)
 
 
 def rule_s_tracks_test_error(rows: list[Row]) -> Outcome:
     """Across checkpoints of one run: agree iff Pearson r between s and test error is positive."""
     trained = [r for r in measured(rows) if (r.value or 0) > 0]
     x, y = _series(trained)["test error"]
-    r = pearson(x, y)
-    if r is None:
+    res = pearson_test(x, y)
+    if res is None:
         return Outcome(UNDECIDED, f"{len(x)} checkpoint(s) with a defined s; r needs at least three")
-    return Outcome(AGREE if r > 0 else DISAGREE, f"Pearson r(s, test error) = {r:+.2f} over {len(x)} checkpoints")
+    return Outcome(AGREE if res[0] > 0 else DISAGREE,
+                   f"Pearson r(s, test error) = {with_p(res)} over {len(x)} checkpoints")
 
 
 def rule_controls(rows: list[Row]) -> Outcome:

@@ -31,8 +31,8 @@ from train import config as config_lib
 from train import record, rundir, sensitivity, sweep
 from train.catalog import FULL_TRAIN_SIZE
 from train.claims import (AGREE, CLAIMS, DISAGREE, ORDERING_RULES, STEP_RULES, UNDECIDED, Claim, Row, at_k, exponent,
-                          kendall, learned, listed, measured, not_learned_runs, pearson, rows_at_k,
-                          rule_s_tracks_test_error, test_error)
+                          kendall, kendall_test, learned, listed, measured, not_learned_runs, pearson, pearson_test,
+                          rows_at_k, rule_s_tracks_test_error, test_error, with_p)
 # The claims lived here before train.claims: notebooks and users' scripts use report.Row, report.CLAIMS and
 # report.rule_*, so they stay importable from here (listed in __all__).
 from train.claims import (PL_CLAIM, Outcome, rule_baseline_seeds, rule_batch_size, rule_controls, rule_depth,
@@ -345,13 +345,14 @@ def seeds_table(rows: list[Row]) -> str:
 def correlation_table(rows: list[Row]) -> str:
     """Pearson r and Kendall τ of s, d_KS, λ_max and Tr(H) against test error."""
     done = [r for r in measured(rows) if test_error(r.result) is not None]
-    lines = ["| measure | Pearson r with test error | Kendall τ with test error | n |", "|---|---|---|---|"]
+    lines = ["| measure | Pearson r with test error (p) | Kendall τ with test error (p) | n |", "|---|---|---|---|"]
     for name, get in (("s", exponent), ("d_KS", lambda x: x.fit.get("d_ks")),
                       ("λ_max", lambda x: x.sharpness.get("lambda_max")),
                       ("Tr(H)", lambda x: x.sharpness.get("trace"))):
         pts = [(get(r.result), test_error(r.result)) for r in done if get(r.result) is not None]
         x, y = [p[0] for p in pts], [p[1] for p in pts]
-        lines.append(f"| {name} | {_fmt(pearson(x, y), '+.3f')} | {_fmt(kendall(x, y), '+.3f')} | {len(pts)} |")
+        lines.append(f"| {name} | {with_p(pearson_test(x, y), '+.3f')} | {with_p(kendall_test(x, y), '+.3f')} | "
+                     f"{len(pts)} |")
     return "\n".join(lines)
 
 

@@ -117,7 +117,9 @@ def test_s_tracks_sharpness_uses_kendall_tau_of_each_measure():
     # Test error falling as s grows: τ(s, test error) < 0.
     rows = [row(f"o{i}", synth(power_law(x, scale=1 + x), test_acc=0.5 + x / 10, trace=x)) for i, x in enumerate(s)]
     out = claims.rule_s_tracks_sharpness(rows)
-    assert out.status == DISAGREE and "τ(s, test error) = -1.00" in out.detail
+    # τ = −1 over 4 points: the exact two-sided p-value is 2/4! = 0.083, not significant at 5%.
+    assert out.status == DISAGREE and "τ(s, test error) = -1.00 (p 0.083)" in out.detail
+    assert "not significant at 5%: " in out.detail and "test error" in out.detail.split("not significant")[1]
     assert claims.rule_s_tracks_sharpness(rows[:2]).status == UNDECIDED
 
 
@@ -127,9 +129,10 @@ def test_s_tracks_test_error_across_checkpoints_is_pearson_r():
             for e, x, y in zip((1, 2, 10, 50), s, err)]
     rows.append(row("init", synth(exponential(), test_acc=0.1), value=0, final=False))  # epoch 0 is left out
     fitted = [r.result.fit["s"] for r in rows[:4]]
-    expected = stats.pearsonr(fitted, err).statistic
+    expected = stats.pearsonr(fitted, err)
     out = claims.rule_s_tracks_test_error(rows)
-    assert out.status == (AGREE if expected > 0 else DISAGREE) and f"{expected:+.2f}" in out.detail
+    assert out.status == (AGREE if expected.statistic > 0 else DISAGREE)
+    assert f"{expected.statistic:+.2f} (p {expected.pvalue:.2g})" in out.detail
 
 
 def test_reductions_name_every_departure():
@@ -231,8 +234,9 @@ def test_report_tables_claims_and_numbers(synthetic_results, tmp_path, capsys):
     opts = ["sgd", "vanilla-sgd", "adam", "radam"]
     s = [synth(power_law(facts["s"][o], 5)).fit["s"] for o in opts]
     err = [1 - facts["acc"][o] for o in opts]
-    assert f"| s | {stats.pearsonr(s, err).statistic:+.3f} | {stats.kendalltau(s, err).statistic:+.3f} | 4 |" \
-        in section("optimizers")
+    r, tau = stats.pearsonr(s, err), stats.kendalltau(s, err)
+    assert (f"| s | {r.statistic:+.3f} (p {r.pvalue:.2g}) | {tau.statistic:+.3f} (p {tau.pvalue:.2g}) | 4 |"
+            in section("optimizers"))
     # Checkpoints: the control as epoch 0, the epochs, the final.
     for line in ("| epoch 0 (initialisation) |", "| epoch 1 |", "| epoch 10 |", "| epoch 50 (final) |"):
         assert line in section("checkpoints")
