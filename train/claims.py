@@ -309,8 +309,13 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
 }
 
 
-# Claims that the verdict changes once along the group's axis.
-STEP_RULES = (rule_batch_size, rule_train_size, rule_depth, rule_width)
+# Claims that the verdict changes once along the group's axis: the axis, and the sign of Kendall τ(value, d_KS)
+# the claim implies (d_KS grows where the structure breaks down, with the batch size; it shrinks where the
+# structure appears, with more data, depth or width).
+STEP_TRENDS: dict[Callable, tuple[str, int]] = {rule_batch_size: ("batch size", +1),
+                                                rule_train_size: ("training-set size", -1),
+                                                rule_depth: ("depth", -1), rule_width: ("width", -1)}
+STEP_RULES = tuple(STEP_TRENDS)
 # Claims about an ordering or a correlation of s (not about a verdict): their reasons are the resolution of s.
 ORDERING_RULES = (rule_sgd_below_adam, rule_s_tracks_sharpness, rule_s_tracks_test_error)
 
@@ -334,3 +339,19 @@ def rows_at_k(rows: list[Row], k: int, refit: Callable = at_k) -> list[Row] | No
         if r.result is None or result is not None:
             out.append(dataclasses.replace(r, result=result, control=refit(r.control, k)))
     return out if measured(out) else None
+
+
+def step_trend(rows: Sequence[Row], rule: Callable) -> str | None:
+    """How d_KS moves along a step claim's axis (Kendall τ with its p-value), and whether that is the direction
+    the claim implies: a claim can fail at the threshold d_c while its direction holds. None under 3 networks."""
+    what, sign = STEP_TRENDS[rule]
+    points = sorted((r.value, r.result.fit["d_ks"]) for r in measured(rows)
+                    if r.final and r.value is not None and r.result.fit.get("d_ks") is not None)
+    res = kendall_test([v for v, _ in points], [d for _, d in points]) if len(points) >= 3 else None
+    if res is None:
+        return None
+    implied = f"d_KS {'rising' if sign > 0 else 'falling'} as the {what} grows"
+    direction = f"the direction the claim implies ({implied})" if res[0] * sign > 0 else \
+        f"not the direction the claim implies ({implied})"
+    significance = "" if res[1] < 0.05 else ", not significant at 5%"
+    return f"d_KS against {what}: Kendall τ = {with_p(res)} over {len(points)} networks: {direction}{significance}"

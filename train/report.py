@@ -32,7 +32,7 @@ from train import record, rundir, sensitivity, sweep
 from train.catalog import FULL_TRAIN_SIZE
 from train.claims import (AGREE, CLAIMS, DISAGREE, ORDERING_RULES, STEP_RULES, UNDECIDED, Claim, Row, at_k, exponent,
                           kendall, kendall_test, learned, listed, measured, not_learned_runs, pearson, pearson_test,
-                          rows_at_k, rule_s_tracks_test_error, test_error, with_p)
+                          rows_at_k, rule_s_tracks_test_error, step_trend, test_error, with_p)
 # The claims lived here before train.claims: notebooks and users' scripts use report.Row, report.CLAIMS and
 # report.rule_*, so they stay importable from here (listed in __all__).
 from train.claims import (PL_CLAIM, Outcome, rule_baseline_seeds, rule_batch_size, rule_controls, rule_depth,
@@ -779,6 +779,8 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
                 near = near_threshold(rows)
                 fitted = label_fit(rows)
                 reasons += [fitted] if fitted else []
+                trend = step_trend(rows, claim.rule) if claim.rule in STEP_RULES else None
+                reasons += [trend] if trend else []
                 if claim.rule in STEP_RULES and not any(r.result.is_power_law for r in measured(rows) if r.final):
                     reasons.append("none of the group's networks is a power law at this K, so there is no "
                                    "structure to break down or to appear (the section on the claims at other K "

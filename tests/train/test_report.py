@@ -94,6 +94,23 @@ def test_train_size_and_capacity_steps_go_the_other_way():
         assert out.status == AGREE and f"power law at {what} 3000, 60000; none at 600, 1000" == out.detail
 
 
+def test_step_trend_reports_the_direction_of_d_ks_along_the_axis():
+    # d_KS grows with the batch size (power laws bending towards exponentials), none crossing in one step.
+    sizes = (128, 512, 640, 8192)
+    mixes = (0.0, 0.3, 0.2, 0.9)
+    rows = [row(f"batch{b}", synth((1 - m) * power_law(1.0) + m * exponential()), value=b)
+            for b, m in zip(sizes, mixes)]
+    d = [r.result.fit["d_ks"] for r in rows]
+    tau, p = stats.kendalltau(sizes, d)
+    text = claims.step_trend(rows[::-1], claims.rule_batch_size)
+    assert f"Kendall τ = {tau:+.2f} (p {p:.2g}) over 4 networks" in text
+    assert ("the direction the claim implies" in text) == (tau > 0)
+    # The same points read as a training-set axis imply the opposite direction.
+    other = claims.step_trend(rows, claims.rule_train_size)
+    assert ("not the direction" in other) == (tau > 0)
+    assert claims.step_trend(rows[:2], claims.rule_batch_size) is None  # too few networks for a trend
+
+
 def test_no_power_law_under_noise():
     assert claims.rule_no_power_law([row("noise40", synth(exponential()))]).status == AGREE
     out = claims.rule_no_power_law([row("noise40", synth(exponential())), row("noise80", synth(power_law(1.0)))])
