@@ -182,10 +182,21 @@ def rule_step(rows: list[Row], *, power_law_below: bool, what: str) -> Outcome:
         return Outcome(UNDECIDED, f"{len(points)} result(s); a step needs at least two")
     flags = [f for _, f in points]
     changes = sum(a != b for a, b in zip(flags, flags[1:]))
-    detail = (f"power law at {what} {listed([v for v, f in points if f])}; "
-              f"none at {listed([v for v, f in points if not f])}")
+    detail = step_detail(points, what)
     agree = changes == 1 and flags[0] == power_law_below
     return Outcome(AGREE if agree else DISAGREE, detail)
+
+
+def step_detail(points: list[tuple[Any, bool]], what: str) -> str:
+    """Where along the axis the verdict is a power law, in words that read right when it is everywhere or
+    nowhere."""
+    yes = [v for v, f in points if f]
+    no = [v for v, f in points if not f]
+    if not yes:
+        return f"no power law at any {what} ({listed(no)})"
+    if not no:
+        return f"a power law at every {what} ({listed(yes)})"
+    return f"power law at {what} {listed(yes)}; none at {listed(no)}"
 
 
 def rule_batch_size(rows: list[Row]) -> Outcome:

@@ -94,6 +94,13 @@ def test_train_size_and_capacity_steps_go_the_other_way():
         assert out.status == AGREE and f"power law at {what} 3000, 60000; none at 600, 1000" == out.detail
 
 
+def test_step_detail_reads_right_when_the_verdict_is_everywhere_or_nowhere():
+    nowhere = [row(f"batch{b}", synth(exponential()), value=b) for b in (512, 128)]
+    everywhere = [row(f"batch{b}", synth(power_law(1.0)), value=b) for b in (512, 128)]
+    assert claims.rule_batch_size(nowhere).detail == "no power law at any batch size (128, 512)"
+    assert claims.rule_batch_size(everywhere).detail == "a power law at every batch size (128, 512)"
+
+
 def test_step_trend_reports_the_direction_of_d_ks_along_the_axis():
     # d_KS grows with the batch size (power laws bending towards exponentials), none crossing in one step.
     sizes = (128, 512, 640, 8192)
