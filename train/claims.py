@@ -277,12 +277,24 @@ def rule_baseline_seeds(rows: list[Row]) -> Outcome:
 
 PL_CLAIM = "Trained networks show a power law (d_KS < d_c); randomly initialised ones do not."
 _TRAINED = Claim(PL_CLAIM, rule_trained_vs_init, "every trained network is a power law and none of its controls is")
+def _s_tracks_sharpness(across: str) -> Claim:
+    """The paper's sharpness claim, tested by Kendall τ across the networks of a group (`across`: what varies)."""
+    return Claim("Smaller ŝ goes with smaller λ_max, smaller Tr(H) and lower test error.", rule_s_tracks_sharpness,
+                 f"Kendall τ of s against each of λ_max, Tr(H) and test error is positive across the {across}")
+
+
 _OPTIMIZER_CLAIMS = (
     _TRAINED,
     Claim("Momentum SGD gives a smaller ŝ than the Adam family.", rule_sgd_below_adam,
           "s(SGD) below the s of every Adam-family optimizer (Adam, AMSGrad, AdaBound, Yogi, RAdam, DiffGrad)"),
-    Claim("Smaller ŝ goes with smaller λ_max, smaller Tr(H) and lower test error.", rule_s_tracks_sharpness,
-          "Kendall τ of s against each of λ_max, Tr(H) and test error is positive across the optimizers"),
+    _s_tracks_sharpness("optimizers"),
+)
+# The batch-size sweeps: the paper's step claim, and its sharpness claim across the batch sizes (networks trained
+# on the same data that differ in how they were trained, the large-batch sharp-minima reading).
+_BATCH_CLAIMS = (
+    Claim("The power-law structure breaks down abruptly above a critical batch size.", rule_batch_size,
+          "in increasing batch size the verdict changes once, from power law to none"),
+    _s_tracks_sharpness("batch sizes"),
 )
 CLAIMS: dict[str, tuple[Claim, ...]] = {
     "checkpoints": (
@@ -293,12 +305,8 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
               "Pearson r between s and test error across the checkpoints is positive"),
     ),
     "optimizers": _OPTIMIZER_CLAIMS,
-    "batch-size": (Claim("The power-law structure breaks down abruptly above a critical batch size.",
-                         rule_batch_size,
-                         "in increasing batch size the verdict changes once, from power law to none"),),
-    "batch-size-iters1000": (Claim("The power-law structure breaks down abruptly above a critical batch size.",
-                                   rule_batch_size,
-                                   "in increasing batch size the verdict changes once, from power law to none"),),
+    "batch-size": _BATCH_CLAIMS,
+    "batch-size-iters1000": _BATCH_CLAIMS,
     "train-size": (Claim("The structure breaks down with too little data.", rule_train_size,
                          "in increasing training-set size the verdict changes once, from none to power law"),),
     "label-noise": (Claim("The structure breaks down under label noise (40%, 80%) and random labels.",

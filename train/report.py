@@ -634,6 +634,13 @@ def sensitivity_section(results: Path, all_rows: dict[str, list[Row]] | None = N
     return (summary + "\n\n" if summary else "") + body + "\n\n" + variants
 
 
+# Groups whose networks differ in how they were trained on the same data, so that s, λ_max and Tr(H) can be set
+# against test error across them: the paper's optimizer tables and checkpoints, and the batch-size sweeps (the
+# sharp-minima reading of large batches, which the paper's generalisation claim speaks to).
+SHARPNESS_GROUPS = ("checkpoints", "optimizers", "batch-size", "batch-size-iters1000", "fashion-mnist",
+                    "cifar10-lenet")
+
+
 def _group_figures(name: str, rows: list[Row], figures: Path, rel: str) -> list[str]:
     """Write a group's figures; returns the markdown lines that show them."""
     done = [r for r in measured(rows)]
@@ -643,7 +650,7 @@ def _group_figures(name: str, rows: list[Row], figures: Path, rel: str) -> list[
     curves = [(r.run + ("" if r.learned else " (did not learn)"), r.result.eigenvalues) for r in done]
     rank_figure(curves, figures / f"{name}.png", f"{name}: rank-eigenvalue curves (positive values)")
     out.append(f"![{name}: rank-eigenvalue curves]({rel}/{name}.png)")
-    if name in ("checkpoints", "optimizers", "fashion-mnist", "cifar10-lenet"):
+    if name in SHARPNESS_GROUPS:
         trained = learned([r for r in done if (r.value or 0) != 0] if name == "checkpoints" else done)
         sharpness_figure(trained, figures / f"{name}-sharpness.png", f"{name}: s, λ_max and Tr(H) against test error")
         out.append(f"![{name}: s, λ_max, Tr(H) against test error]({rel}/{name}-sharpness.png)\n\n"
@@ -1014,8 +1021,7 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
     sections.append("## Data\n\n" + data_section(all_rows))
     text = "\n\n".join(sections) + "\n"
     written = {f"{name}.png" for name, rows in all_rows.items() if measured(rows)} | {CLAIMS_AT_K_FIGURE}
-    written |= {f"{n}-sharpness.png" for n in ("checkpoints", "optimizers", "fashion-mnist", "cifar10-lenet")
-                if measured(all_rows[n])}
+    written |= {f"{n}-sharpness.png" for n in SHARPNESS_GROUPS if measured(all_rows[n])}
     for stale in figures.glob("*.png") if figures.is_dir() else ():
         if stale.name not in written:
             stale.unlink()

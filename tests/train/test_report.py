@@ -147,6 +147,19 @@ def test_s_tracks_sharpness_uses_kendall_tau_of_each_measure():
     assert claims.rule_s_tracks_sharpness(rows[:2]).status == UNDECIDED
 
 
+def test_batch_size_groups_test_the_sharpness_claim_across_batch_sizes():
+    # Larger batches: flatter spectra (larger s), sharper (λ_max, Tr) and worse test error; none a power law.
+    s = [0.9, 1.3, 1.4, 1.6]
+    rows = [row(f"batch{b}", synth(power_law(x, scale=1 + x) + exponential(), test_acc=1 - x / 10, trace=x),
+                value=b) for b, x in zip((128, 512, 1024, 8192), s)]
+    for group in ("batch-size", "batch-size-iters1000"):
+        table = report.claims_table(claims.CLAIMS[group], rows)
+        step, sharp = table.splitlines()[2:4]
+        assert "breaks down abruptly" in step and "across the batch sizes" in sharp
+        # Kendall τ over 4 concordant points is +1 for each measure: agree.
+        assert "**agree**" in sharp and "τ(s, test error) = +1.00" in sharp
+
+
 def test_s_tracks_test_error_across_checkpoints_is_pearson_r():
     s, err = [0.7, 0.9, 1.0, 1.1], [0.05, 0.03, 0.02, 0.021]
     rows = [row(f"epoch {e}", synth(power_law(x), test_acc=1 - y), value=e, final=False)
