@@ -11,7 +11,7 @@ import jax
 import numpy as np
 
 from hspec.hvp import resolve_operator
-from hspec.krylov import LanczosResult, lanczos, ritz_decomposition
+from hspec.krylov import KrylovStore, LanczosResult, lanczos, ritz_decomposition
 
 __all__ = [
     "MAX_STEPS_FACTOR",
@@ -228,13 +228,16 @@ def _check_k(k: int, dim: int, num_steps: int, pooled_starts: int) -> None:
         )
 
 
-def _report_convergence(num_converged: int, k: int, m: int, tol: float, strict: bool) -> None:
+def _report_convergence(num_converged: int, k: int, m: int, tol: float, strict: bool, kept=None) -> None:
     if num_converged >= k:
         return
     message = (
         f"only {num_converged} of the top {k} Ritz values converged to residual <= {tol:g}*|lambda_1| after "
         f"{m} Lanczos steps; the rest are not yet eigenvalues. Increase num_steps (or lower k)."
     )
+    if kept is not None:
+        message += (f" The Krylov state of these {m} steps is kept in {kept}: a run with a larger max_steps "
+                    "and the same checkpoint_dir continues from it.")
     if strict:
         raise NotConvergedError(message)
     warnings.warn(message, NotConvergedWarning, stacklevel=3)
@@ -326,7 +329,8 @@ def top_eigenvalues(
         num_distinct = int(order.size)
     elif combine == "pool":  # how many of the pooled top k are not an eigenvalue found again by another start
         num_distinct = int(np.isin(order, distinct_order(result.ritz_values, result.residuals, tol, eps)).sum())
-    _report_convergence(num_converged, k, result.num_steps, tol, strict)
+    kept = checkpoint_dir if checkpoint_dir is not None and KrylovStore.saved_steps(checkpoint_dir) else None
+    _report_convergence(num_converged, k, result.num_steps, tol, strict, kept)
     vectors = None
     if return_vectors:
         flat = result.ritz_vectors.reshape(-1, result.ritz_vectors.shape[-1])

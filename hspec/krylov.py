@@ -439,43 +439,60 @@ class KrylovStore:
     def restore(self, state, matvec) -> int:
         """Fill ``state`` from the directory and return the steps done there (0: nothing to resume).
 
-        A saved state resumes only when its shape and dtype match, its first basis row is this run's start
-        vector, and the operator gives back its α_0 (one product, so that a state saved for another network
-        or Hessian sample is never continued); otherwise the run starts afresh.
+        A saved state resumes only when its starts, dimension and dtype match, its first basis row is this
+        run's start vector, and the operator gives back its α_0 (one product, so that a state saved for
+        another network or Hessian sample is never continued); otherwise the run starts afresh. The step
+        budget may differ: a state saved under a smaller ``max_steps`` that ran out before converging
+        continues under a larger one (a Lanczos run truncated at j steps is exactly a j-step run), and one
+        saved under a larger budget is truncated to this one.
         """
         V, alphas, betas, _ = state
-        path = self.dir / self.STATE
-        if not path.is_file():
+        path, basis = self.dir / self.STATE, self.dir / self.BASIS
+        if not path.is_file() or not basis.is_file():
             return 0
+        S, capacity, n = (int(d) for d in V.shape)
         with np.load(path) as saved:
-            j, shape = int(saved["steps"]), json.loads(str(saved["shape"]))
-            if shape != self._shape(V) or j < 1:
+            saved_j, shape = int(saved["steps"]), json.loads(str(saved["shape"]))
+            if [shape[0], shape[2], shape[3]] != [S, n, str(V.dtype)] or saved_j < 1:
                 return 0
-            S, n = V.shape[0], V.shape[2]
-            rows = np.fromfile(self.dir / self.BASIS, dtype=V.dtype, count=(j + 1) * S * n)
-            if rows.size < min(j + 1, V.shape[1]) * S * n:
+            j = min(saved_j, capacity)
+            rows = min(j + 1, capacity)  # rows 0..j: the basis so far and the next vector
+            on_disk = basis.stat().st_size // (S * n * V.dtype.itemsize)
+            if on_disk < rows:
                 return 0
-            rows = rows.reshape(-1, S, n).transpose(1, 0, 2)
+            # Read through a memory map: the basis (GBs for a large network) is copied once, not twice.
+            disk = np.memmap(basis, dtype=V.dtype, mode="r", shape=(rows, S, n))
             v0 = np.asarray(V[:, 0])
             alpha0 = np.sum(v0 * np.asarray(matvec(jnp.asarray(v0))), axis=-1)
-            if not (np.array_equal(rows[:, 0], v0)
+            if not (np.array_equal(disk[0], v0)
                     and np.allclose(alpha0, saved["alphas"][:, 0], rtol=1e-9, atol=0)):
                 return 0
-            V[:, : rows.shape[1]] = rows
-            alphas[:, :j], betas[:, :j] = saved["alphas"], saved["betas"]
-        self.rows_on_disk = rows.shape[1]
+            for i in range(rows):
+                V[:, i] = disk[i]
+            del disk
+            alphas[:, :j], betas[:, :j] = saved["alphas"][:, :j], saved["betas"][:, :j]
+        # Truncated to a smaller budget, the rows on disk beyond it stay valid (v_j included): never rewritten.
+        self.rows_on_disk = rows if saved_j <= capacity else min(saved_j + 1, on_disk)
         return j
 
     def save(self, state, j: int, *, force: bool = False) -> None:
-        """Save after j steps (basis rows 0..j are set), at most every ``every_s`` seconds unless forced."""
+        """Save after j steps (basis rows 0..j are set), at most every ``every_s`` seconds unless forced.
+
+        At the end of the buffers (j = their capacity) the next vector v_j, which has no row there, is
+        taken from the state's current vector, so that a run with a larger budget can continue.
+        """
         if not force and time.monotonic() - self.last_save < self.every_s:
             return
-        V, alphas, betas, _ = state
+        V, alphas, betas, v = state
         self.dir.mkdir(parents=True, exist_ok=True)
         hi = min(j + 1, V.shape[1])
+        rows = V[:, self.rows_on_disk : hi].transpose(1, 0, 2)
+        if j + 1 > V.shape[1] and v is not None and self.rows_on_disk <= j:
+            rows = np.concatenate([rows, np.asarray(v, dtype=V.dtype)[None]])
+            hi = j + 1
         with open(self.dir / self.BASIS, "r+b" if self.rows_on_disk else "wb") as f:
             f.seek(self.rows_on_disk * V.shape[0] * V.shape[2] * V.dtype.itemsize)
-            f.write(np.ascontiguousarray(V[:, self.rows_on_disk : hi].transpose(1, 0, 2)).tobytes())
+            f.write(np.ascontiguousarray(rows).tobytes())
             f.flush()
             os.fsync(f.fileno())
         tmp = self.dir / f".{self.STATE}.tmp"
@@ -538,6 +555,8 @@ def _drive(advance, state, m_total, first, stop, check_every, progress, j0=0, st
         j_end = min(m_total, j + check_every)
     if bar is not None:
         bar.close()
+    if store is not None:
+        store.save(state, j, force=True)  # the end: kept when the budget ran out before `stop` (see lanczos)
     V, alphas, betas, _ = state
     return np.asarray(V[:, :j]), np.asarray(alphas[:, :j]), np.asarray(betas[:, :j])
 
@@ -652,7 +671,9 @@ def lanczos(
       checkpoint_dir: keep the Krylov state in this directory (a :class:`KrylovStore`), saved every
         ``checkpoint_every_s`` seconds (default ``CHECKPOINT_EVERY_S``) and at each convergence check, so that a killed run started again
         with the same arguments resumes where it was saved and gives the same result as an uninterrupted
-        run. The files are removed when the run finishes. Needs the host basis (the CPU default).
+        run. The files are removed when the run finishes; when ``stop`` is still false at the end of the
+        budget they are kept, and a run with a larger ``max_steps`` continues from them. Needs the host
+        basis (the CPU default).
 
     Returns:
       :class:`LanczosResult` with the tridiagonal coefficients, Ritz values, residual bounds and weights.
@@ -692,7 +713,10 @@ def lanczos(
         V, alphas, betas = _drive(advance, state, m_total, m, stop if grow else None, check_every, progress,
                                   j0, store)
     if store is not None:
-        store.clear()
+        # Saved at the last step (_drive). When the budget ran out before `stop`, the state is kept, so that a
+        # run with a larger max_steps continues from here instead of starting again.
+        if stop is None or stop(alphas, betas):
+            store.clear()
     values, residuals, weights, vectors = ritz_decomposition(alphas, betas, V, return_vectors)
     return LanczosResult(alphas, betas, values, residuals, weights, vectors, int(alphas.shape[1]), loop)
 

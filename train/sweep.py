@@ -320,6 +320,13 @@ def control_key(cfg: Config) -> str:
     return f"{cfg.dataset}-{cfg.model}-seed{cfg.seed}-{digest}"
 
 
+def control_state_key(cfg: Config) -> str:
+    """Where a control's Lanczos state is kept while it is computed: its key without the step budget
+    (lanczos_steps, max_lanczos_steps), which the Krylov space does not depend on (a run truncated at j steps
+    is exactly a j-step run; hspec.KrylovStore checks the start vector and the operator before it continues)."""
+    return control_key(dataclasses.replace(cfg, lanczos_steps=None, max_lanczos_steps=None))
+
+
 def control_config(cfg: Config) -> Config:
     """A canonical config of a run's control: the control fields, and defaults for everything training-only.
 
@@ -622,8 +629,9 @@ def compute_control(cfg: Config, dest: Path, *, progress: bool, echo: Callable, 
     metrics = driver.initial_metrics(exp, loop.make_eval_step(exp.fm), exp.template)
     echo(f"control {dest.name}: top {exp.cfg.k} at initialisation, {exp.num_params} parameters, "
          f"{exp.cfg.hessian_samples} Hessian samples")
-    # The Lanczos state stays under the work root (never under results/), so a killed control resumes.
-    state = None if work is None else work / CONTROLS / dest.name / rundir.LANCZOS_STATE
+    # The Lanczos state stays under the work root (never under results/), so a killed control resumes; it is
+    # named without the step budget, so that one that ran out of steps continues under a larger max_lanczos_steps.
+    state = None if work is None else work / CONTROLS / control_state_key(cfg) / rundir.LANCZOS_STATE
     result = run.measure_state(exp, exp.template, metrics, epoch=0, step=0, checkpoint=None, progress=progress,
                                lanczos_state=state)
     with tempfile.TemporaryDirectory(prefix="hspec-control-") as tmp:

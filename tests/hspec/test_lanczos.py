@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import hspec
+from hspec.krylov import KrylovStore
 from tests.hspec.conftest import mlp_loss, mlp_params, prescribed_matrix
 
 
@@ -178,6 +179,19 @@ def test_convergence_warning_and_strict(x64):
         hspec.top_eigenvalues(quadratic, params, 30, key=jax.random.key(0), num_steps=32, tol=1e-10, strict=True)
 
 
+def test_strict_failure_keeps_the_krylov_state_and_says_where(x64, tmp_path):
+    lam = 1.0 / np.arange(1, 201)
+    a = jnp.asarray(prescribed_matrix(lam, seed=10))
+    params, store = {"x": jnp.zeros(200)}, tmp_path / "krylov"
+    kw = dict(key=jax.random.key(0), num_steps=32, tol=1e-10, basis="host", checkpoint_dir=store)
+    with pytest.raises(hspec.NotConvergedError, match=f"kept in {store}: a run with a larger max_steps"):
+        hspec.top_eigenvalues(lambda p: 0.5 * p["x"] @ a @ p["x"], params, 30, max_steps=40, strict=True, **kw)
+    assert KrylovStore.saved_steps(store) == 40
+    top = hspec.top_eigenvalues(lambda p: 0.5 * p["x"] @ a @ p["x"], params, 30, max_steps=200, strict=True, **kw)
+    np.testing.assert_allclose(top.eigenvalues, lam[:30], rtol=1e-9)
+    assert not store.exists()
+
+
 def test_growing_run_stops_when_top_k_converged(x64):
     """max_steps grows the Krylov space until the top k converge; the result equals a fixed run of that length."""
     lam = 1.0 / np.arange(1, 201)
@@ -275,6 +289,35 @@ def test_killed_lanczos_resumes_from_its_checkpoint_to_the_same_result(x64, tmp_
     np.testing.assert_array_equal(resumed.alphas, plain.alphas)
     np.testing.assert_array_equal(resumed.betas, plain.betas)
     np.testing.assert_array_equal(resumed.ritz_values, plain.ritz_values)
+    assert not store.exists()
+
+
+def test_a_run_out_of_budget_keeps_its_state_and_a_larger_budget_continues_it(x64, tmp_path):
+    """stop first true at the check point 60: under max_steps=40 the run ends unconverged and keeps its files;
+    a smaller budget (35) resumes them truncated, and a larger one (150) continues from there to exactly
+    the uninterrupted 60-step run, with one product to check α_0 and the missing steps only."""
+    a = prescribed_matrix(1.0 / np.arange(1, 201) ** 1.5, seed=22)
+    stop = lambda alphas, betas: alphas.shape[1] >= 55  # noqa: E731
+    kw = dict(key=jax.random.key(10), dim=200, dtype=jnp.float64, num_starts=2, stop=stop, check_every=10,
+              basis="host")
+    plain = hspec.lanczos(_counting(a)[0], 30, max_steps=150, **kw)
+    plain35 = hspec.lanczos(_counting(a)[0], 30, max_steps=35, **kw)
+    assert (plain.num_steps, plain35.num_steps) == (60, 35)
+    store = tmp_path / "krylov"
+    ran_out = hspec.lanczos(_counting(a)[0], 30, max_steps=40, checkpoint_dir=store, checkpoint_every_s=0, **kw)
+    assert ran_out.num_steps == 40 and KrylovStore.saved_steps(store) == 40
+    again, calls = _counting(a)
+    smaller = hspec.lanczos(again, 30, max_steps=35, checkpoint_dir=store, checkpoint_every_s=0, **kw)
+    assert calls[0] == 1  # only the α_0 check: the 35 steps are on disk
+    np.testing.assert_array_equal(smaller.alphas, plain35.alphas)
+    np.testing.assert_array_equal(smaller.betas, plain35.betas)
+    assert KrylovStore.saved_steps(store) == 35
+    again, calls = _counting(a)
+    larger = hspec.lanczos(again, 30, max_steps=150, checkpoint_dir=store, checkpoint_every_s=0, **kw)
+    assert calls[0] == 1 + 60 - 35
+    np.testing.assert_array_equal(larger.alphas, plain.alphas)
+    np.testing.assert_array_equal(larger.betas, plain.betas)
+    np.testing.assert_array_equal(larger.ritz_values, plain.ritz_values)
     assert not store.exists()
 
 

@@ -115,6 +115,17 @@ def test_control_key_depends_only_on_network_and_hessian_sample():
     assert len(keys) == len(set(keys)) and ref in keys and all(o in keys for o in others[:4])
 
 
+def test_a_controls_lanczos_state_is_shared_across_step_budgets_only():
+    resnet = sweep.find_run("resnet18/resnet18-cifar10-sgd")[1]
+    state = lambda **o: sweep.control_state_key(sweep.run_config(resnet, o))  # noqa: E731
+    # A control that ran out of steps continues under a larger budget: the budget is not in the state's name...
+    assert state(max_lanczos_steps="300") == state(max_lanczos_steps="450") == state(lanczos_steps="200") == state()
+    # ...while the key it is published under, and everything the Krylov space depends on, still separates.
+    key = lambda **o: sweep.control_key(sweep.run_config(resnet, o))  # noqa: E731
+    assert key(max_lanczos_steps="300") != key(max_lanczos_steps="450")
+    assert len({state(), state(hessian_samples="128"), state(k="20"), state(seed="1")}) == 4
+
+
 def test_control_config_keeps_the_control_fields_and_nothing_of_training():
     spec = sweep.find_run("optimizers/adam")[1]
     cfg = sweep.run_config(spec, {"epochs": "7", "train_size": "300", "hessian_samples": "200"})
