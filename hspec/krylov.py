@@ -534,8 +534,10 @@ def _drive(advance, state, m_total, first, stop, check_every, progress, j0=0, st
         from tqdm.auto import tqdm
 
         bar = tqdm(total=j_end, initial=j0, desc="Lanczos", unit="step", leave=False)
-    # Advance in slices so that the bar moves, a non-finite product is caught early and the store saves.
-    slice_len = 16 if bar is not None or store is not None else None
+    # Advance in slices so that the bar moves, a non-finite product is caught early and the store saves. With a
+    # store (host basis, python loop: a slice costs nothing extra) every step is a slice, so that the save comes
+    # every_s seconds apart even where a step takes minutes (ResNet18 on a CPU: 20 s).
+    slice_len = 1 if store is not None else 16 if bar is not None else None
     while True:
         if bar is not None:
             bar.total = max(bar.total, j_end)
