@@ -187,12 +187,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exit_status(err: Exception) -> int | None:
-    """2 for bad input (config, data, output directory, checkpoint), 3 for a non-finite loss, else None."""
+    """2 for bad input (config, data, output directory, checkpoint), 3 for a non-finite loss or Hessian-vector
+    product, 4 for a spectrum whose top K did not converge, else None (a bug: the traceback is shown)."""
+    import hspec
     from train.checkpoint import CheckpointError
     from train.data.dataset import DataError
     from train.loop import NonFiniteLossError
+    from train.run import SpectrumError
     from train.rundir import OutputDirError
 
+    if isinstance(err, SpectrumError):  # its message says what to do; the status says what failed
+        cause = err.__cause__
+        return 4 if isinstance(cause, hspec.NotConvergedError) else 3 if isinstance(cause, hspec.NonFiniteError) \
+            else None
     if isinstance(err, NonFiniteLossError):
         return 3
     if isinstance(err, (config_lib.ConfigError, CheckpointError, DataError, FileNotFoundError, OutputDirError)):

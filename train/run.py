@@ -98,6 +98,22 @@ def _targets(exp: Experiment) -> list[tuple[str, int]]:
     return targets + [("final", exp.num_epochs)]
 
 
+class SpectrumError(RuntimeError):
+    """A spectrum of a run failed (its cause chained); the run's checkpoints are intact."""
+
+
+def _resume_hint(exp: Experiment, err: Exception) -> str:
+    """What to add to --resume: a larger step budget when the top K did not converge (the Lanczos run then
+    continues from its kept state), else the general note on spectrum fields."""
+    import hspec
+
+    if isinstance(err, hspec.NotConvergedError):
+        budget = exp.cfg.max_lanczos_steps or hspec.default_max_steps(exp.cfg.lanczos_steps, exp.num_params)
+        return (f" --set max_lanczos_steps=N with N above the {budget} steps taken (the Lanczos run continues "
+                "from them), or a smaller k")
+    return " (spectrum fields such as lanczos_steps or k may be changed with --set)"
+
+
 def run_spectra(exp: Experiment, run: Path, *, progress: bool = True,
                 echo: Callable = print) -> list[tuple[str, record.SpectrumResult]]:
     """Compute each missing spectrum of a run from its checkpoints (existing results.json are kept)."""
@@ -111,10 +127,9 @@ def run_spectra(exp: Experiment, run: Path, *, progress: bool = True,
             try:
                 result = measure_checkpoint(exp, path, where, f"{exp.cfg.preset}: {label}", progress)
             except Exception as err:
-                raise RuntimeError(f"the spectrum of {label} (epoch {epoch}) failed: {str(err).rstrip('.')}. "
-                                   "The checkpoints are "
-                                   "kept: finish with --resume (spectrum fields such as lanczos_steps or k may "
-                                   "be changed with --set)") from err
+                raise SpectrumError(f"the spectrum of {label} (epoch {epoch}) failed: {str(err).rstrip('.')}. "
+                                    f"The checkpoints are kept: finish with --resume{_resume_hint(exp, err)}") \
+                    from err
             if label == "final" and epoch in exp.cfg.spectrum_epochs:  # the epoch list stays complete
                 record.save(result, run / "epochs" / str(epoch) / rundir.RESULTS)
         rows.append((label, record.load(where / rundir.RESULTS)))

@@ -762,9 +762,19 @@ def sweep_controls(roots: Roots, overrides: dict[str, Any], shard_: tuple[int, i
             if state == "done":
                 echo(f"control {key}: done (in results); skipped")
         except Exception as err:  # noqa: BLE001  (one failed control must not stop the others)
-            echo(f"control {key}: FAILED: {type(err).__name__}: {err}")
+            echo(f"control {key}: FAILED: {type(err).__name__}: {err}{_failure_hint(err)}")
             failures.append(key)
     return failures
+
+
+def _failure_hint(err: BaseException) -> str:
+    """For a spectrum whose top K did not converge (directly or as the cause): the sweep's way to continue it."""
+    import hspec
+
+    if isinstance(err, hspec.NotConvergedError) or isinstance(err.__cause__, hspec.NotConvergedError):
+        return (" [run the sweep again with --set max_lanczos_steps=N above the steps taken: the spectrum continues "
+                "from them]")
+    return ""
 
 
 def sweep(name: str, *, roots: Roots, overrides: dict[str, Any] | None = None, shard_: tuple[int, int] = (0, 1),
@@ -789,7 +799,7 @@ def sweep(name: str, *, roots: Roots, overrides: dict[str, Any] | None = None, s
         try:
             sweep_run(roots, group, spec, cfgs[spec.name], progress=progress, echo=echo, groups=groups)
         except Exception as err:  # noqa: BLE001  (a job array must finish its other runs)
-            echo(f"[{group.name}/{spec.name}] FAILED: {type(err).__name__}: {err}")
+            echo(f"[{group.name}/{spec.name}] FAILED: {type(err).__name__}: {err}{_failure_hint(err)}")
             failures.append(spec.name)
     return failures
 

@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from train import checkpoint as ckpt
-from train import experiment, keys, loop, presets
+from train import experiment, keys, loop, presets, rundir
 from train.__main__ import main
 
 from tests.conftest import REPO
@@ -265,6 +265,21 @@ def test_killed_run_resumes_to_the_uninterrupted_result(capsys, tmp_path, data_d
     res = [json.loads((d / "results.json").read_text()) for d in (killed, tmp_path / "straight")]
     assert res[0]["spectrum"]["eigenvalues"] == res[1]["spectrum"]["eigenvalues"]
     assert res[0]["metrics"] == res[1]["metrics"]
+
+
+def test_unconverged_spectrum_exits_4_and_a_larger_budget_continues_it(capsys, tmp_path, data_dir):
+    args = ["--preset", "tiny-fcn-mnist", "--data-dir", data_dir, "--no-progress", "epochs=1", "init_control=false",
+            "k=40", "lanczos_steps=45", "trace_samples=2"]
+    rc, _, err = _cli(capsys, *args, "max_lanczos_steps=45", "--out", tmp_path / "short")
+    assert rc == 4 and "only" in err and "after 45 Lanczos steps" in err and "Traceback" not in err
+    assert "--resume --set max_lanczos_steps=N with N above the 45 steps taken" in err
+    assert (tmp_path / "short" / rundir.LANCZOS_STATE).is_dir()  # the 45 steps are kept
+    rc, _, err = _cli(capsys, "--out", tmp_path / "short", "--resume", "--no-progress", "max_lanczos_steps=400")
+    assert rc == 0, err
+    rc, _, err = _cli(capsys, *args, "max_lanczos_steps=400", "--out", tmp_path / "straight")
+    assert rc == 0, err
+    res = [json.loads((d / "results.json").read_text()) for d in (tmp_path / "short", tmp_path / "straight")]
+    assert res[0]["spectrum"]["eigenvalues"] == res[1]["spectrum"]["eigenvalues"]
 
 
 def test_progress_bars_only_on_a_terminal(monkeypatch):

@@ -126,6 +126,20 @@ def test_a_controls_lanczos_state_is_shared_across_step_budgets_only():
     assert len({state(), state(hessian_samples="128"), state(k="20"), state(seed="1")}) == 4
 
 
+def test_a_failed_spectrum_that_did_not_converge_says_how_the_sweep_continues_it():
+    import hspec
+    from train.run import SpectrumError
+
+    direct = hspec.NotConvergedError("only 9 of the top 40")
+    try:
+        raise SpectrumError("the spectrum of final failed") from direct
+    except SpectrumError as err:
+        chained = err
+    for err in (direct, chained):
+        assert "run the sweep again with --set max_lanczos_steps=N" in sweep._failure_hint(err)
+    assert sweep._failure_hint(SpectrumError("x")) == sweep._failure_hint(ValueError("x")) == ""
+
+
 def test_control_config_keeps_the_control_fields_and_nothing_of_training():
     spec = sweep.find_run("optimizers/adam")[1]
     cfg = sweep.run_config(spec, {"epochs": "7", "train_size": "300", "hessian_samples": "200"})
