@@ -277,6 +277,8 @@ def rule_baseline_seeds(rows: list[Row]) -> Outcome:
 
 PL_CLAIM = "Trained networks show a power law (d_KS < d_c); randomly initialised ones do not."
 _TRAINED = Claim(PL_CLAIM, rule_trained_vs_init, "every trained network is a power law and none of its controls is")
+
+
 def _s_tracks_sharpness(across: str) -> Claim:
     """The paper's sharpness claim, tested by Kendall τ across the networks of a group (`across`: what varies)."""
     return Claim("Smaller ŝ goes with smaller λ_max, smaller Tr(H) and lower test error.", rule_s_tracks_sharpness,
