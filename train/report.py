@@ -65,7 +65,11 @@ _NOTES = {
                 "200 epochs, the learning rate divided by 10 at the same 40% and 80% of them; a Hessian sample of 128 "
                 "images). Measured there beside two other sweeps: the initialisation's top 50 converged after 300 "
                 "Lanczos steps at 17-24 s a step, and full reorthogonalisation keeps the Krylov basis, 45 MB a "
-                "step for its 11.2 million parameters in float32 (13 GB at 300 steps).",
+                "step for its 11.2 million parameters in float32 (13 GB at 300 steps). The trained network took about 5 "
+                "min an epoch; its top 50 converged after 195 Lanczos steps (3269 s, and 497 s for the trace). At 15 "
+                "epochs it reaches 41.6% test accuracy (train loss 1.83 at the first learning-rate drop, 1.59 at the "
+                "end): a network early in training, not the paper's trained ResNet18, so its row does not test the "
+                "paper's ResNet18 claim at the paper's setting; a GPU run of the full setting would.",
     "seeds": "Seed 0 of each series is the run of the group named in its row.",
     "lenet-variants": "The paper gives no LeNet layers; `paper-form` is the reference run (padding 2 on 28x28 "
                       "inputs, max pooling, METHOD.md §5). The variants test how much that unstated choice matters.",
@@ -694,6 +698,27 @@ def near_threshold(rows: list[Row]) -> list[str]:
     return out
 
 
+# Below this K the test is loose (d_c = 1.36/√K ≥ 0.136): the baseline's own initialisation passes at K = 100.
+SMALL_K = 100
+
+
+def controls_passing_at_small_k(rows: list[Row]) -> str | None:
+    """The random-initialisation controls of a group that pass the test at a K where d_c is loose."""
+    seen, out = set(), []
+    for r in (r for r in measured(rows) if r.final):
+        for name, result in ((r.run, r.result), (f"the control of {r.run}", r.control)):
+            fit = result.fit if result is not None else {}
+            if (result is None or id(result) in seen or result.setting.get("trained")
+                    or not fit.get("is_power_law") or fit.get("k", SMALL_K + 1) > SMALL_K):
+                continue
+            seen.add(id(result))
+            out.append(f"{name} (K = {fit['k']}: d_KS {fit['d_ks']:.4f} < d_c {fit['d_crit']:.4f})")
+    if not out:
+        return None
+    return (f"random initialisations that pass at a small K, where the test is loose (d_c = 1.36/√K, against "
+            f"{1.36 / math.sqrt(1000):.4f} at K = 1000): {listed(out)}")
+
+
 def s_resolution(rows: list[Row]) -> str | None:
     """How the spread of s across a group's networks compares with the fit's own uncertainty of s.
 
@@ -784,8 +809,8 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
                 reasons += [spread] if spread else []
             else:
                 near = near_threshold(rows)
-                fitted = label_fit(rows)
-                reasons += [fitted] if fitted else []
+                fitted, loose = label_fit(rows), controls_passing_at_small_k(rows)
+                reasons += [x for x in (fitted, loose) if x]
                 trend = step_trend(rows, claim.rule) if claim.rule in STEP_RULES else None
                 reasons += [trend] if trend else []
                 if claim.rule in STEP_RULES and not any(r.result.is_power_law for r in measured(rows) if r.final):

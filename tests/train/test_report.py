@@ -446,6 +446,23 @@ def test_a_claim_on_networks_that_groups_share_is_listed_once_under_all_of_them(
     assert text.count("Trained networks show a power law") == 2
 
 
+def test_a_control_that_passes_at_a_small_k_is_named_as_a_reason():
+    """At K ≤ 100, d_c = 1.36/√K ≥ 0.136 lets an initialisation pass: a disagreeing trained-vs-control claim says
+    which controls passed there; a trained network, or a control that fails, is not named."""
+    passing = synth(power_law(1.0), trained=False)
+    failing = synth(exponential(), trained=False)
+    rows = [row("resnet", synth(power_law(1.0), trained=True), control=passing),
+            row("other", synth(power_law(0.8), trained=True), control=failing)]
+    text = report.controls_passing_at_small_k(rows)
+    d = passing.fit
+    assert text.endswith(f"the control of resnet (K = {K}: d_KS {d['d_ks']:.4f} < d_c {1.36 / np.sqrt(K):.4f})")
+    assert "0.0430 at K = 1000" in text and "other" not in text
+    assert report.controls_passing_at_small_k(rows[1:]) is None
+    all_rows = {name: [] for name in sweep.GROUPS}
+    all_rows["resnet18"] = rows[:1]
+    assert "random initialisations that pass at a small K" in report.disagreements_section(all_rows, {})
+
+
 def test_label_fit_compares_train_accuracy_with_predicting_the_clean_labels():
     """On labels of which a fraction q was changed, predicting the clean label scores 1 − q; the accuracy above
     that, over q, is the share of changed labels the network fitted."""
