@@ -684,18 +684,22 @@ def group_section(name: str, rows: list[Row], figures: Path, rel: str) -> str:
 NEAR_THRESHOLD = 0.25
 
 
-def near_threshold(rows: list[Row]) -> list[str]:
-    """The networks of a group (and their controls) whose d_KS lies within NEAR_THRESHOLD·d_c of d_c."""
+def final_spectra(rows: list[Row]) -> list[tuple[str, Any]]:
+    """(name, record) of each fitted spectrum at the end of a group's runs, their controls included, once each
+    (runs share controls)."""
     seen, out = set(), []
     for r in (r for r in measured(rows) if r.final):
         for name, result in ((r.run, r.result), (f"the control of {r.run}", r.control)):
-            fit = result.fit if result is not None else {}
-            if result is None or fit.get("d_ks") is None or id(result) in seen:
-                continue
-            seen.add(id(result))
-            if abs(fit["d_ks"] - fit["d_crit"]) <= NEAR_THRESHOLD * fit["d_crit"]:
-                out.append(f"{name} (d_KS {fit['d_ks']:.4f}, d_c {fit['d_crit']:.4f})")
+            if result is not None and result.fit.get("d_ks") is not None and id(result) not in seen:
+                seen.add(id(result))
+                out.append((name, result))
     return out
+
+
+def near_threshold(rows: list[Row]) -> list[str]:
+    """The networks of a group (and their controls) whose d_KS lies within NEAR_THRESHOLD·d_c of d_c."""
+    return [f"{name} (d_KS {res.fit['d_ks']:.4f}, d_c {res.fit['d_crit']:.4f})" for name, res in final_spectra(rows)
+            if abs(res.fit["d_ks"] - res.fit["d_crit"]) <= NEAR_THRESHOLD * res.fit["d_crit"]]
 
 
 # Below this K the test is loose (d_c = 1.36/√K ≥ 0.136): the baseline's own initialisation passes at K = 100.
@@ -704,15 +708,9 @@ SMALL_K = 100
 
 def controls_passing_at_small_k(rows: list[Row]) -> str | None:
     """The random-initialisation controls of a group that pass the test at a K where d_c is loose."""
-    seen, out = set(), []
-    for r in (r for r in measured(rows) if r.final):
-        for name, result in ((r.run, r.result), (f"the control of {r.run}", r.control)):
-            fit = result.fit if result is not None else {}
-            if (result is None or id(result) in seen or result.setting.get("trained")
-                    or not fit.get("is_power_law") or fit.get("k", SMALL_K + 1) > SMALL_K):
-                continue
-            seen.add(id(result))
-            out.append(f"{name} (K = {fit['k']}: d_KS {fit['d_ks']:.4f} < d_c {fit['d_crit']:.4f})")
+    out = [f"{name} (K = {fit['k']}: d_KS {fit['d_ks']:.4f} < d_c {fit['d_crit']:.4f})"
+           for name, res in final_spectra(rows) for fit in [res.fit]
+           if not res.setting.get("trained") and fit.get("is_power_law") and fit.get("k", SMALL_K + 1) <= SMALL_K]
     if not out:
         return None
     return (f"random initialisations that pass at a small K, where the test is loose (d_c = 1.36/√K, against "
