@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+import hspec
 from train import config as config_lib
 from train import record, rundir, sensitivity, sweep
 from train.catalog import FULL_TRAIN_SIZE
@@ -710,11 +711,11 @@ def controls_passing_at_small_k(rows: list[Row]) -> str | None:
     """The random-initialisation controls of a group that pass the test at a K where d_c is loose."""
     out = [f"{name} (K = {fit['k']}: d_KS {fit['d_ks']:.4f} < d_c {fit['d_crit']:.4f})"
            for name, res in final_spectra(rows) for fit in [res.fit]
-           if not res.setting.get("trained") and fit.get("is_power_law") and fit.get("k", SMALL_K + 1) <= SMALL_K]
+           if not res.setting.get("trained") and fit.get("is_power_law") and fit["k"] <= SMALL_K]
     if not out:
         return None
     return (f"random initialisations that pass at a small K, where the test is loose (d_c = 1.36/√K, against "
-            f"{1.36 / math.sqrt(1000):.4f} at K = 1000): {listed(out)}")
+            f"{hspec.critical_value(1000):.4f} at K = 1000): {listed(out)}")
 
 
 def s_resolution(rows: list[Row]) -> str | None:
