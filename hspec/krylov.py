@@ -205,6 +205,9 @@ class LanczosResult:
       ritz_vectors: ``[S, m, n]`` unit Ritz vectors (descending order), or ``None``.
       num_steps: m.
       loop: which loop form ran.
+      resumed_steps: the steps taken from a saved state (``checkpoint_dir``) rather than computed in this call.
+      resumed_s: the seconds the earlier calls spent on those steps (as they saved it), so that this call's own
+        time plus ``resumed_s`` is what the whole run cost, however many times it was killed.
     """
 
     alphas: np.ndarray
@@ -215,6 +218,8 @@ class LanczosResult:
     ritz_vectors: np.ndarray | None
     num_steps: int
     loop: str
+    resumed_steps: int = 0
+    resumed_s: float = 0.0
 
     @property
     def tridiagonal(self) -> np.ndarray:
@@ -432,6 +437,9 @@ class KrylovStore:
     def __init__(self, directory: str | os.PathLike, every_s: float = 60.0):
         self.dir, self.every_s = Path(directory), float(every_s)
         self.rows_on_disk, self.last_save = 0, time.monotonic()
+        # Seconds of stepping behind the state restored (earlier processes), and when this one began: each save
+        # records their sum, so that a run killed and resumed still knows what its steps cost.
+        self.resumed_s, self.opened = 0.0, time.monotonic()
 
     def _shape(self, V) -> list:
         return [int(V.shape[0]), int(V.shape[1]), int(V.shape[2]), str(V.dtype)]
@@ -471,6 +479,10 @@ class KrylovStore:
                 V[:, i] = disk[i]
             del disk
             alphas[:, :j], betas[:, :j] = saved["alphas"][:, :j], saved["betas"][:, :j]
+            # Truncated to a smaller budget, the share of the saved time that its j steps took (states saved
+            # before the time was kept have none).
+            elapsed = float(saved["elapsed_s"]) if "elapsed_s" in saved.files else 0.0
+            self.resumed_s = elapsed * j / saved_j
         # Truncated to a smaller budget, the rows on disk beyond it stay valid (v_j included): never rewritten.
         self.rows_on_disk = rows if saved_j <= capacity else min(saved_j + 1, on_disk)
         return j
@@ -497,7 +509,8 @@ class KrylovStore:
             os.fsync(f.fileno())
         tmp = self.dir / f".{self.STATE}.tmp"
         with open(tmp, "wb") as f:
-            np.savez(f, steps=j, alphas=alphas[:, :j], betas=betas[:, :j], shape=json.dumps(self._shape(V)))
+            np.savez(f, steps=j, alphas=alphas[:, :j], betas=betas[:, :j], shape=json.dumps(self._shape(V)),
+                     elapsed_s=self.resumed_s + time.monotonic() - self.opened)
         os.replace(tmp, self.dir / self.STATE)
         self.rows_on_disk, self.last_save = hi, time.monotonic()
 
@@ -720,7 +733,8 @@ def lanczos(
         if stop is None or stop(alphas, betas):
             store.clear()
     values, residuals, weights, vectors = ritz_decomposition(alphas, betas, V, return_vectors)
-    return LanczosResult(alphas, betas, values, residuals, weights, vectors, int(alphas.shape[1]), loop)
+    return LanczosResult(alphas, betas, values, residuals, weights, vectors, int(alphas.shape[1]), loop,
+                         resumed_steps=j0, resumed_s=store.resumed_s if j0 else 0.0)
 
 
 def _clamp_steps(num_steps: int, dim: int) -> int:

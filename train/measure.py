@@ -149,8 +149,12 @@ def measure(loss_fn: Callable, params: Any, batches: list, spec: SpectrumSpec, *
                     max_lanczos_steps=max_steps)
     sharpness = {"lambda_max": float(top.eigenvalues[0]),  # the top Ritz value converges first
                  "trace": trace.trace, "trace_stderr": trace.stderr, "trace_samples": trace.num_samples}
-    timing = {"lanczos_s": t1 - t0, "trace_s": t2 - t1, "measure_s": time.perf_counter() - t0,
+    # A measurement resumed from its saved Krylov state counts the seconds the earlier processes spent on it.
+    resumed_s = top.lanczos.resumed_s
+    timing = {"lanczos_s": resumed_s + t1 - t0, "trace_s": t2 - t1, "measure_s": resumed_s + time.perf_counter() - t0,
               "device": device_description()}
+    if top.lanczos.resumed_steps:
+        timing.update(lanczos_resumed_steps=top.lanczos.resumed_steps, lanczos_resumed_s=resumed_s)
     return Measurement(record.fit_block(verdict, spec.significance), verdict.verdict, spectrum, sharpness,
                        _eigengap_fit(top.eigenvalues), density, timing)
 

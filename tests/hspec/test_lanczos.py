@@ -1,3 +1,5 @@
+import time
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -290,6 +292,34 @@ def test_killed_lanczos_resumes_from_its_checkpoint_to_the_same_result(x64, tmp_
     np.testing.assert_array_equal(resumed.betas, plain.betas)
     np.testing.assert_array_equal(resumed.ritz_values, plain.ritz_values)
     assert not store.exists()
+
+
+def test_a_resumed_run_counts_the_seconds_its_saved_steps_took(x64, tmp_path):
+    """Every product sleeps 20 ms, so the 44 steps saved before a kill at product 45 took at least 0.88 s, and at
+    most the killed call's wall time: the resumed run reports them (resumed_s), and its own steps only from 44 on;
+    a run without a saved state reports none."""
+    a = prescribed_matrix(1.0 / np.arange(1, 101) ** 1.5, seed=23)
+    stop = lambda alphas, betas: alphas.shape[1] >= 55  # noqa: E731
+    kw = dict(key=jax.random.key(11), dim=100, dtype=jnp.float64, max_steps=150, stop=stop, check_every=10,
+              basis="host", checkpoint_every_s=0)
+    counted, _ = _counting(a, fail_at=45)
+
+    def slow(v):
+        time.sleep(0.02)
+        return counted(v)
+
+    store = tmp_path / "krylov"
+    t0 = time.perf_counter()
+    with pytest.raises(_Killed):
+        hspec.lanczos(slow, 30, checkpoint_dir=store, **kw)
+    killed_wall = time.perf_counter() - t0
+    saved = KrylovStore.saved_steps(store)
+    assert saved == 44
+    resumed = hspec.lanczos(_counting(a)[0], 30, checkpoint_dir=store, **kw)
+    assert resumed.resumed_steps == saved and resumed.num_steps == 60
+    assert 0.02 * saved <= resumed.resumed_s <= killed_wall
+    fresh = hspec.lanczos(_counting(a)[0], 30, checkpoint_dir=tmp_path / "other", **kw)
+    assert (fresh.resumed_steps, fresh.resumed_s) == (0, 0.0)
 
 
 def test_a_run_out_of_budget_keeps_its_state_and_a_larger_budget_continues_it(x64, tmp_path):

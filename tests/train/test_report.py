@@ -593,3 +593,20 @@ def test_a_step_claim_with_no_power_law_anywhere_says_there_is_nothing_to_break_
     rows[-1] = row("n60000", synth(power_law(1.0), trained=True), value=60000)
     text = report.disagreements_section({"train-size": rows}, {})
     assert "**train-size**" in text and "no structure" not in text
+
+
+def test_a_large_networks_cost_is_read_from_its_records():
+    """The ResNet18 note's numbers come from the run's record and its control's, not from typed text: here a
+    network of 2.5 million parameters, 120 Lanczos steps (its control 200) and 600 s of Lanczos."""
+    import dataclasses
+
+    res = dataclasses.replace(synth(power_law(1.0), test_acc=0.416, lanczos_steps=120, epochs=15),
+                              timing={"lanczos_s": 600.4, "trace_s": 90.0, "device": "cpu (2 cores)"},
+                              num_params=2_500_000)
+    control = synth(power_law(0.5), lanczos_steps=200, trained=False)
+    text = report.spectrum_cost(row("net", res, control=control))
+    assert text.startswith("net: 41.6% test accuracy after 15 epochs (train loss 0.10)")
+    assert f"top {K} converged after 120 Lanczos steps, 600 s on cpu (2 cores) (and 90 s for the trace)" in text
+    assert f"its initialisation's top {K} after 200 steps" in text
+    # 4 bytes a parameter a step: 10 MB; the longer of the two runs, 200 steps, holds 2.0 GB.
+    assert text.endswith("10 MB a step for its 2.5 million parameters (2.0 GB at 200 steps).")

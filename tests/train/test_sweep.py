@@ -559,6 +559,10 @@ def test_a_spectrum_killed_in_lanczos_resumes_from_its_saved_krylov_state(swept,
     again = run.spectrum_of_checkpoint(work, out=tmp_path / "resumed", **quiet)
     assert steps[0] >= 32 and len(steps) == total - steps[0]  # resumed at the last save before step 40
     np.testing.assert_array_equal(again.eigenvalues, plain.eigenvalues)
+    # The record counts the killed process's saved steps and their seconds in the Lanczos time.
+    timing = again.timing
+    assert timing["lanczos_resumed_steps"] == steps[0]
+    assert 0 < timing["lanczos_resumed_s"] < timing["lanczos_s"] and "lanczos_resumed_steps" not in plain.timing
     assert not (tmp_path / "resumed" / rundir.LANCZOS_STATE).exists()
 
 
