@@ -71,6 +71,12 @@ class Measurement:
     timing: dict[str, Any]
 
 
+def timing_since(m: Measurement, t0: float) -> dict[str, Any]:
+    """The measurement's timing and `spectrum_total_s`, the seconds since `t0` (where the caller began preparing
+    it) plus those an earlier, killed process spent on the Lanczos steps this one resumed."""
+    return dict(m.timing, spectrum_total_s=m.timing.get("lanczos_resumed_s", 0.0) + time.perf_counter() - t0)
+
+
 def device_description() -> str:
     """What measured: "cpu (2 cores)" or "gpu: NVIDIA H200 x1". No host name (results are committed);
     the timings of a record mean nothing without it."""

@@ -72,7 +72,7 @@ def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epo
         setting=setting(cfg, epoch=epoch, step=step, trained=epoch > 0, lanczos_steps=m.spectrum["lanczos_steps"]),
         fit=m.fit, verdict=m.verdict, spectrum=m.spectrum, sharpness=m.sharpness, eigengap_fit=m.eigengap_fit,
         metrics={k: metrics[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
-        timing=dict(m.timing, spectrum_total_s=time.perf_counter() - t0), hessian_sample=hessian_record(exp),
+        timing=measure.timing_since(m, t0), hessian_sample=hessian_record(exp),
         data=data_record(exp.ds, cfg.data_dir), num_params=exp.num_params, checkpoint=checkpoint,
         hspec_version=hspec.__version__, keys=keys.derivation(exp.keys))
 

@@ -563,6 +563,7 @@ def test_a_spectrum_killed_in_lanczos_resumes_from_its_saved_krylov_state(swept,
     timing = again.timing
     assert timing["lanczos_resumed_steps"] == steps[0]
     assert 0 < timing["lanczos_resumed_s"] < timing["lanczos_s"] and "lanczos_resumed_steps" not in plain.timing
+    assert timing["spectrum_total_s"] >= timing["measure_s"] >= timing["lanczos_s"]  # every total counts them
     assert not (tmp_path / "resumed" / rundir.LANCZOS_STATE).exists()
 
 
