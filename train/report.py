@@ -64,8 +64,9 @@ _NOTES = {
                 "row: `python -m train sweep resnet18 --set epochs=15 --set lr_drop_epochs=6,12 --set "
                 "hessian_samples=128 --set hessian_batch_size=128 --set max_lanczos_steps=450` (15 of the paper's "
                 "200 epochs, the learning rate divided by 10 at the same 40% and 80% of them; a Hessian sample of 128 "
-                "images). Fifteen CPU epochs leave the network early in training (its accuracy below), not the paper's trained ResNet18, so its row does not "
-                "test the paper's ResNet18 claim at the paper's setting; a GPU run of the full setting would.",
+                "images). Fifteen CPU epochs leave the network early in training (its accuracy below), not the "
+                "paper's trained ResNet18, so its row does not test the paper's ResNet18 claim at the paper's "
+                "setting; a GPU run of the full setting would.",
     "seeds": "Seed 0 of each series is the run of the group named in its row.",
     "lenet-variants": "The paper gives no LeNet layers; `paper-form` is the reference run (padding 2 on 28x28 "
                       "inputs, max pooling, METHOD.md §5). The variants test how much that unstated choice matters.",
