@@ -12,6 +12,10 @@ largest difference from ``whole`` relative to each leaf's largest entry. The ima
 not depend on their values. LeNet-5 has no BatchNorm; a network with one would need the whole batch's
 statistics, which micro-batches do not give.
 
+Memory: the whole-batch gradient at B = 60000 holds several GB of activations. Run beside the large-batch sweeps on
+a 24 GB machine (whose batch-60000 run held 7.3 GB), it ran that sweep out of memory: the kernel killed the sweep,
+which resumed from its last epoch's checkpoint. Pause the sweeps first, or use a smaller --batch.
+
   PYTHONPATH=. python benchmarks/large_batch_cpu.py [--batch 60000] [--chunks 500,2000] [--rounds 3]
 """
 
