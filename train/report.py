@@ -668,10 +668,11 @@ def spectrum_cost(row: Row) -> str:
             f"{res.metrics['train_loss']:.2f}); its top {k} converged after {m} Lanczos steps, "
             f"{t['lanczos_s']:.0f} s on {t.get('device') or 'an unrecorded device'} (and {t['trace_s']:.0f} s for "
             f"the trace)")
+    most = m
     if control is not None:
+        most = max(m, control.setting["lanczos_steps"])
         text += f"; its initialisation's top {control.fit['k']} after {control.setting['lanczos_steps']} steps"
     # float32 (4 bytes): the precision these networks train and are measured in; one basis row per step.
-    most = max(m, control.setting["lanczos_steps"] if control is not None else 0)
     return (text + f". Full reorthogonalisation keeps the Krylov basis, {4 * n / 1e6:.0f} MB a step for its "
             f"{n / 1e6:.1f} million parameters ({4 * n * most / 1e9:.1f} GB at {most} steps).")
 

@@ -91,7 +91,7 @@ def _base_spectrum(op: Any, cfg: Config, spec: SensitivitySpec, key: Any, progre
     lz = top.lanczos
     return {"k": k, "eigenvalues": np.asarray(top.eigenvalues), "residuals": np.asarray(top.residuals),
             "num_converged": top.num_converged, "lanczos_steps": top.num_steps, "alphas": lz.alphas[0],
-            "betas": lz.betas[0], "seconds": top.seconds}
+            "betas": lz.betas[0], "seconds": top.seconds + lz.resumed_s}  # a killed run's saved steps included
 
 
 def k_prefix_study(base: dict[str, Any], spec: SensitivitySpec) -> list[dict[str, Any]]:

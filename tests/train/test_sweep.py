@@ -580,3 +580,13 @@ def test_list_names_the_spectra_in_progress_and_their_saved_lanczos_step(tmp_pat
     assert sweep._lanczos_progress(tmp_path) == ("; spectrum of epoch 10 saved at Lanczos step 17"
                                                  "; final spectrum saved at Lanczos step 33")
     assert sweep._lanczos_progress(tmp_path / "epochs") == ""
+
+
+def test_a_spectrums_total_time_counts_the_seconds_of_the_steps_it_resumed():
+    """spectrum_total_s is this process's seconds since t0 plus lanczos_resumed_s: 100 s resumed, ~0 s here."""
+    from train import measure
+
+    m = measure.Measurement({}, "", {}, {}, None, None, {"lanczos_s": 100.5, "lanczos_resumed_s": 100.0})
+    total = measure.timing_since(m, time.perf_counter())["spectrum_total_s"]
+    assert 100.0 <= total < 101.0
+    assert measure.timing_since(dataclasses.replace(m, timing={}), time.perf_counter())["spectrum_total_s"] < 1.0
