@@ -78,6 +78,9 @@ class Config:
     lr_drop_epochs: tuple[int, ...] = ()  # when given, replaces lr_drop_fractions
     lr_drop_factor: float = 0.1
     drop_last: bool = False  # drop the last partial batch of each epoch
+    # Accumulate each step's gradient over micro-batches of this many examples (None: the whole batch at
+    # once). The same gradient at float rounding, far less memory, and faster for huge batches on a CPU.
+    micro_batch: int | None = None
     seed: int = 0
     # spectrum
     k: int = 100
@@ -319,6 +322,11 @@ def _validate_optim(cfg: Config) -> None:
     _require(cfg.learning_rate is None or cfg.learning_rate > 0, f"learning_rate must be > 0, got {cfg.learning_rate}")
     _require(cfg.weight_decay >= 0, f"weight_decay must be >= 0, got {cfg.weight_decay}")
     _require(cfg.batch_size >= 1, f"batch_size must be >= 1, got {cfg.batch_size}")
+    _require(cfg.micro_batch is None or cfg.micro_batch >= 1,
+             f"micro_batch must be >= 1 (or none for the whole batch), got {cfg.micro_batch}")
+    _require(cfg.micro_batch is None or not (cfg.batchnorm or cfg.model == "resnet18"),
+             f"micro_batch={cfg.micro_batch} with BatchNorm (model {cfg.model!r}): BatchNorm normalises by the "
+             f"whole batch's statistics, which micro-batches would change; unset micro_batch")
     _require(cfg.epochs is not None or cfg.max_steps is not None,
              "set epochs or max_steps (or both: the run stops at whichever comes first)")
     _require(cfg.epochs is None or cfg.epochs >= 1, f"epochs must be >= 1, got {cfg.epochs}")

@@ -48,9 +48,10 @@ __all__ = ["render", "main", "load_group", "AGREE", "DISAGREE", "UNDECIDED", "CL
 
 FIGURES = "reproduction"
 CLAIMS_AT_K_FIGURE = "power-laws-against-k.png"
-# Config fields that do not change what is measured, and rule fields whose preset value is "the rule".
+# Config fields that do not change what is measured (micro_batch: the same gradient at float rounding), and
+# rule fields whose preset value is "the rule".
 _BOOKKEEPING = ("preset", "data_dir", "init_control", "keep_checkpoints", "checkpoint_every", "hessian_batch_size",
-                "spectrum_epochs")
+                "spectrum_epochs", "micro_batch")
 _RULE_FIELDS = ("learning_rate", "lanczos_steps", "max_lanczos_steps", "augment", "activation")
 
 

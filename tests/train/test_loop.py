@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -139,3 +140,40 @@ def test_max_steps_cuts_the_epoch_and_the_lr_is_readable():
     assert stats["steps"] == 3
     np.testing.assert_allclose(loop.current_lr(state.opt_state), 0.01, rtol=1e-6)  # step 2 ran at 0.1 × 0.1
     assert loop.current_lr(optax.sgd(0.1).init(params)) is None
+
+
+@pytest.mark.parametrize("micro_batch", [8, 7, 40])
+def test_micro_batches_give_the_whole_batch_step(micro_batch):
+    # 40 examples in micro-batches of 8 (5 equal parts), of 7 (5 parts and a remainder of 5) or of 40 (no
+    # split): momentum SGD's step, the mean loss and the correct count equal the whole batch's (float64).
+    with jax.enable_x64(True):
+        model = models.build("lenet5", num_classes=10, input_shape=(28, 28, 1), rngs=nnx.Rngs(3))
+        fm, params, rest = loop.split_model(model)
+        params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+        x, y = _batch((28, 28, 1), 40)
+        x = x.astype(np.float64)
+        tx = optim.get("sgd", learning_rate=0.1, weight_decay=5e-4)
+        state = loop.TrainState(params, rest, tx.init(params))
+        whole = loop.make_train_step(fm, tx)
+        micro = loop.make_train_step(fm, tx, micro_batch=micro_batch)
+        a, b = state, state
+        for i in range(2):  # the second step goes through the momentum buffer
+            a, loss_a, right_a = whole(a, x, y, jax.random.key(i))
+            b, loss_b, right_b = micro(b, x, y, jax.random.key(i))
+            np.testing.assert_allclose(float(loss_b), float(loss_a), rtol=1e-13)
+            assert int(right_b) == int(right_a)
+        chex.assert_trees_all_close(b.params, a.params, rtol=1e-12, atol=1e-15)
+        assert not np.array_equal(np.asarray(jax.tree.leaves(a.params)[0]), np.asarray(jax.tree.leaves(params)[0]))
+
+
+def test_micro_batches_refuse_batchnorm():
+    model = models.build("linear", num_classes=10, input_shape=(6,), depth=2, width=5, batchnorm=True,
+                         activation="relu", rngs=nnx.Rngs(0))
+    x, y = _batch((6,), 16)
+    fm, params, rest = loop.split_model(model)
+    tx = optim.get("vanilla_sgd", learning_rate=0.1, weight_decay=0.0)
+    with pytest.raises(ValueError, match="without BatchNorm"):
+        loop.make_train_step(fm, tx, micro_batch=4)(loop.TrainState(params, rest, tx.init(params)), x, y,
+                                                    jax.random.key(0))
+    with pytest.raises(ValueError, match="micro_batch must be >= 1"):
+        loop.make_train_step(fm, tx, micro_batch=0)

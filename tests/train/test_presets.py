@@ -61,10 +61,13 @@ def expected(name: str) -> dict:
         return dict(PAPER, dataset=ds, model="lenet5", optimizer=opt, learning_rate=rate, epochs=EPOCHS[ds],
                     lr_drop_epochs=drops)
     lenet_sgd = dict(PAPER, dataset="mnist", model="lenet5", optimizer="sgd", learning_rate=0.1, epochs=50)
+    # Batches over 10,000 accumulate micro-batches of 2000 (the same gradient; ~2x faster on a CPU at 60,000).
     if m := re.fullmatch(r"lenet-mnist-batch(\d+)", name):
-        return dict(lenet_sgd, batch_size=int(m.group(1)))
+        b = int(m.group(1))
+        return dict(lenet_sgd, batch_size=b, micro_batch=2000 if b > 10000 else None)
     if m := re.fullmatch(r"lenet-mnist-iters1000-batch(\d+)", name):
-        return dict(lenet_sgd, batch_size=int(m.group(1)), epochs=None, max_steps=1000)
+        b = int(m.group(1))
+        return dict(lenet_sgd, batch_size=b, epochs=None, max_steps=1000, micro_batch=2000 if b > 10000 else None)
     if m := re.fullmatch(r"lenet-mnist-n(\d+)", name):
         n = int(m.group(1))
         return dict(lenet_sgd, train_size=n, hessian_samples=min(n, 1000))
