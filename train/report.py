@@ -161,11 +161,19 @@ def _run_row(results: Path, group: sweep.Group, spec: sweep.SweepRun) -> tuple[R
     # spell it differently (n60000's train_size=60000 is the reference's whole set).
     reduced = reductions(config, sweep.nominal_config(src), result.data, _read_json(where / sweep.OVERRIDES))
     why = (src.why,) if src.why and src.departures else ()
-    notes = (("reduced: " + "; ".join(reduced),) if reduced else ()) + why + failed + alias + _device_note(result)
+    notes = ((("reduced: " + "; ".join(reduced),) if reduced else ()) + why + failed + alias + _device_note(result)
+             + _micro_batch_note(config))
     value = result.setting.get(group.axis) if group.axis else None
     if group.axis and value is None:  # the source leaves the axis at its default (the whole training set)
         value = getattr(sweep.nominal_config(spec), group.axis)
     return Row(spec.name, result, control, key, value, True, notes), where
+
+
+def _micro_batch_note(config: dict[str, Any]) -> tuple[str, ...]:
+    """A run that summed its gradient over micro-batches says so (the same gradient at float rounding, not a
+    departure from the paper's setting, but another float arithmetic than its whole-batch neighbours)."""
+    c = config.get("micro_batch")
+    return (f"gradient summed over micro-batches of {c}",) if c is not None else ()
 
 
 def _device_note(result: SpectrumResult) -> tuple[str, ...]:

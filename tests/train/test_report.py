@@ -183,6 +183,13 @@ def test_reductions_name_every_departure():
     cifar = sweep.nominal_config(sweep.find_run("cifar10-lenet/sgd")[1])
     cifar_cfg = config_lib.to_dict(config_lib.resolve(cifar))
     assert report.reductions(cifar_cfg, cifar, {"num_train": 4000}, None) == ["data: 4000 of 50000 training examples"]
+    # Micro-batches give the same gradient: not a departure, but the row says how it trained.
+    micro = sweep.nominal_config(sweep.find_run("batch-size-iters1000/batch60000")[1])
+    micro_cfg = config_lib.to_dict(config_lib.resolve(micro))
+    assert micro_cfg["micro_batch"] == 2000
+    assert report.reductions(micro_cfg, micro, data, None) == []
+    assert report._micro_batch_note(micro_cfg) == ("gradient summed over micro-batches of 2000",)
+    assert report._micro_batch_note(cfg) == () and report._micro_batch_note({}) == ()
 
 
 # --- the whole report on a synthetic results tree ---------------------------------------------------------
