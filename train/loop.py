@@ -203,24 +203,20 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation,
     if micro_batch is not None and micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1 (or None for the whole batch), got {micro_batch}")
 
-    def loss_fn(params, rest, x, y):
+    def loss_fn(params, rest, x, y, n):
+        # The share of a batch of n examples' mean loss that x carries (all of it when x is the whole batch;
+        # sum / n is bit-identical to mean there): the shares' gradients sum to the mean's gradient.
         # Fresh Variables (copy=True): BatchNorm mutates them, which NNX allows only inside this trace.
         model = nnx.merge(fm.train_def, params, rest, copy=True)
         logits = model(x)
         # BatchNorm updated its statistics in place on the merged copy; carry them out of the step.
         _, _, new_rest = nnx.split(model, nnx.Param, ...)
-        return cross_entropy(logits, y).mean(), (logits, new_rest)
+        return cross_entropy(logits, y).sum() / n, (logits, new_rest)
 
-    def whole_batch(params, rest, x, y):
-        (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, x, y)
+    def part(params, rest, x, y, n):
+        """(loss share, its gradient, the rest after it, correct count) of the examples x of a batch of n."""
+        (loss, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, rest, x, y, n)
         return loss, grads, rest, jnp.sum(jnp.argmax(logits, -1) == y)
-
-    def part_loss(params, rest, x, y, n):
-        # This part's share of the batch's mean loss: the shares' gradients sum to the mean's gradient.
-        logits = nnx.merge(fm.train_def, params, rest, copy=True)(x)
-        return cross_entropy(logits, y).sum() / n, jnp.sum(jnp.argmax(logits, -1) == y)
-
-    part_grad = jax.value_and_grad(part_loss, has_aux=True)
 
     def micro_batches(params, rest, x, y):
         if jax.tree.leaves(rest):  # in these models only BatchNorm keeps state besides its parameters
@@ -230,28 +226,29 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation,
         full = n - n % micro_batch
 
         def accumulate(carry, xy):
-            loss, grads, correct = carry
-            (part, right), g = part_grad(params, rest, *xy, n)
-            return (loss + part, jax.tree.map(jnp.add, grads, g), correct + right), None
+            loss, grads, right = carry
+            share, g, _, r = part(params, rest, *xy, n)
+            return (loss + share, jax.tree.map(jnp.add, grads, g), right + r), None
 
         parts = (x[:full].reshape(full // micro_batch, micro_batch, *x.shape[1:]),
                  y[:full].reshape(full // micro_batch, micro_batch, *y.shape[1:]))
         # Zeros of the types one part returns (they follow the params' dtype and jax_enable_x64).
-        (part, right), g = jax.eval_shape(part_grad, params, rest, parts[0][0], parts[1][0], n)
-        zeros = lambda t: jnp.zeros(t.shape, t.dtype)  # noqa: E731
-        carry = (zeros(part), jax.tree.map(zeros, g), zeros(right))
+        loss, grads, _, right = jax.eval_shape(part, params, rest, parts[0][0], parts[1][0], n)
+        carry = jax.tree.map(lambda t: jnp.zeros(t.shape, t.dtype), (loss, grads, right))
         carry, _ = jax.lax.scan(accumulate, carry, parts)
         if full < n:  # the remainder, shapes being static under jit
             carry, _ = accumulate(carry, (x[full:], y[full:]))
-        loss, grads, correct = carry
-        return loss, grads, rest, correct
+        loss, grads, right = carry
+        return loss, grads, rest, right
 
     @jax.jit
     def step(state: TrainState, x, y, key):
         if augment is not None:
             x = augment(key, x)
-        split = micro_batches if micro_batch is not None and x.shape[0] > micro_batch else whole_batch
-        loss, grads, rest, correct = split(state.params, state.rest, x, y)
+        if micro_batch is not None and x.shape[0] > micro_batch:
+            loss, grads, rest, correct = micro_batches(state.params, state.rest, x, y)
+        else:
+            loss, grads, rest, correct = part(state.params, state.rest, x, y, x.shape[0])
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(params, rest, opt_state), loss, correct
