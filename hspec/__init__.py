@@ -20,7 +20,7 @@ from hspec.eigenvalues import (
     distinct_order,
     top_eigenvalues,
 )
-from hspec.errors import NonFiniteError
+from hspec.errors import KrylovStateError, NonFiniteError
 from hspec.hvp import HessianOperator, hessian_operator, hoist_constants, hvp, select_parameters
 from hspec.krylov import LanczosResult, MatvecOperator, SymmetricOperator, lanczos, tridiagonal_eigh
 from hspec.powerlaw import (
@@ -43,7 +43,8 @@ from hspec.trace import TraceEstimate, hutchinson_trace
 __version__ = "0.1.0"
 
 __all__ = [
-    "plot", "COMBINES", "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianOperator", "LanczosResult", "MatvecOperator",
+    "plot", "COMBINES", "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianOperator", "KrylovStateError", "LanczosResult",
+    "MatvecOperator",
     "NonFiniteError", "NotConvergedError", "NotConvergedWarning", "PowerIterationResult", "PowerLawFit",
     "PowerLawVerdict", "SpectralDensity", "SymmetricOperator", "TopEigenvalues", "TraceEstimate",
     "critical_value", "default_max_steps", "default_num_steps", "distinct_order",

@@ -264,6 +264,7 @@ def top_eigenvalues(
     progress: bool = False,
     max_steps: int | None = None,
     checkpoint_dir=None,
+    checkpoint_identity: dict | None = None,
 ) -> TopEigenvalues:
     """The k largest (algebraic, not magnitude) eigenvalues of the Hessian of ``loss_fn`` at ``params``.
 
@@ -296,6 +297,8 @@ def top_eigenvalues(
         result. A truncated Lanczos run is exactly a shorter run, so nothing is recomputed.
       checkpoint_dir: keep the Krylov state there so that a killed call, made again with the same
         arguments, resumes (:func:`hspec.lanczos`); needs the host basis, the CPU default.
+      checkpoint_identity: a JSON-serialisable dict naming what the state belongs to; a saved state of
+        another identity raises :class:`hspec.KrylovStateError` (:func:`hspec.lanczos`).
 
     Returns:
       :class:`TopEigenvalues`.
@@ -320,6 +323,7 @@ def top_eigenvalues(
         op, m, key=key, num_starts=num_starts, start=start, loop=loop, basis=basis,
         return_vectors=return_vectors, progress=progress, max_steps=max_steps,
         stop=partial(_enough_converged, k=k, combine=combine, tol=tol, eps=eps), checkpoint_dir=checkpoint_dir,
+        checkpoint_identity=checkpoint_identity,
     )
     values, residuals, std, order = _combine(result.ritz_values, result.residuals, k, combine, tol, eps)
     converged = _converged_mask(values, residuals, tol)
