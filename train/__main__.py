@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exit_status(err: Exception) -> int | None:
-    """2 for bad input (config, data, output directory, checkpoint), 3 for a non-finite loss or Hessian-vector
-    product, 4 for a spectrum whose top K did not converge, else None (a bug: the traceback is shown)."""
+    """2 for bad input (config, data, output directory, checkpoint, a damaged Krylov state), 3 for a non-finite loss
+    or Hessian-vector product, 4 for a spectrum whose top K did not converge, else None (a bug: the traceback is shown)."""
     import hspec
     from train.checkpoint import CheckpointError
     from train.data.dataset import DataError
@@ -199,10 +199,11 @@ def _exit_status(err: Exception) -> int | None:
     if isinstance(err, SpectrumError):  # its message says what to do; the status says what failed
         cause = err.__cause__
         return 4 if isinstance(cause, hspec.NotConvergedError) else 3 if isinstance(cause, hspec.NonFiniteError) \
-            else None
+            else 2 if isinstance(cause, hspec.KrylovStateError) else None
     if isinstance(err, NonFiniteLossError):
         return 3
-    if isinstance(err, (config_lib.ConfigError, CheckpointError, DataError, FileNotFoundError, OutputDirError)):
+    if isinstance(err, (config_lib.ConfigError, CheckpointError, DataError, FileNotFoundError, OutputDirError,
+                        hspec.KrylovStateError)):
         return 2
     return None
 
