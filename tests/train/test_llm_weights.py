@@ -367,3 +367,69 @@ def test_char_tokenizer_is_the_corpus(tmp_path):
     (tmp_path / "tinyshakespeare" / "input.txt").write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
     tok = tokenizers.load_tokenizer("char", data_dir=tmp_path)
     assert tok.decode(tok.encode("hear me")) == "hear me" and tok.vocab_size == len(set(tok.text))
+
+
+def _raw_safetensors(entries: dict, data: bytes) -> bytes:
+    """A safetensors file built by hand: u64 header length, the JSON header, the data bytes."""
+    header = json.dumps({"__metadata__": {"format": "pt"}, **entries}).encode()
+    return struct.pack("<Q", len(header)) + header + data
+
+
+LN = {"dtype": "F32", "shape": [4]}
+LAYOUTS = {  # name -> (the tensors' data_offsets, data length, what the refusal names)
+    "aliased": ({"h.1.ln_1.weight": [0, 16], "h.1.ln_2.weight": [0, 16], "h.1.mlp.bias": [16, 32]}, 32,
+                r"tensors 'h\.1\.ln_1\.weight' and 'h\.1\.ln_2\.weight' share bytes \[0, 16\)"),
+    "overlapping": ({"h.1.ln_1.weight": [0, 16], "h.1.ln_2.weight": [8, 24], "h.1.mlp.bias": [24, 40]}, 40,
+                    r"'h\.1\.ln_1\.weight' and 'h\.1\.ln_2\.weight' share bytes \[8, 16\)"),
+    "gap": ({"h.1.ln_1.weight": [0, 16], "h.1.ln_2.weight": [24, 40], "h.1.mlp.bias": [40, 56]}, 56,
+            r"no tensor holds bytes \[16, 24\) before 'h\.1\.ln_2\.weight'"),
+    "bytes left over": ({"h.1.ln_1.weight": [0, 16], "h.1.ln_2.weight": [16, 32], "h.1.mlp.bias": [32, 48]}, 56,
+                        "cover 48 bytes of a data buffer of 56"),
+    "truncated": ({"h.1.ln_1.weight": [0, 16], "h.1.ln_2.weight": [16, 32], "h.1.mlp.bias": [32, 48]}, 40,
+                  "cover 48 bytes of a data buffer of 40"),
+    "size not dtype x shape": ({"h.1.ln_1.weight": [0, 16], "h.1.ln_2.weight": [16, 28], "h.1.mlp.bias": [28, 44]},
+                               44, r"'h\.1\.ln_2\.weight' bytes \[16, 28\) do not hold F32\[4\]"),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_header_that_does_not_tile_the_data_is_refused_as_the_reference_does(tmp_path, layout):
+    """Disjoint, contiguous ranges that cover the data exactly, each of itemsize x prod(shape) bytes; else one line
+    naming the tensors (today's reference loader refuses the same bytes)."""
+    offsets, size, message = LAYOUTS[layout]
+    raw = _raw_safetensors({name: {**LN, "data_offsets": o} for name, o in offsets.items()}, bytes(range(size)))
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(raw)
+    with pytest.raises(weights.CheckpointError, match=message) as err:
+        weights.read_safetensors(path, names=["h.1.mlp.bias"])  # the whole header is checked, not just one tensor
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+    st = pytest.importorskip("safetensors.numpy", reason="the safetensors package is not installed (a cross-check)")
+    with pytest.raises(Exception):
+        st.load(raw)
+
+
+def test_a_tiling_header_in_any_order_is_read(tmp_path):
+    """Ranges listed out of order (and a zero-size tensor) are fine when sorted they tile the data: the reference
+    agrees."""
+    data = np.arange(8, dtype="<f4").tobytes()
+    entries = {"b": {**LN, "data_offsets": [16, 32]}, "a": {**LN, "data_offsets": [0, 16]},
+               "empty": {"dtype": "F32", "shape": [0, 3], "data_offsets": [16, 16]}}
+    raw = _raw_safetensors(entries, data)
+    (tmp_path / "x.safetensors").write_bytes(raw)
+    ours = weights.read_safetensors(tmp_path / "x.safetensors")
+    np.testing.assert_array_equal(ours["a"], [0, 1, 2, 3])
+    np.testing.assert_array_equal(ours["b"], [4, 5, 6, 7])
+    assert ours["empty"].shape == (0, 3)
+    st = pytest.importorskip("safetensors.numpy", reason="the safetensors package is not installed (a cross-check)")
+    for name, value in st.load(raw).items():
+        np.testing.assert_array_equal(value, ours[name])
+
+
+def test_a_malformed_header_entry_is_one_line(tmp_path):
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(_raw_safetensors({"w": {"dtype": "F32", "shape": [4]}}, bytes(16)))
+    with pytest.raises(weights.CheckpointError, match=r"tensor 'w' has a malformed header entry"):
+        weights.read_safetensors(path)
+    path.write_bytes(struct.pack("<Q", 2) + b"[]")
+    with pytest.raises(weights.CheckpointError, match="not an object"):
+        weights.read_safetensors(path)

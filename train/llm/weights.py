@@ -93,19 +93,53 @@ def read_safetensors_header(path: str | os.PathLike) -> tuple[dict, int]:
             header = json.loads(f.read(n))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise CheckpointError(f"{path}: unreadable safetensors header ({e})") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: the safetensors header is a JSON {type(header).__name__}, not an object")
     return header, 8 + n
 
 
-def _tensor_view(buf: np.ndarray, name: str, entry: dict, path: Path) -> np.ndarray:
-    """One tensor of a memory-mapped file as a read-only numpy view."""
-    if entry["dtype"] not in _DTYPES:
-        raise CheckpointError(f"{path}: tensor {name!r} has dtype {entry['dtype']}, not one of {sorted(_DTYPES)}")
-    dtype, shape = _DTYPES[entry["dtype"]], tuple(entry["shape"])
+def _span(name: str, entry, path: Path) -> tuple[int, int]:
+    """A header entry's byte range [begin, end), checked to hold exactly its dtype's itemsize x prod(shape)."""
+    try:
+        dtype, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not all(isinstance(d, int) and d >= 0 for d in (*shape, begin, end)):
+            raise ValueError
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path}: tensor {name!r} has a malformed header entry "
+                              f"{json.dumps(entry)[:120]} (want dtype, shape and data_offsets [begin, end])") from None
+    if dtype not in _DTYPES:
+        raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}, not one of {sorted(_DTYPES)}")
+    if end - begin != math.prod(shape) * _DTYPES[dtype].itemsize:
+        raise CheckpointError(f"{path}: tensor {name!r} bytes [{begin}, {end}) do not hold {dtype}{list(shape)}")
+    return begin, end
+
+
+def _check_layout(header: Mapping, data_size: int, path: Path) -> None:
+    """Refuse a header whose tensors do not tile the data buffer, as the reference loader does.
+
+    The reference (safetensors' ``Metadata::validate``) sorts the tensors by offsets and requires each to begin
+    where the previous one ended, to hold exactly itemsize x prod(shape) bytes, and the last to end where the
+    file ends: no two tensors alias one byte range (one tensor silently loaded as another), no byte is left over.
+    """
+    at, previous = 0, None
+    for begin, end, name in sorted((*_span(name, entry, path), name) for name, entry in header.items()):
+        if begin < at:
+            raise CheckpointError(f"{path}: tensors {previous!r} and {name!r} share bytes [{begin}, {min(end, at)}) "
+                                  "(the header aliases one byte range: not a valid safetensors file)")
+        if begin > at:
+            raise CheckpointError(f"{path}: no tensor holds bytes [{at}, {begin}) before {name!r} (the tensors must "
+                                  "cover the data contiguously: not a valid safetensors file)")
+        at, previous = end, name
+    if at != data_size:
+        raise CheckpointError(f"{path}: the tensors cover {at} bytes of a data buffer of {data_size} "
+                              f"({'truncated file' if at > data_size else 'bytes left over'}: not a valid safetensors "
+                              "file)")
+
+
+def _tensor_view(buf: np.ndarray, entry: dict) -> np.ndarray:
+    """One tensor of a memory-mapped file (its header entry checked by _check_layout) as a read-only view."""
     begin, end = entry["data_offsets"]
-    if end - begin != math.prod(shape) * dtype.itemsize or end > buf.size:
-        raise CheckpointError(f"{path}: tensor {name!r} bytes [{begin}, {end}) do not hold "
-                              f"{entry['dtype']}{list(shape)}")
-    return buf[begin:end].view(dtype).reshape(shape)
+    return buf[begin:end].view(_DTYPES[entry["dtype"]]).reshape(tuple(entry["shape"]))
 
 
 def read_safetensors(path: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -122,11 +156,12 @@ def read_safetensors(path: str | os.PathLike, names: Iterable[str] | None = None
     path = Path(path)
     header, start = read_safetensors_header(path)
     header.pop("__metadata__", None)
+    _check_layout(header, path.stat().st_size - start, path)
     wanted = set(header) if names is None else set(names)
     if not header:
         return {}
     buf = np.memmap(path, dtype=np.uint8, mode="r", offset=start)
-    return {k: _tensor_view(buf, k, v, path) for k, v in header.items() if k in wanted}
+    return {k: _tensor_view(buf, v) for k, v in header.items() if k in wanted}
 
 
 def _dtype_name(a: np.ndarray) -> str:
