@@ -151,7 +151,8 @@ def train_run(cfg: Config, out: str | os.PathLike, *, resume: bool = False, prog
     """Train a configuration, then compute and write its spectra and print the verdict table.
 
     Nothing is created in `out` until the experiment is assembled: a run that fails on its config or
-    its data leaves no empty directory behind.
+    its data leaves no empty directory behind. Then the directory is claimed (rundir.claimed) before anything
+    is written in it: a second run launched into it stops with OutputDirError and changes nothing there.
 
     Returns:
         [(label, record)] for init (if enabled), chosen epochs, final.
@@ -159,6 +160,14 @@ def train_run(cfg: Config, out: str | os.PathLike, *, resume: bool = False, prog
     config_lib.validate(cfg)
     run = rundir.check_out_dir(out, resume=resume)
     exp = build_experiment(cfg, progress)
+    with rundir.claimed(run):
+        return _train_claimed(exp, run, resume=resume, progress=progress, echo=echo)
+
+
+def _train_claimed(exp: Experiment, run: Path, *, resume: bool, progress: bool,
+                   echo: Callable) -> list[tuple[str, record.SpectrumResult]]:
+    """The body of train_run, in a run directory this process holds."""
+    rundir.check_out_dir(run, resume=resume)  # again: another run may have finished there meanwhile
     if resume:
         _check_resume_config(run, exp.cfg)
     rundir.ensure_writable(run)

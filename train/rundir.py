@@ -7,18 +7,22 @@
     <run>/init/results.json, ...     the control at initialisation (setting.trained = false)
     <run>/epochs/<e>/results.json    spectra after the chosen epochs
     <run>/table.txt                  the printed verdict table
+    <run>/.run.lock                  held while a `python -m train` works in it (train.lock.RunLock)
 
 This layout is a contract that the sweeps, the report and users' scripts rely on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from train import checkpoint as ckpt
+from train.lock import RunLock
 from train.record import jsonable
 
 RESULTS = "results.json"
@@ -28,6 +32,8 @@ METRICS = "metrics.jsonl"
 TABLE = "table.txt"
 # The Krylov state of a spectrum in progress (hspec.KrylovStore), beside its results; removed when it finishes.
 LANCZOS_STATE = ".lanczos"
+# The claim of a run directory: created atomically before anything else is written there, removed at the end.
+LOCK = ".run.lock"
 
 
 class OutputDirError(RuntimeError):
@@ -82,6 +88,34 @@ def check_out_dir(out: str | os.PathLike, *, resume: bool) -> Path:
     if resume and not has_run:
         raise OutputDirError(f"--resume: {path} holds no checkpoint to resume from; run without --resume")
     return path
+
+
+@contextlib.contextmanager
+def claimed(out: str | os.PathLike) -> Iterator[Path]:
+    """Hold the run directory `out` (its lock file, created atomically) while the body works in it.
+
+    The one thing written before the claim is held is the lock file itself (and `out`, when it is new): a second
+    process launched into the same directory stops here, having changed nothing there.
+
+    Raises:
+        OutputDirError: another live process holds the directory, or it cannot be written.
+    """
+    path = Path(out)
+    lock = RunLock(path / LOCK)
+    try:
+        held = lock.acquire()
+    except OSError as err:
+        raise OutputDirError(f"cannot write to the output directory {path} ({err.strerror or err}); "
+                             "choose another --out") from None
+    if not held:
+        owner = lock.owner() or {}
+        raise OutputDirError(f"{path} is in use by another run (pid {owner.get('pid', '?')} on "
+                             f"{owner.get('host', '?')}, lock file {lock.path}); nothing in it was changed: let that "
+                             "run finish, or choose another --out")
+    try:
+        yield path
+    finally:
+        lock.release()
 
 
 def ensure_writable(out: str | os.PathLike) -> Path:

@@ -65,8 +65,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -77,6 +75,7 @@ from train import config as config_lib
 from train import presets, record, rundir
 from train.catalog import FULL_TRAIN_SIZE, OPTIMIZERS
 from train.config import Config, ConfigError
+from train.lock import LOCK_HEARTBEAT_S, LOCK_STALE_S, RunLock  # noqa: F401  (re-exported)
 
 RESULTS_ROOT = "results"
 WORK_ROOT = os.path.join("runs", "sweeps")
@@ -97,8 +96,6 @@ CONTROL_FIELDS = ("dataset", "model", "depth", "width", "activation", "batchnorm
                   "label_noise", "random_labels", "gaussian_inputs", "hessian_samples", "k", "lanczos_steps",
                   "max_lanczos_steps", "hessian_batch_size", "trace_samples")
 ADAM_FAMILY = ("adam", "amsgrad", "adabound", "yogi", "radam", "diffgrad")
-LOCK_STALE_S = 600.0
-LOCK_HEARTBEAT_S = 60.0
 
 
 class SweepError(ConfigError):
@@ -337,106 +334,6 @@ def control_config(cfg: Config) -> Config:
     batch = base.batch_size if cfg.train_size is None else min(base.batch_size, cfg.train_size)
     return dataclasses.replace(base, preset="init-control", batch_size=batch, epochs=1, init_control=True,
                                spectrum_epochs=(), **fields)
-
-
-# --- locks ------------------------------------------------------------------------------------------------
-
-
-class RunLock:
-    """An exclusive lock file with a heartbeat: held while its owner refreshes it, stale after LOCK_STALE_S.
-
-    `acquire()` creates the file with O_EXCL (atomic, also on NFS v3+); a lock whose file has not been
-    touched for `stale_after` seconds, or whose owner is a dead process on this host, is taken over. While
-    held, a daemon thread touches the file every `heartbeat` seconds.
-    """
-
-    def __init__(self, path: Path, *, stale_after: float = LOCK_STALE_S, heartbeat: float = LOCK_HEARTBEAT_S):
-        self.path = Path(path)
-        self.stale_after = stale_after
-        self.heartbeat = heartbeat
-        self.token = uuid.uuid4().hex
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def owner(self) -> dict[str, Any] | None:
-        """The lock file's owner record, or None when there is no (readable) lock."""
-        try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return None
-
-    def is_stale(self) -> bool:
-        """Not refreshed for `stale_after` seconds, or owned by a process of this host that is gone."""
-        try:
-            age = time.time() - self.path.stat().st_mtime
-        except FileNotFoundError:
-            return True
-        owner = self.owner() or {}
-        if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-            try:
-                os.kill(owner["pid"], 0)
-            except ProcessLookupError:
-                return True
-            except PermissionError:
-                pass
-        return age > self.stale_after
-
-    def _take_over(self) -> None:
-        """Remove a stale lock, unless another process replaced it meanwhile (then leave it)."""
-        seen = (self.owner() or {}).get("token")
-        aside = self.path.with_name(f"{self.path.name}.stale-{self.token}")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        moved = None
-        try:
-            moved = json.loads(aside.read_text()).get("token")
-        except (OSError, ValueError):
-            pass
-        if moved != seen:  # a fresh lock was renamed by mistake: put it back
-            os.rename(aside, self.path)
-        else:
-            aside.unlink(missing_ok=True)
-
-    def acquire(self) -> bool:
-        """Take the lock if free (or stale). Returns whether this process holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                if not self.is_stale():
-                    return False
-                self._take_over()
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}, f)
-            self._thread = threading.Thread(target=self._beat, daemon=True)
-            self._thread.start()
-            return True
-        return False
-
-    def _beat(self) -> None:
-        while not self._stop.wait(self.heartbeat):
-            try:
-                os.utime(self.path)
-            except OSError:
-                return
-
-    def release(self) -> None:
-        """Stop the heartbeat and remove the file if it is still this process's lock."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if (self.owner() or {}).get("token") == self.token:
-            self.path.unlink(missing_ok=True)
-
-    def __enter__(self) -> bool:
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 # --- roots, states, publishing ------------------------------------------------------------------------------
