@@ -11,9 +11,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def find_data_dir() -> Path | None:
-    """The data root: env HSPEC_DATA_DIR, else ../shared/data beside the repository; None if absent."""
+    """The data root: env HSPEC_DATA_DIR, else ../shared/data beside the repository; None if absent.
+
+    Absolute: a relative HSPEC_DATA_DIR (the README's `../shared/data`) is taken from the directory pytest runs in,
+    not from where a test's subprocess runs (a notebook's kernel runs in notebooks/).
+    """
     env = os.environ.get("HSPEC_DATA_DIR")
-    path = Path(env) if env else REPO.parent / "shared" / "data"
+    path = Path(os.path.abspath(env)) if env else REPO.parent / "shared" / "data"
     return path if path.is_dir() else None
 
 

@@ -2,9 +2,11 @@
 the paper's data options, batching, CIFAR augmentation, the Hessian sample and the character corpus."""
 
 import gzip
+import os
 import pickle
 import struct
 import time
+from pathlib import Path
 from unittest import mock
 
 import chex
@@ -171,6 +173,28 @@ def test_data_directory_defaults_to_the_user_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HSPEC_DATA_DIR", str(tmp_path / "env"))
     assert data.resolve_data_dir() == tmp_path / "env"
     assert data.resolve_data_dir(tmp_path / "arg") == tmp_path / "arg"
+
+
+@needs_shared
+def test_a_relative_data_directory_is_made_absolute_where_it_is_read(tmp_path, monkeypatch):
+    """The README's `HSPEC_DATA_DIR=../shared/data`, as an argument or in the environment: the root is absolute,
+    so the data record names its files under <data_dir> and a process started elsewhere finds the same data."""
+    from train.experiment import data_record
+    from train.llm.train import _without_root
+
+    (tmp_path / "repo").mkdir()
+    monkeypatch.chdir(tmp_path / "repo")
+    relative = os.path.relpath(SHARED, tmp_path / "repo")
+    assert not os.path.isabs(relative)
+    assert data.resolve_data_dir(relative) == SHARED
+    monkeypatch.setenv("HSPEC_DATA_DIR", relative)
+    assert data.resolve_data_dir() == SHARED and data.resolve_data_dir("~") == Path.home()
+    corpus = data.load_shakespeare(relative, download=False, progress=False)
+    assert corpus.source == str(SHARED / "tinyshakespeare" / "input.txt")
+    assert _without_root(corpus.source, relative) == _without_root(corpus.source, None) == \
+        "<data_dir>/tinyshakespeare/input.txt"
+    ds = data.load("mnist", relative, download=False, progress=False)
+    assert data_record(ds, relative)["source"] == "local IDX files in <data_dir>/mnist"
 
 
 def test_tfds_probe_prints_no_absl_warning(tmp_path, monkeypatch, caplog, capfd):

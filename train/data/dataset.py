@@ -131,12 +131,17 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
       data_dir: an explicit directory (e.g. from --data-dir), or None.
 
     Returns:
-      The directory as a Path (it may not exist yet; missing data are downloaded into it).
+      The directory as an absolute Path (it may not exist yet; missing data are downloaded into it). A relative
+      one is taken from the working directory here, where it is read: the data record then names its files
+      under <data_dir> whatever the form given, and a process started elsewhere (a notebook's kernel) that is
+      handed the path finds the same data.
     """
     if data_dir is not None and str(data_dir) != "":
-        return Path(data_dir).expanduser()
-    env = os.environ.get(ENV_DATA_DIR, "")
-    return Path(env).expanduser() if env else default_data_dir()
+        chosen = Path(data_dir)
+    else:
+        env = os.environ.get(ENV_DATA_DIR, "")
+        chosen = Path(env) if env else default_data_dir()
+    return Path(os.path.abspath(chosen.expanduser()))
 
 
 def uint8_channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
