@@ -347,3 +347,18 @@ def load(dataset: str, *, data_dir=None, block: int, tokenizer=None, train_split
     if dataset == "mathqa":
         return load_mathqa(data_dir, block, tokenizer, train_split, eval_split)
     raise ValueError(f"unknown LLM data set {dataset!r}")
+
+
+def first_train_tokens(data: LMData, num: int, block: int) -> LMData:
+    """The data set with its training source cut to the first `num` tokens (a subset of the corpus; the
+    held-out source is unchanged). Recorded in `info` as train_tokens_used (the full split's size stays in
+    train_tokens).
+
+    Raises:
+        ValueError: the source is not a token stream, or `num` cannot give one window of block + 1.
+    """
+    if not isinstance(data.train, Windows):
+        raise ValueError("a training subset by tokens needs a token-stream data set (not MathQA)")
+    num = min(num, len(data.train.tokens))
+    info = dict(data.info, train_tokens_used=int(num), train_subset=f"first {num} tokens of the training split")
+    return dataclasses.replace(data, train=Windows(data.train.tokens[:num], block), info=info)

@@ -56,7 +56,8 @@ def checkpoint_row(result: record.SpectrumResult) -> dict[str, Any]:
 
     Returns:
         {step, test_loss, train_loss, d_ks, s, lambda_max, trace, is_power_law, d_crit, k, num_positive,
-        num_converged, d_ks_positive_only, d_ks_undefined, verdict, lanczos_steps, measure_s}.
+        num_converged, d_ks_positive_only, d_ks_undefined, verdict, lanczos_steps, num_starts, combine,
+        num_distinct, measure_s}.
     """
     fit, sh, spec = result.fit, result.sharpness, result.spectrum
     d_ks, positive_only = _fit_value(fit, "d_ks")
@@ -70,6 +71,7 @@ def checkpoint_row(result: record.SpectrumResult) -> dict[str, Any]:
         "num_positive": fit.get("num_positive"), "num_converged": spec.get("num_converged"),
         "d_ks_positive_only": bool(positive_only and not undefined), "d_ks_undefined": undefined,
         "verdict": result.verdict, "lanczos_steps": spec.get("lanczos_steps"),
+        "num_starts": spec.get("num_starts"), "combine": spec.get("combine"), "num_distinct": spec.get("num_distinct"),
         "measure_s": result.timing.get("measure_s"),
     }
 

@@ -46,8 +46,8 @@ __all__ = ["run", "build", "Run", "subset_pattern", "capped_k", "SPECTRUM_FIELDS
 
 # Fields that only change how a checkpoint is measured: a resumed run may change them.
 SPECTRUM_FIELDS = ("subset", "k", "num_starts", "combine", "lanczos_steps", "max_lanczos_steps", "hessian_sequences",
-                   "hessian_batch", "trace_samples", "eval_sequences", "eval_batch", "description", "keep_checkpoints",
-                   "save_every", "data_parallel", "model_parallel")
+                   "hessian_draw", "hessian_batch", "trace_samples", "eval_sequences", "eval_batch", "description",
+                   "keep_checkpoints", "save_every", "data_parallel", "model_parallel")
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
 
@@ -223,6 +223,8 @@ def build(cfg: LLMConfig, *, weights: str | os.PathLike | None = None, data_dir:
     data = data_lib.load(cfg.dataset, data_dir=data_dir, block=cfg.block_size, tokenizer=tokenizer,
                          train_split=cfg.train_split, eval_split=cfg.eval_split, vocab_size=vocab)
     data = dataclasses.replace(data, info=_without_root(data.info, data_dir))
+    if cfg.train_tokens:
+        data = data_lib.first_train_tokens(data, cfg.train_tokens, cfg.block_size)
     keys = keys_lib.run_keys(cfg.seed)
     model, mcfg = build_model(cfg, data.vocab_size, keys.init, weights_dir)
     if getattr(mcfg, "vocab_size", data.vocab_size) < data.vocab_size:
@@ -233,7 +235,9 @@ def build(cfg: LLMConfig, *, weights: str | os.PathLike | None = None, data_dir:
     optim = loop.OptimSpec.from_config(cfg)
     trained, fixed = _place_params(trained, mesh), _place_params(fixed, mesh)
     state = loop.init_state(trained, optim)
-    hessian = data_lib.fixed_batches(data.train, keys.hessian_sample, cfg.hessian_sequences, cfg.hessian_batch)
+    draw_key = keys.hessian_sample if not cfg.hessian_draw else jax.random.fold_in(keys.hessian_sample,
+                                                                                   cfg.hessian_draw)
+    hessian = data_lib.fixed_batches(data.train, draw_key, cfg.hessian_sequences, cfg.hessian_batch)
     held_out = data_lib.fixed_batches(data.eval, jax.random.fold_in(keys.data_options, data_lib.EVAL_TAG),
                                       cfg.eval_sequences, cfg.eval_batch)
     # The weights directory's name only: committed results carry no machine paths.
@@ -271,7 +275,7 @@ def _subset_size(params: Any, pattern: str | None) -> int:
 
 
 def measure_state(r: Run, trained: Any, step: int, *, train_loss: float | None, checkpoint: str | None,
-                  progress: bool = True) -> record.SpectrumResult:
+                  progress: bool = True, lanczos_state: str | os.PathLike | None = None) -> record.SpectrumResult:
     """Measure the spectrum of the subset at one state, and the test loss; assemble its record.
 
     Args:
@@ -281,6 +285,7 @@ def measure_state(r: Run, trained: Any, step: int, *, train_loss: float | None, 
         train_loss: mean training loss of the last steps before it (None at step 0).
         checkpoint: the checkpoint measured (relative to the results file), recorded.
         progress: Lanczos progress bar.
+        lanczos_state: a directory for the Krylov state, so that a killed measurement resumes (CPU).
 
     Returns:
         The SpectrumResult (setting flat: model, preset, step, tokens_per_step, lr, k, hessian_sequences,
@@ -300,7 +305,7 @@ def measure_state(r: Run, trained: Any, step: int, *, train_loss: float | None, 
     with jax.default_matmul_precision("highest"):
         m = measure.measure(loop.hessian_loss(r.split.eval_def), params, r.hessian_batches, spec,
                             lanczos_key=r.keys.lanczos_start, trace_key=r.keys.trace_probes, wrt=pattern,
-                            progress=progress)
+                            progress=progress, lanczos_state=lanczos_state)
         test_loss = loop.evaluate(loop.make_eval_step(r.split.eval_def), trained, r.fixed, r.eval_batches)
     setting = dict(run_setting(r), step=step, tokens_seen=step * cfg.tokens_per_step, k=k, k_requested=cfg.k,
                    k_capped=k < cfg.k, subset_pattern=pattern, subset_size=n, lanczos_steps=m.spectrum["lanczos_steps"],
@@ -311,7 +316,8 @@ def measure_state(r: Run, trained: Any, step: int, *, train_loss: float | None, 
         metrics={"test_loss": test_loss, "train_loss": train_loss, "hessian_loss": m.spectrum["loss"],
                  "eval_sequences": cfg.eval_sequences, "eval_split": cfg.eval_split},
         timing=measure.timing_since(m, t0),
-        hessian_sample={"sequences": cfg.hessian_sequences, "block": cfg.block_size, "split": cfg.train_split,
+        hessian_sample={"sequences": cfg.hessian_sequences, "draw": cfg.hessian_draw, "block": cfg.block_size,
+                        "split": cfg.train_split,
                         "batch": cfg.hessian_batch, "tokens": setting["hessian_tokens"],
                         "stream": "hessian_sample (uniform window starts, with replacement)"},
         data=r.data.info, num_params=n, checkpoint=checkpoint, hspec_version=hspec.__version__,
