@@ -260,9 +260,46 @@ def _orthogonalize(basis: jax.Array, w: jax.Array) -> jax.Array:
         coeffs = jnp.einsum("srn,sn->sr", basis, w, precision=_HIGHEST)
         return w - jnp.einsum("srn,sr->sn", basis, coeffs, precision=_HIGHEST)
 
+    return _twice_if_needed(one_pass, w)
+
+
+def _twice_if_needed(one_pass: Callable, w: jax.Array) -> jax.Array:
+    """``one_pass(w)``, and a second pass for the starts where the first removed too much (the DGKS test)."""
     w1 = one_pass(w)
     again = jnp.linalg.norm(w1, axis=-1) < REORTHOGONALIZE_BELOW * jnp.linalg.norm(w, axis=-1)
     return jax.lax.cond(jnp.any(again), lambda: jnp.where(again[:, None], one_pass(w1), w1), lambda: w1)
+
+
+def _block_rows(m: int) -> int:
+    """Rows per block of the device orthogonalisation of an m-row basis: a 32nd of m, at least 16."""
+    return min(m, max(16, -(-m // 32)))
+
+
+def _orthogonalize_filled(V: jax.Array, w: jax.Array, filled) -> jax.Array:
+    """:func:`_orthogonalize` against the first ``filled`` rows of the basis buffer ``V [S, m, n]`` only.
+
+    ``filled`` may be traced: the rows are read in blocks of :func:`_block_rows` (a static size) in a loop
+    of ceil(filled / block) iterations, so that step j reads about j rows of the basis, not all m
+    (12,000 rows sized for a growing run that stops at 3,000: a quarter of the reads). Every block's
+    coefficients are taken against the same w, so a pass is the classical Gram-Schmidt pass of
+    :func:`_orthogonalize`, summed block by block. A block is a dynamic slice that XLA:CPU copies: one
+    block (m/32 rows) is live at a time, never a copy of the whole prefix, which a static prefix
+    ``V[:, :rows]`` costs (7/8 of the basis as temporary memory, measured on CPU).
+    """
+    m = V.shape[1]
+    block = _block_rows(m)
+
+    def one_pass(w):
+        def add_block(i, acc):
+            start = jnp.minimum(i * block, m - block)  # the last block ends at row m ...
+            rows = jax.lax.dynamic_slice_in_dim(V, start, block, axis=1)
+            coeffs = jnp.einsum("sbn,sn->sb", rows, w, precision=_HIGHEST)
+            coeffs = jnp.where(start + jnp.arange(block) >= i * block, coeffs, 0)  # ... and counts its new rows only
+            return acc - jnp.einsum("sbn,sb->sn", rows, coeffs, precision=_HIGHEST)
+
+        return jax.lax.fori_loop(0, (filled + block - 1) // block, add_block, w)
+
+    return _twice_if_needed(one_pass, w)
 
 
 def _host_orthogonalize(basis: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -300,7 +337,8 @@ def _next_vector(ops: _ArrayOps, basis, w, scale, key, j):
 
     Args:
       ops: device or host array operations.
-      basis: ``[S, r, n]`` the basis so far. w: ``[S, n]`` orthogonalised residual vectors.
+      basis: ``[S, r, n]`` the basis so far (on the device, the whole buffer: ``ops.orthogonalize`` reads
+        the rows filled). w: ``[S, n]`` orthogonalised residual vectors.
       scale: ``[S]`` max|α| + max|β| so far. key: restart key. j: step index.
 
     Returns:
@@ -328,24 +366,33 @@ def _scale(alphas, betas, xp):
     return xp.max(xp.abs(alphas), axis=-1) + xp.max(xp.abs(betas), axis=-1)
 
 
-def _step_update(V, alphas, betas, v, w, j, key, rows):
-    """Store v_j, record α_j, orthogonalise w against the first ``rows`` basis vectors, emit v_{j+1}."""
+def _three_term(V, alphas, betas, v, w, j):
+    """Store v_j in the basis, record α_j and subtract α_j v_j + β_{j-1} v_{j-1} from w = H v_j."""
     alpha = jnp.sum(v * w, axis=-1)
     V = jax.lax.dynamic_update_slice_in_dim(V, v[:, None, :], j, axis=1)
     alphas = jax.lax.dynamic_update_slice_in_dim(alphas, alpha[:, None], j, axis=1)
     previous = jnp.maximum(j - 1, 0)  # at j = 0 there is no v_{j-1}: its β is taken as 0
     beta_prev = jnp.where(j > 0, jax.lax.dynamic_index_in_dim(betas, previous, axis=1, keepdims=False), 0)
     v_prev = jax.lax.dynamic_index_in_dim(V, previous, axis=1, keepdims=False)
-    w = w - alpha[:, None] * v - beta_prev[:, None] * v_prev
-    basis = V[:, :rows]
-    w = _orthogonalize(basis, w)
-    beta, v_next = _next_vector(_DEVICE, basis, w, _scale(alphas, betas, jnp), key, j)
+    return V, alphas, w - alpha[:, None] * v - beta_prev[:, None] * v_prev
+
+
+def _step_update(V, alphas, betas, v, w, j, key):
+    """Store v_j, record α_j, orthogonalise w against the j+1 basis vectors so far, emit v_{j+1}.
+
+    j may be traced (the ``fori`` loop, and the python loop's one compiled step): the orthogonalisation
+    reads the rows filled so far, block by block (:func:`_orthogonalize_filled`), and so does the restart
+    after a breakdown. Rows beyond j are still zero, so the arithmetic is that of the whole buffer.
+    """
+    V, alphas, w = _three_term(V, alphas, betas, v, w, j)
+    ops = dataclasses.replace(_DEVICE, orthogonalize=partial(_orthogonalize_filled, filled=j + 1))
+    beta, v_next = _next_vector(ops, V, _orthogonalize_filled(V, w, j + 1), _scale(alphas, betas, jnp), key, j)
     betas = jax.lax.dynamic_update_slice_in_dim(betas, beta[:, None], j, axis=1)
     return V, alphas, betas, v_next
 
 
-# One compiled step per (shapes, rows bucket); the buffers are donated so they stay in place.
-_jitted_step = jax.jit(_step_update, static_argnames=("rows",), donate_argnums=(0, 1, 2))
+# One compiled step per shape (j is traced); the buffers are donated so they stay in place.
+_jitted_step = jax.jit(_step_update, donate_argnums=(0, 1, 2))
 
 
 def _host_step(V, alphas, betas, v, w, j, key):
@@ -382,12 +429,6 @@ def _single_threaded_blas(active: bool):
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _rows_bucket(j: int, m: int) -> int:
-    """Static basis length used at step j: j+1 rounded up, so only ~8 step variants get compiled."""
-    chunk = max(32, -(-m // 8))
-    return min(m, -(-(j + 1) // chunk) * chunk)
-
-
 def _check_finite(alpha: np.ndarray, j: int) -> None:
     if not np.all(np.isfinite(alpha)):
         bad = int(np.argmin(np.all(np.isfinite(np.atleast_2d(alpha)), axis=0))) if np.ndim(alpha) > 1 else 0
@@ -400,11 +441,15 @@ def _check_finite(alpha: np.ndarray, j: int) -> None:
 
 @partial(jax.jit, static_argnames=("pure_matvec",), donate_argnums=(2, 3, 4))
 def _run_steps(pure_matvec, args, V, alphas, betas, v, key, j0, j1):
-    """Steps j0..j1-1 in one compiled ``fori_loop`` (dynamic bounds: one program for every chunk)."""
+    """Steps j0..j1-1 in one compiled ``fori_loop`` (dynamic bounds: one program for every chunk).
+
+    Each step orthogonalises against the rows filled so far, block by block (:func:`_step_update`), not
+    against the whole buffer.
+    """
 
     def body(j, state):
         V, alphas, betas, v = state
-        return _step_update(V, alphas, betas, v, pure_matvec(args, v), j, key, V.shape[1])
+        return _step_update(V, alphas, betas, v, pure_matvec(args, v), j, key)
 
     return jax.lax.fori_loop(j0, j1, body, (V, alphas, betas, v))
 
@@ -412,13 +457,12 @@ def _run_steps(pure_matvec, args, V, alphas, betas, v, key, j0, j1):
 def _advance_python(matvec, state, key, j0, j1, on_host):
     """Steps j0..j1-1 driven from Python: one jitted step each, the Krylov buffers donated."""
     V, alphas, betas, v = state
-    m = V.shape[1]
     for j in range(j0, j1):
         w = matvec(v)
         if on_host:
             v = _host_step(V, alphas, betas, v, w, j, key)
         else:
-            V, alphas, betas, v = _jitted_step(V, alphas, betas, v, w, j, key, rows=_rows_bucket(j, m))
+            V, alphas, betas, v = _jitted_step(V, alphas, betas, v, w, jnp.int32(j), key)
     return V, alphas, betas, v
 
 
