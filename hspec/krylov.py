@@ -280,7 +280,8 @@ def _orthogonalize_filled(V: jax.Array, w: jax.Array, filled) -> jax.Array:
 
     ``filled`` may be traced: the rows are read in blocks of :func:`_block_rows` (a static size) in a loop
     of ceil(filled / block) iterations, so that step j reads about j rows of the basis, not all m
-    (12,000 rows sized for a growing run that stops at 3,000: a quarter of the reads). Every block's
+    (12,000 rows sized for a growing run that stops at 3,000: a quarter of the reads); the rows at and
+    beyond ``filled`` in the last block read are masked out, whatever they hold. Every block's
     coefficients are taken against the same w, so a pass is the classical Gram-Schmidt pass of
     :func:`_orthogonalize`, summed block by block. A block is a dynamic slice that XLA:CPU copies: one
     block (m/32 rows) is live at a time, never a copy of the whole prefix, which a static prefix
@@ -294,7 +295,8 @@ def _orthogonalize_filled(V: jax.Array, w: jax.Array, filled) -> jax.Array:
             start = jnp.minimum(i * block, m - block)  # the last block ends at row m ...
             rows = jax.lax.dynamic_slice_in_dim(V, start, block, axis=1)
             coeffs = jnp.einsum("sbn,sn->sb", rows, w, precision=_HIGHEST)
-            coeffs = jnp.where(start + jnp.arange(block) >= i * block, coeffs, 0)  # ... and counts its new rows only
+            row = start + jnp.arange(block)  # ... and counts its new rows only, and only those filled
+            coeffs = jnp.where((row >= i * block) & (row < filled), coeffs, 0)
             return acc - jnp.einsum("sbn,sb->sn", rows, coeffs, precision=_HIGHEST)
 
         return jax.lax.fori_loop(0, (filled + block - 1) // block, add_block, w)
