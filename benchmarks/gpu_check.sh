@@ -8,8 +8,15 @@
 #   sweep:GROUP[:SECONDS]  any sweep group for at most SECONDS (default 240), e.g. sweep:batch-size-iters1000,
 #             whose 1000 full-batch steps take hours on 2 CPU cores; the runs that finish come back packed as
 #             $OUT/GROUP-results.tgz (unpack the same way); a run cut off by the limit is not published.
-# Expects MNIST (and cifar10 for resnet18) under $HSPEC_DATA_DIR (the device run copies them into .devdata,
-# which is not committed).
+#   llm-nano[:SECONDS]  the paper's gpt2-nano-shakespeare tracking (python -m train llm), as much of it as fits
+#             SECONDS (default 480), with the spectrum overrides that fit one 80 GB GPU ($LLM_NANO_SETS, default
+#             "num_starts=1 max_lanczos_steps=9000": 9,000 x 1,770,240 float32 values, 63.7 GB; the preset's own
+#             3 x 12,000 is refused, 254.9 GB). Every checkpoint measured before the limit comes back in
+#             $OUT/llm-nano-results.tgz: out/ (config.json, steps/<step>/results.json, tracking.json, table.txt),
+#             work/metrics.jsonl and work/config.json (no checkpoints), and log.txt. Unpack with
+#             `tar xzf llm-nano-results.tgz -C /tmp/nano` and read out/tracking.json.
+# Expects MNIST (and cifar10 for resnet18, tinyshakespeare for llm-nano) under $HSPEC_DATA_DIR (the device run
+# copies them into .devdata, which is not committed).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD HSPEC_DATA_DIR=${HSPEC_DATA_DIR:-$PWD/.devdata}
 PY=${PY:-python3}
@@ -23,6 +30,20 @@ sweep_part() {
   timeout "$seconds" $PY -m train sweep "$group" --results "/tmp/gpu-results-$group" --work /tmp/gpu-sweeps --no-progress
   [ -d "/tmp/gpu-results-$group" ] && tar czf "${OUT:-/tmp}/$group-results.tgz" -C "/tmp/gpu-results-$group" . \
     && echo "packed $group-results.tgz"
+}
+# The paper's nano LLM run for at most $1 seconds; whatever checkpoints it measured are packed (each results.json
+# is written whole, and tracking.json is rebuilt after each checkpoint).
+llm_nano_part() {
+  local seconds=$1 dir=${LLM_NANO_DIR:-/tmp/gpu-llm-nano} sets=() kv
+  for kv in ${LLM_NANO_SETS:-num_starts=1 max_lanczos_steps=9000}; do sets+=(--set "$kv"); done
+  rm -rf "$dir" && mkdir -p "$dir"
+  echo "== llm-nano: gpt2-nano-shakespeare ${sets[*]}, at most $seconds s" | tee "$dir/log.txt"
+  timeout "$seconds" $PY -m train llm --preset gpt2-nano-shakespeare "${sets[@]}" --out "$dir/out" --work "$dir/work" \
+    --no-progress 2>&1 | tee -a "$dir/log.txt"
+  echo "llm-nano exit status ${PIPESTATUS[0]} (124: cut off by the time limit)" | tee -a "$dir/log.txt"
+  local files=(log.txt)
+  for f in out work/metrics.jsonl work/config.json; do [ -e "$dir/$f" ] && files+=("$f"); done
+  tar czf "${OUT:-/tmp}/llm-nano-results.tgz" -C "$dir" "${files[@]}" && echo "packed llm-nano-results.tgz: ${files[*]}"
 }
 nvidia-smi -L
 $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
@@ -42,6 +63,9 @@ for part in $parts; do
       spec=${part#sweep:}; group=${spec%%:*}; seconds=240
       [ "$spec" != "$group" ] && seconds=${spec#*:}
       sweep_part "$group" "$seconds" ;;
-    *) echo "unknown part $part (bench, tests, resnet18, sweep:GROUP[:SECONDS])"; exit 2 ;;
+    llm-nano|llm-nano:*)
+      seconds=480; [ "$part" != llm-nano ] && seconds=${part#llm-nano:}
+      llm_nano_part "$seconds" ;;
+    *) echo "unknown part $part (bench, tests, resnet18, sweep:GROUP[:SECONDS], llm-nano[:SECONDS])"; exit 2 ;;
   esac
 done

@@ -67,7 +67,8 @@ class LLMConfig:
         keep_checkpoints: keep every measured checkpoint (False: only the newest).
         seed: the run's seed (train.keys streams).
         subset: parameters the Hessian is taken over: "last_block", "block:<i>", "lora", "lora_last_block",
-            "all", or "re:<regex on parameter paths>".
+            "last_block_with_lora" (the last block's weights and its LoRA adapters together: the paper's Fig. 33,
+            TinyLlama's "last layer merged with the adapter"), "all", or "re:<regex on parameter paths>".
         k: top eigenvalues fitted (capped by the subset size, with a warning).
         num_starts, combine: Lanczos starts and how their Ritz values are combined: "distinct" (pooled, each
             eigenvalue that several starts converged to once), "pool" (pooled as they are: the paper's likely
@@ -176,10 +177,10 @@ def check(cfg: LLMConfig) -> None:
         raise LLMConfigError(f"checkpoint_steps {list(cfg.checkpoint_steps)} must include 0 and lie in "
                              f"[0, steps={cfg.steps}]")
     if not cfg.subset.startswith(("re:", "block:")) and cfg.subset not in ("last_block", "lora", "lora_last_block",
-                                                                            "all"):
-        raise LLMConfigError(f"subset={cfg.subset!r}: use last_block, block:<i>, lora, lora_last_block, all or "
-                             "re:<regex>")
-    if cfg.subset.startswith("lora") and cfg.lora_rank < 1:
+                                                                            "last_block_with_lora", "all"):
+        raise LLMConfigError(f"subset={cfg.subset!r}: use last_block, block:<i>, lora, lora_last_block, "
+                             "last_block_with_lora, all or re:<regex>")
+    if (cfg.subset.startswith("lora") or cfg.subset == "last_block_with_lora") and cfg.lora_rank < 1:
         raise LLMConfigError(f"subset={cfg.subset!r} needs LoRA adapters: set lora_rank >= 1")
     if cfg.dataset == "mathqa" and cfg.model != "llama":
         raise LLMConfigError("dataset=mathqa is tokenised with the Llama SentencePiece tokenizer: use model=llama")
@@ -436,7 +437,7 @@ def departures(cfg: LLMConfig, model_fields: dict[str, Any] | None = None) -> li
                 sequences_per_step=cfg.sequences_per_step, **(model_fields or {}))
     out = [f"{name}: {ours[name]} (paper {value})" for name, value in paper.items()
            if name in ours and ours[name] != value]
-    if cfg.subset not in ("last_block", "lora"):
+    if cfg.subset not in ("last_block", "lora", "last_block_with_lora"):  # the last is the paper's Fig. 33
         out.append(f"subset: {cfg.subset} (paper: the last layer)")
     if cfg.train_tokens:
         out.append(f"train_tokens: the first {cfg.train_tokens:,} tokens of the training split (paper: all of it)")

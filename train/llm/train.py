@@ -37,7 +37,7 @@ from train import checkpoint as ckpt
 from train import keys as keys_lib
 from train import measure, record, rundir
 from train.llm import data as data_lib
-from train.llm import loop, sharding, track
+from train.llm import loop, memory, sharding, track
 from train.llm.presets import LLMConfig, LLMConfigError, departures, from_dict, to_dict
 from train.loop import CHECK_EVERY, NonFiniteLossError
 
@@ -161,7 +161,9 @@ def subset_pattern(cfg: LLMConfig, model_cfg: Any) -> str | None:
     """The `wrt` regex of the measured parameter subset (None: every parameter).
 
     "last_block" is the last transformer block (the paper's "last layer"; see gpt2.last_block_pattern),
-    "block:<i>" block i, "lora" every adapter, "lora_last_block" the last block's adapters, "re:<regex>" any.
+    "block:<i>" block i, "lora" every adapter, "lora_last_block" the last block's adapters,
+    "last_block_with_lora" the last block's weights and its adapters (the paper's Fig. 33: TinyLlama's last layer
+    merged with the adapter), "re:<regex>" any.
     """
     from train.models import gpt2, llama, lora
 
@@ -180,6 +182,9 @@ def subset_pattern(cfg: LLMConfig, model_cfg: Any) -> str | None:
         return lora.adapter_pattern()
     if cfg.subset == "lora_last_block":
         return lora.adapter_pattern(module.block_prefix(n_blocks - 1))
+    if cfg.subset == "last_block_with_lora":
+        last = module.last_block_pattern(model_cfg)
+        return f"(?:{last})|(?:{lora.adapter_pattern(module.block_prefix(n_blocks - 1))})"
     return cfg.subset[len("re:"):]
 
 
@@ -494,6 +499,8 @@ def run(cfg: LLMConfig, out: str | os.PathLike, *, work: str | os.PathLike | Non
     if resume and (work / CONFIG).is_file():
         _check_resume_config(json.loads((work / CONFIG).read_text()), cfg)
     r = build(cfg, weights=weights, data_dir=data_dir)
+    # Before anything is trained or written: the spectra's Krylov basis must fit where it lives (one line if not).
+    memory.check_params(cfg, loop.full_params(r.state.params, r.fixed), subset_pattern(cfg, r.model_info["arch_config"]))
     rundir.ensure_writable(work), rundir.ensure_writable(out)
     _write_config(work, cfg), _write_config(out, cfg)
     ckpt_dir = ckpt.checkpoint_dir(work)
