@@ -1067,6 +1067,8 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
                 "## The claims at other K\n\n" + claims_at_other_k(all_rows, refits, figures / CLAIMS_AT_K_FIGURE)]
     sections += [group_section(name, rows, figures, FIGURES) for name, rows in all_rows.items()]
     sections.append("## Sensitivity of the verdict to the method's choices\n\n" + sensitivity_section(results, all_rows, folders))
+    from train.llm.report import llm_section  # results/llm: the LLM claim (issue 25)
+    sections.append(llm_section(results, out.parent))
     sections.append("## Data\n\n" + data_section(all_rows))
     text = "\n\n".join(sections) + "\n"
     written = {f"{name}.png" for name, rows in all_rows.items() if measured(rows)} | {CLAIMS_AT_K_FIGURE}

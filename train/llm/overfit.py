@@ -119,7 +119,7 @@ def partial_pearson(x: Iterable, y: Iterable, z: Iterable) -> dict[str, Any]:
 
 
 def partial_kendall(x: Iterable, y: Iterable, z: Iterable) -> dict[str, Any]:
-    """Kendall's partial tau of x and y given z: (τxy − τxz τyz) / sqrt((1 − τxz²)(1 − τyz²)) (Kendall 1942).
+    """Kendall's partial tau of x and y given z: (τxy − τxz τyz) / sqrt((1 − τxz²)(1 − τyz²)), Kendall 1942.
 
     No p-value (its distribution has no closed form). None where undefined.
     """
@@ -271,10 +271,6 @@ def train_piece(p: Plan, progress: bool = False) -> None:
                 "(fold_in(data_options, 1)), both in evaluation mode", "curve": _read_curve(curve_path)})
 
 
-def _rel(path: Path, start: Path) -> str:
-    return os.path.relpath(path.absolute(), start.absolute())
-
-
 def _measure_one(p: Plan, r, step: int, results: Path, state_name: str, progress: bool) -> None:
     """Measure one checkpoint with the run `r` (its Hessian sample) and write results.json + spectrum.png."""
     from train import checkpoint as ckpt
@@ -286,7 +282,7 @@ def _measure_one(p: Plan, r, step: int, results: Path, state_name: str, progress
     t0 = time.perf_counter()
     result = train.measure_state(
         r, state.params, step, train_loss=train._recent_train_loss(p.work / train.METRICS, step),
-        checkpoint=_rel(ckpt.epoch_path(ckpt_dir, step), results.parent), progress=progress,
+        checkpoint=f"<work>/checkpoints/{ckpt.epoch_path(ckpt_dir, step).name}", progress=progress,
         lanczos_state=p.work / "lanczos" / state_name)
     fixed = _losses(r, state.params, _train_sample(r))
     result = dataclasses.replace(result, metrics=dict(result.metrics, train_loss_fixed=fixed["train_loss"],
@@ -600,7 +596,8 @@ def plot(tracking: dict[str, Any], curve: list[dict], path: Path) -> None:
     ax.plot(steps, [r["test_loss"] for r in rows], "o", color="C3", ms=4)
     ax.axvline(tracking["key_steps"]["at"], color="k", lw=0.6, ls=":")
     ax.set_xlabel("step"), ax.set_ylabel("loss"), ax.set_title("loss (dots: measured checkpoints)")
-    ax.legend(fontsize=8)
+    if curve:
+        ax.legend(fontsize=8)
     for ax, m in zip(axes[1:], MEASURES):
         vals = [np.nan if r[m] is None else r[m] for r in rows]
         err = [r.get(f"{m}_sd_draws") or 0.0 for r in rows]

@@ -1,0 +1,252 @@
+"""The CPU overfitting LLM queue (train.llm.overfit): its statistics against hand computations, the choice of
+the checkpoints around the minimum, the training subset and sample draws, and a SIGKILLed queue resuming to the
+same tracking.json as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+from train.llm import overfit, presets
+
+# -------------------------------------------------------------------------------------------------- statistics
+
+
+def _tau(a, b) -> float:
+    """Kendall's tau by counting pairs (no ties in these data)."""
+    pairs = list(itertools.combinations(range(len(a)), 2))
+    return sum(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]) for i, j in pairs) / len(pairs)
+
+
+def _data(seed: int = 0, n: int = 12):
+    rng = np.random.default_rng(seed)
+    z = np.arange(n, dtype=float) * 100.0  # the step
+    x = 0.002 * z + rng.normal(size=n)  # a measure drifting with time
+    y = -0.001 * z + 0.8 * x + rng.normal(size=n)  # a loss
+    return x, y, z
+
+
+def test_partial_pearson_is_the_correlation_of_regression_residuals_and_the_textbook_formula():
+    x, y, z = _data()
+    got = overfit.partial_pearson(x, y, z)
+    # Residuals by numpy's polynomial fit (a line), then their correlation.
+    rx = x - np.polyval(np.polyfit(z, x, 1), z)
+    ry = y - np.polyval(np.polyfit(z, y, 1), z)
+    want = np.sum(rx * ry) / math.sqrt(np.sum(rx * rx) * np.sum(ry * ry))
+    assert got["r"] == pytest.approx(want, abs=1e-12) and got["n"] == 12
+    # (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2)).
+    r = lambda a, b: np.corrcoef(a, b)[0, 1]  # noqa: E731
+    formula = (r(x, y) - r(x, z) * r(y, z)) / math.sqrt((1 - r(x, z) ** 2) * (1 - r(y, z) ** 2))
+    assert got["r"] == pytest.approx(formula, abs=1e-12)
+    # The t-test with n - 3 degrees of freedom.
+    from scipy import stats
+
+    t = want * math.sqrt(9 / (1 - want ** 2))
+    assert got["p"] == pytest.approx(2 * stats.t.sf(abs(t), 9), rel=1e-9)
+
+
+def test_partial_kendall_by_counting_pairs():
+    x, y, z = _data(1)
+    txy, txz, tyz = _tau(x, y), _tau(x, z), _tau(y, z)
+    want = (txy - txz * tyz) / math.sqrt((1 - txz ** 2) * (1 - tyz ** 2))
+    assert overfit.partial_kendall(x, y, z)["tau"] == pytest.approx(want, abs=1e-12)
+
+
+def test_partial_correlations_skip_missing_values_and_refuse_too_few():
+    x, y, z = _data(2)
+    xs = list(x) + [None]
+    assert overfit.partial_pearson(xs, list(y) + [1.0], list(z) + [1.0])["n"] == 12
+    assert overfit.partial_pearson([1, 2, 3], [1, 2, 4], [0, 1, 2])["r"] is None
+    # A measure that is a line in the step has nothing left once the step is removed.
+    assert overfit.partial_pearson(2 * z + 1, y, z)["r"] is None
+
+
+def test_correlation_views_show_the_time_confound():
+    # The loss falls and then rises; a measure that only grows with the step tracks the loss while it falls.
+    steps = [0, 100, 200, 300, 400, 600, 800, 1000, 1500, 2000]
+    loss = [4.0, 3.0, 2.6, 2.4, 2.3, 2.25, 2.3, 2.4, 2.6, 2.9]
+    rows = [{"step": s, "test_loss": l, "gap": 0.001 * s, "d_ks": 0.1 - 1e-5 * s + 0.01 * math.sin(s),
+             "s": 1.0, "lambda_max": float(s), "trace": l * 3.0} for s, l in zip(steps, loss)]
+    views = overfit.correlation_views(rows)
+    assert views["test_loss"]["trace"]["all"]["pearson"] == pytest.approx(1.0)
+    assert views["test_loss"]["s"]["all"]["pearson"] is None  # constant
+    assert views["gap"]["lambda_max"]["all"]["pearson"] == pytest.approx(1.0)
+    assert views["gap"]["lambda_max"]["partial_step"]["pearson"] is None  # both lines in the step
+    later = [r for r in rows if r["step"] > 0]
+    assert views["test_loss"]["d_ks"]["after_init"]["n"] == len(later)
+    assert views["with_step"]["lambda_max"]["pearson"] == pytest.approx(1.0)
+
+
+def test_key_steps_bracket_the_minimum():
+    losses = {0: 4.0, 100: 3.0, 200: 2.5, 300: 2.3, 400: 2.2, 600: 2.1, 800: 2.2, 1000: 2.4}
+    assert overfit.key_steps(losses) == {"before": 200, "at": 600, "after": 1000}
+    assert overfit.mean_sd([1.0, 2.0, 3.0]) == (2.0, 1.0) and overfit.mean_sd([1.0]) == (1.0, None)
+
+
+# -------------------------------------------------------------------------------------------------- the preset
+
+
+def test_overfit_preset_records_its_subset_and_the_queue_plan():
+    cfg = presets.get(overfit.PRESET)
+    assert (cfg.k, cfg.num_starts, cfg.combine, cfg.train_tokens) == (1000, 1, "distinct", 50_000)
+    assert len(cfg.checkpoint_steps) >= 10 and cfg.hessian_sequences * cfg.block_size >= 8192
+    lines = presets.departures(cfg)
+    assert any(line.startswith("train_tokens: the first 50,000 tokens") for line in lines)
+    with pytest.raises(presets.LLMConfigError, match="cannot be negative"):
+        presets.apply_overrides(cfg, {"hessian_draw": "-1"})
+    p = overfit.plan(sets=["k=20"])
+    assert p.cfg.k == 20 and p.out == Path("results/llm") / overfit.PRESET
+
+
+def test_training_subset_and_hessian_draws(data_dir):
+    from train.llm import train
+
+    small = {"model.n_layer": "1", "model.n_embd": "16", "model.n_head": "2", "hessian_sequences": "4",
+             "hessian_batch": "4", "eval_sequences": "4", "eval_batch": "4"}
+    cfg = presets.apply_overrides(presets.get(overfit.PRESET), {**small, "train_tokens": "1000"})
+    r0 = train.build(cfg, data_dir=str(data_dir))
+    assert len(r0.data.train.tokens) == 1000 and r0.data.info["train_tokens_used"] == 1000
+    full = train.build(presets.apply_overrides(cfg, {"train_tokens": "0"}), data_dir=str(data_dir))
+    np.testing.assert_array_equal(full.data.train.tokens[:1000], r0.data.train.tokens)
+    # Every Hessian sequence is a window of the subset; another draw is another sample of the same size.
+    x0 = r0.hessian_batches[0][0]
+    r1 = train.build(presets.apply_overrides(cfg, {"hessian_draw": "1"}), data_dir=str(data_dir))
+    x1 = r1.hessian_batches[0][0]
+    assert x0.shape == x1.shape and not np.array_equal(x0, x1)
+    text = "".join(map(chr, r0.data.train.tokens))  # a string of token ids, to search windows in
+    for row in np.concatenate([x0, x1]):
+        assert "".join(map(chr, row)) in text
+    np.testing.assert_array_equal(train.build(cfg, data_dir=str(data_dir)).hessian_batches[0][0], x0)
+
+
+# -------------------------------------------------------------------------------------------------- resume
+
+
+TINY = ["model.n_embd=16", "model.n_layer=1", "model.n_head=2", "steps=40", "checkpoint_steps=0,10,20,30,40",
+        "save_every=10", "k=12", "lanczos_steps=40", "max_lanczos_steps=400", "hessian_sequences=4",
+        "hessian_batch=4", "eval_sequences=8", "eval_batch=8", "trace_samples=3"]
+
+
+def _queue(out: Path, work: Path, data_dir: Path, *extra: str) -> subprocess.Popen:
+    args = [sys.executable, "-m", "train.llm.overfit", "--out", str(out), "--work", str(work), "--data-dir",
+            str(data_dir), "--only", "train", "--only", "spectra", "--only", "draws", "--only", "tracking"]
+    args += [f"--set={s}" for s in TINY] + list(extra)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+_TIMED = ("measure_s", "seconds", "spectrum_total_s")
+
+
+def _untimed(obj):
+    if isinstance(obj, dict):
+        return {k: _untimed(v) for k, v in obj.items() if k not in _TIMED}
+    if isinstance(obj, list):
+        return [_untimed(v) for v in obj]
+    return obj
+
+
+@pytest.mark.slow
+def test_sigkilled_queue_resumes_to_the_same_tracking(data_dir, tmp_path):
+    straight = _queue(tmp_path / "a", tmp_path / "wa", data_dir)
+    killed = _queue(tmp_path / "b", tmp_path / "wb", data_dir)
+    # Kill the second once its first spectrum is written (training done, the spectra under way).
+    deadline = time.time() + 600
+    while not list((tmp_path / "b" / "steps").glob("*/results.json")):
+        assert killed.poll() is None and time.time() < deadline, killed.stdout.read() if killed.stdout else ""
+        time.sleep(0.2)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    out, _ = straight.communicate(timeout=900)
+    assert straight.returncode == 0, out
+    resumed = _queue(tmp_path / "b", tmp_path / "wb", data_dir)
+    out_b, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, out_b
+    a, b = (json.loads((tmp_path / d / "tracking.json").read_text()) for d in ("a", "b"))
+    assert _untimed(a) == _untimed(b)
+    assert len(a["checkpoints"]) == 5 and a["draws"] and {"num_starts", "combine", "num_distinct"} <= set(
+        a["checkpoints"][0])
+    assert json.loads((tmp_path / "a" / "curve.json").read_text()) == json.loads(
+        (tmp_path / "b" / "curve.json").read_text())
+
+
+# -------------------------------------------------------------------------------------------------- analysis, report
+
+
+def _synthetic_record(step: int, eigenvalues: np.ndarray, test_loss: float, train_loss: float, lam: float,
+                      tr: float):
+    import hspec
+    from train import record
+
+    k = eigenvalues.size
+    verdict = hspec.power_law_verdict(eigenvalues, k)
+    setting = {"step": step, "preset": "synthetic", "k": k, "num_starts": 1, "combine": "distinct",
+               "arch_n_layer": 1, "arch_n_head": 2, "arch_n_embd": 16, "block_size": 8, "learning_rate": 6e-4,
+               "weight_decay": 0.1, "train_tokens": 1000, "steps": 1000, "tokens_per_step": 64,
+               "departures": ["k: 100 (paper 1000)"]}
+    return record.SpectrumResult(
+        setting=setting, fit=record.fit_block(verdict, 0.05), verdict=verdict.verdict,
+        spectrum={"eigenvalues": eigenvalues, "num_converged": k, "lanczos_steps": 300, "num_starts": 1,
+                  "combine": "distinct", "num_distinct": k},
+        sharpness={"lambda_max": lam, "trace": tr, "trace_stderr": 0.1}, eigengap_fit=None,
+        metrics={"test_loss": test_loss, "train_loss": train_loss, "train_loss_fixed": train_loss,
+                 "gap": test_loss - train_loss}, timing={"measure_s": 1.0}, hessian_sample={"tokens": 512},
+        data={}, num_params=1000, checkpoint=None, hspec_version="test", keys=None)
+
+
+def test_analysis_and_report_section_from_synthetic_checkpoints(tmp_path):
+    from train import record
+    from train.llm import report
+
+    ranks = np.arange(1, 101, dtype=np.float64)
+    steps = [0, 100, 200, 300, 400, 600, 800, 1000]
+    test = [4.0, 3.0, 2.5, 2.3, 2.2, 2.1, 2.2, 2.4]
+    train_l = [4.0, 2.9, 2.3, 2.0, 1.8, 1.5, 1.2, 0.9]
+    exps = [0.3, 0.8, 0.9, 1.0, 1.05, 1.1, 1.0, 0.9]
+    out = tmp_path / "results" / "llm" / "synthetic"
+    for s, te, tr, a in zip(steps, test, train_l, exps):
+        eig = ranks ** -a if s else np.exp(-ranks / 20.0)
+        record.save(_synthetic_record(s, eig, te, tr, 1.0 + s / 100, 10.0 + s), out / "steps" / str(s) / "results.json")
+    for d in (1, 2):
+        for s, a in ((200, 0.9), (600, 1.1), (1000, 0.9)):
+            eig = ranks ** -(a + 0.01 * d) * (1 + 0.01 * d * np.sin(ranks))
+            record.save(_synthetic_record(s, np.sort(eig)[::-1], test[steps.index(s)], train_l[steps.index(s)], 1.0,
+                                          1.0), out / "draws" / f"draw-{d}" / "steps" / str(s) / "results.json")
+    cfg = presets.apply_overrides(presets.get(overfit.PRESET), {"checkpoint_steps": ",".join(map(str, steps)),
+                                                                "steps": "1000"})
+    t = overfit.analyse(overfit.Plan(cfg, out, tmp_path / "work"))
+    assert t["key_steps"] == {"before": 200, "at": 600, "after": 1000}
+    rows = t["checkpoints"]
+    assert [r["step"] for r in rows] == steps and rows[2]["num_draws"] == 3
+    d_ks_600 = [hspec_fit(np.sort(ranks ** -(1.1 + 0.01 * d) * (1 + 0.01 * d * np.sin(ranks)))[::-1]).d_ks
+                for d in (0, 1, 2)]
+    assert rows[5]["d_ks_sd_draws"] == pytest.approx(np.std(d_ks_600, ddof=1), rel=1e-9)
+    gap = [a - b for a, b in zip(test, train_l)]
+    r = np.corrcoef([row["d_ks"] for row in rows], gap)[0, 1]
+    assert t["correlation_views"]["gap"]["d_ks"]["all"]["pearson"] == pytest.approx(r, abs=1e-12)
+    assert t["claims_overfit"]["no_power_law_at_init"]["holds"] is True
+    assert {"num_starts", "combine", "num_distinct"} <= set(rows[0])
+    assert (out / "tracking.png").is_file() and (out / "sensitivity.json").is_file()
+    text = report.llm_section(tmp_path / "results", tmp_path)
+    assert "### synthetic" in text and "| the power law is absent at initialisation |" in text
+    assert f"r = {t['claims_overfit']['d_ks_tracks_test_loss']['pearson']:+.3f}" in text
+    assert "(n=3)" in text and "results/llm/synthetic/tracking.png" in text
+    assert text == report.llm_section(tmp_path / "results", tmp_path)  # the same files give the same text
+
+
+def hspec_fit(values):
+    import hspec
+
+    return hspec.fit_power_law(values, values.size)

@@ -1,0 +1,232 @@
+"""REPRODUCTION.md's LLM section, from results/llm alone (called by `python -m train report`).
+
+For a run of the overfitting queue (train.llm.overfit: tracking.json with `claims_overfit`): the claims as
+METHOD.md section 5 states them, the rule applied to each and our result; every checkpoint with the error bars of
+the Hessian-sample draws; Pearson and Kendall correlations of d_KS, s, lambda_max and Tr(H) with the test loss and
+with the generalisation gap (all checkpoints, without step 0, partial on the step); the sensitivity of the verdict
+(K prefixes, sample draws and sizes, the paper's literal procedure); and what departs from the paper's setting.
+Other tracking runs (`python -m train llm`) get their correlation line. The same files give the same text.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["llm_section", "CLAIM_TEXT"]
+
+CLAIM_TEXT = ("METHOD.md §5 (LLMs): \"d_KS falls as training proceeds and tracks the test loss (Pearson r above "
+              "0.9), while λ_max and Tr(H) do not; the power law is absent at initialisation.\"")
+LABEL = {"d_ks": "d_KS", "s": "s", "lambda_max": "λ_max", "trace": "Tr(H)"}
+MEASURES = ("d_ks", "s", "lambda_max", "trace")
+
+
+def _f(x: Any, spec: str = ".4f") -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _pm(mean: Any, sd: Any, spec: str) -> str:
+    return _f(mean, spec) + ("" if sd is None else f" ± {format(sd, spec)}")
+
+
+def _word(holds: Any) -> str:
+    return "undecided (not measured yet)" if holds is None else ("holds" if holds else "does not hold")
+
+
+def _agree(holds: Any, paper_says: bool) -> str:
+    if holds is None:
+        return "undecided"
+    return "agree" if bool(holds) == paper_says else "disagree"
+
+
+def claims_table(t: dict[str, Any]) -> str:
+    """Each claim, the rule applied, our number and agree / disagree."""
+    c = t["claims_overfit"]
+    rows = ["| claim (METHOD.md §5) | rule applied | ours | |", "|---|---|---|---|"]
+    init = c["no_power_law_at_init"]
+    rows.append(f"| the power law is absent at initialisation | {init['rule']} | d_KS {_f(init['d_ks'])}, d_c "
+                f"{_f(init['d_crit'])} | {_agree(init['holds'], True)} |")
+    falls = c["d_ks_falls"]
+    rows.append(f"| d_KS falls as training proceeds | {falls['rule']} | {_f(falls['d_ks_init'])} → "
+                f"{_f(falls['d_ks_at_minimum'])} | {_agree(falls['holds'], True)} |")
+    for m, says in (("d_ks", True), ("lambda_max", False), ("trace", False)):
+        x = c[f"{m}_tracks_test_loss"]
+        claim = "d_KS tracks the test loss" if m == "d_ks" else f"{LABEL[m]} does not track the test loss"
+        rows.append(f"| {claim} | {x['rule'].replace(m, LABEL[m], 1)} | r = {_f(x['pearson'], '+.3f')} | "
+                    f"{_agree(x['holds'], says)} |")
+    return "\n".join(rows)
+
+
+def checkpoint_table(t: dict[str, Any]) -> str:
+    """One row per checkpoint; ± is the sd over the Hessian-sample draws where they were measured."""
+    key = {v: k for k, v in t["key_steps"].items()}
+    head = ("| step | test loss | train loss | gap | d_KS | s | λ_max | Tr(H) | power law | converged | Lanczos "
+            "steps | starts / combine / distinct |")
+    rows = [head, "|" + "---|" * 12]
+    for r in t["checkpoints"]:
+        mark = f" ({key[r['step']]} the minimum)" if r["step"] in key and key[r["step"]] != "at" else (
+            " (the minimum)" if key.get(r["step"]) == "at" else "")
+        draws = t["draws"].get(str(r["step"]))
+        d_ks = _pm(draws["d_ks"]["mean"], draws["d_ks"]["sd"], ".4f") if draws else _f(r["d_ks"])
+        s = _pm(draws["s"]["mean"], draws["s"]["sd"], ".3f") if draws else _f(r["s"], ".3f")
+        n = f" (n={draws['n']})" if draws else ""
+        rows.append(f"| {r['step']}{mark} | {_f(r['test_loss'])} | {_f(r.get('train_loss_eval'))} | "
+                    f"{_f(r.get('gap'))} | {d_ks}{n} | {s} | {_f(r['lambda_max'], '.4g')} | {_f(r['trace'], '.4g')} | "
+                    f"{'yes' if r['is_power_law'] else 'no'} | {r['num_converged']} of {r['k']} | "
+                    f"{r['lanczos_steps']} | {r['num_starts']} / {r['combine']} / {r['num_distinct']} |")
+    return "\n".join(rows) + ("\n\nWhere three Hessian-sample draws were measured, d_KS and s are their mean ± sd (n "
+                             "draws); every other number, and every correlation, is of draw 0, the same sample at "
+                             "every checkpoint.")
+
+
+def _corr_cell(c: dict[str, Any], key: str, pkey: str | None) -> str:
+    if c.get(key) is None:
+        return "–"
+    p = c.get(pkey) if pkey else None
+    return f"{c[key]:+.2f}" + ("" if p is None else f" (p {p:.2g})")
+
+
+def correlation_table(t: dict[str, Any]) -> str:
+    """Pearson and Kendall with the test loss and with the gap: all, without step 0, partial on the step."""
+    v = t["correlation_views"]
+    rows = ["| measure | with | r, all | τ, all | r, without step 0 | τ, without step 0 | r, partial on step | "
+            "τ, partial on step |", "|" + "---|" * 8]
+    for target, name in (("test_loss", "test loss"), ("gap", "gap")):
+        for m in MEASURES:
+            c = v[target][m]
+            rows.append(f"| {LABEL[m]} | {name} | {_corr_cell(c['all'], 'pearson', 'pearson_p')} | "
+                        f"{_corr_cell(c['all'], 'kendall', 'kendall_p')} | "
+                        f"{_corr_cell(c['after_init'], 'pearson', 'pearson_p')} | "
+                        f"{_corr_cell(c['after_init'], 'kendall', 'kendall_p')} | "
+                        f"{_corr_cell(c['partial_step'], 'pearson', 'pearson_p')} | "
+                        f"{_corr_cell(c['partial_step'], 'kendall', None)} |")
+    steps = ", ".join(f"{LABEL.get(k, k.replace('_', ' '))} {_f(c['kendall'], '+.2f')}"
+                      for k, c in v["with_step"].items())
+    return "\n".join(rows) + f"\n\nKendall τ of each series with the step (the time confound): {steps}."
+
+
+def turn_paragraph(t: dict[str, Any]) -> str:
+    """What each measure does while the test loss rises after its minimum."""
+    turn = t["claims_overfit"]["turn_after_minimum"]
+    key = t["key_steps"]
+    if turn["test_loss_rise"] is None:
+        return "The checkpoints at and after the minimum are not measured yet."
+    parts = []
+    for m in MEASURES:
+        x = turn["measures"].get(m)
+        if x is None:
+            continue
+        noise = "no draws yet" if x["sampling_sd"] is None else f"sampling sd of the change {x['sampling_sd']:.3g}"
+        verdict = ("" if x["rises_beyond_2sd"] is None else
+                   ("; rises beyond 2 sd" if x["rises_beyond_2sd"] else "; does not rise beyond 2 sd"))
+        parts.append(f"{LABEL[m]} {_f(x['at_minimum'], '.4g')} → {_f(x['after'], '.4g')} "
+                     f"(change {_f(x['change'], '+.3g')}, {noise}{verdict})")
+    return (f"From the minimum (step {key['at']}) to the last checkpoint (step {key['after']}) the test loss rises by "
+            f"{turn['test_loss_rise']:+.3f}. Rule: {turn['rule']}. " + "; ".join(parts) + ".")
+
+
+def sensitivity_paragraphs(sens: dict[str, Any] | None) -> str:
+    """K prefixes, draws, sample sizes and the paper's literal procedure, as short tables."""
+    if not sens:
+        return "Sensitivity: not measured yet."
+    out = []
+    if any(e["fits"] for e in sens["k_prefixes"].values()):
+        ks = [f["k"] for f in next(iter(sens["k_prefixes"].values()))["fits"]]
+        rows = ["| checkpoint | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+        for name, e in sens["k_prefixes"].items():
+            rows.append(f"| {name} the minimum (step {e['step']}) | " + " | ".join(
+                f"{_f(f['d_ks'])} / {_f(f['d_crit'])} ({'PL' if f['is_power_law'] else 'no'}), s {_f(f['s'], '.2f')}"
+                for f in e["fits"]) + " |")
+        out.append("K prefixes of the converged spectrum (d_KS / d_c, verdict, s):\n\n" + "\n".join(rows))
+    if sens["sizes"]:
+        rows = ["| step | Hessian tokens | d_KS | s | λ_max | Tr(H) | power law | Lanczos steps |", "|" + "---|" * 8]
+        for step, entries in sens["sizes"].items():
+            for e in entries:
+                rows.append(f"| {step} | {e['tokens']}{' (main)' if e.get('main') else ''} | {_f(e['d_ks'])} | "
+                            f"{_f(e['s'], '.3f')} | {_f(e['lambda_max'], '.4g')} | {_f(e['trace'], '.4g')} | "
+                            f"{'yes' if e['is_power_law'] else 'no'} | {e['lanczos_steps']} |")
+        out.append("Hessian-sample size (half, the run's, twice):\n\n" + "\n".join(rows))
+    if sens["draws"]:
+        lines = []
+        for name, e in sens["draws"].items():
+            vals = ", ".join(f"{_f(r['d_ks'])}" for r in e["rows"])
+            ss = ", ".join(f"{_f(r['s'], '.3f')}" for r in e["rows"])
+            lines.append(f"- {name} the minimum (step {e['step']}), draws {[r['draw'] for r in e['rows']]}: "
+                         f"d_KS {vals}; s {ss}")
+        out.append("Hessian-sample draws (independent samples of the run's size):\n\n" + "\n".join(lines))
+    if sens["paper_literal"]:
+        rows = ["| step | procedure | d_KS | d_c | s | power law | converged | distinct | positive |",
+                "|" + "---|" * 9]
+        for step, e in sens["paper_literal"].items():
+            rows.append(f"| {step} | paper's literal: {e['num_starts']} runs × {e['lanczos_steps']} steps, "
+                        f"{e['combine']}, unconverged kept | {_f(e['d_ks'])} | {_f(e['d_crit'])} | {_f(e['s'], '.3f')} "
+                        f"| {'yes' if e['is_power_law'] else 'no'} | {e['num_converged']} | {e['num_distinct']} | "
+                        f"{e['num_positive']} |")
+            conv = e["converged"]
+            if conv:
+                rows.append(f"| {step} | converged (ours): {conv['num_starts']} start, {conv['combine']} | "
+                            f"{_f(conv['d_ks'])} | {_f(e['d_crit'])} | {_f(conv['s'], '.3f')} | "
+                            f"{'yes' if conv['is_power_law'] else 'no'} | all | {conv['num_distinct']} | all |")
+        out.append("The paper's literal procedure beside the converged one (same checkpoint, same Hessian sample):\n\n"
+                   + "\n".join(rows))
+    return "\n\n".join(out)
+
+
+def overfit_section(name: str, t: dict[str, Any], sens: dict[str, Any] | None, figure: str | None) -> str:
+    """The section of one overfitting-queue run."""
+    s = t["setting"]
+    planned, measured = t.get("planned_steps", []), t.get("measured_steps", [])
+    missing = [x for x in planned if x not in measured]
+    intro = (f"### {name}\n\nA {s.get('arch_n_layer')}-layer GPT-2 ({s.get('arch_n_head')} heads, width "
+             f"{s.get('arch_n_embd')}, block {s.get('block_size')}) trained with AdamW (lr {s.get('learning_rate')}, "
+             f"constant, weight decay {s.get('weight_decay')}) on the first {s.get('train_tokens'):,} tokens of "
+             f"character-level tiny Shakespeare's training split for {s.get('steps')} steps of "
+             f"{s.get('tokens_per_step'):,} tokens, past its test-loss minimum. At each checkpoint: the top K = "
+             f"{s.get('k')} eigenvalues of the last block's Hessian ({t['checkpoints'][0].get('hessian_tokens'):,} "
+             f"Hessian tokens), every one converged, from {s.get('num_starts')} Lanczos start "
+             f"({s.get('combine')}). Written by `python -m train.llm.overfit` (results/llm/{name}/).")
+    if missing:
+        intro += f" Measured so far: steps {measured}; still to measure: {missing}."
+    parts = [intro, CLAIM_TEXT, claims_table(t), turn_paragraph(t), checkpoint_table(t), correlation_table(t),
+             sensitivity_paragraphs(sens)]
+    if figure:
+        parts.append(f"![{name}]({figure})")
+    parts.append("Departures from the paper's setting: " + "; ".join(s.get("departures", [])) + ".")
+    return "\n\n".join(parts)
+
+
+def other_run(name: str, t: dict[str, Any]) -> str:
+    """One line for a tracking run of `python -m train llm`."""
+    c = t.get("correlations", {})
+    cells = ", ".join(f"{LABEL[m]} r = {_f(c.get(m, {}).get('pearson'), '+.3f')}" for m in MEASURES)
+    rows = t["checkpoints"]
+    steps = [r["step"] for r in rows]
+    losses = [r["test_loss"] for r in rows if r["test_loss"] is not None]
+    falls = bool(losses) and losses[-1] == min(losses)
+    note = ("; its test loss is lowest at its last checkpoint, so any measure monotone in time tracks it there"
+            if falls else "")
+    return (f"- {name} (steps {steps}, K = {t['setting'].get('k')}): correlation with the test loss {cells}{note}.")
+
+
+def llm_section(results: str | os.PathLike, out_dir: str | os.PathLike = ".") -> str:
+    """The "LLMs" section from <results>/llm/*/tracking.json; figures linked relative to `out_dir`."""
+    root = Path(results) / "llm"
+    runs = sorted(p.parent for p in root.glob("*/tracking.json")) if root.is_dir() else []
+    if not runs:
+        return "## LLMs\n\nNo LLM results yet."
+    parts, others = ["## LLMs"], []
+    for run in runs:
+        t = json.loads((run / "tracking.json").read_text())
+        if "claims_overfit" not in t:
+            others.append(other_run(run.name, t))
+            continue
+        sens_path = run / "sensitivity.json"
+        sens = json.loads(sens_path.read_text()) if sens_path.is_file() else None
+        fig = run / "tracking.png"
+        rel = os.path.relpath(fig, Path(out_dir)) if fig.is_file() else None
+        parts.append(overfit_section(run.name, t, sens, rel))
+    if others:
+        parts.append("Other LLM tracking runs:\n\n" + "\n".join(others))
+    return "\n\n".join(parts)
