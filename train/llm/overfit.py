@@ -119,7 +119,7 @@ def partial_pearson(x: Iterable, y: Iterable, z: Iterable) -> dict[str, Any]:
 
 
 def partial_kendall(x: Iterable, y: Iterable, z: Iterable) -> dict[str, Any]:
-    """Kendall's partial tau of x and y given z: (τxy − τxz τyz) / sqrt((1 − τxz²)(1 − τyz²)), Kendall 1942.
+    """Kendall's partial tau of x and y given z: (τxy − τxz τyz) / sqrt((1 − τxz²)(1 − τyz²)) (Kendall).
 
     No p-value (its distribution has no closed form). None where undefined.
     """
