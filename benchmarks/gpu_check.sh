@@ -10,8 +10,9 @@
 #             $OUT/GROUP-results.tgz (unpack the same way); a run cut off by the limit is not published.
 #   llm-nano[:SECONDS]  the paper's gpt2-nano-shakespeare tracking (python -m train llm), as much of it as fits
 #             SECONDS (default 480), with the spectrum overrides that fit one 80 GB GPU ($LLM_NANO_SETS, default
-#             "num_starts=1 max_lanczos_steps=9000": 9,000 x 1,770,240 float32 values, 63.7 GB; the preset's own
-#             3 x 12,000 is refused, 254.9 GB). Every checkpoint measured before the limit comes back in
+#             "num_starts=1 max_lanczos_steps=5000": 5,000 x 1,770,240 float32 values, 35.4 GB, and as much again
+#             for the rows used, copied on their way back at the end; the preset's own 3 x 12,000 is refused,
+#             254.9 GB). Every checkpoint measured before the limit comes back in
 #             $OUT/llm-nano-results.tgz: out/ (config.json, steps/<step>/results.json, tracking.json, table.txt),
 #             work/metrics.jsonl and work/config.json (no checkpoints), and log.txt. Unpack with
 #             `tar xzf llm-nano-results.tgz -C /tmp/nano` and read out/tracking.json.
@@ -35,7 +36,7 @@ sweep_part() {
 # is written whole, and tracking.json is rebuilt after each checkpoint).
 llm_nano_part() {
   local seconds=$1 dir=${LLM_NANO_DIR:-/tmp/gpu-llm-nano} sets=() kv
-  for kv in ${LLM_NANO_SETS:-num_starts=1 max_lanczos_steps=9000}; do sets+=(--set "$kv"); done
+  for kv in ${LLM_NANO_SETS:-num_starts=1 max_lanczos_steps=5000}; do sets+=(--set "$kv"); done
   rm -rf "$dir" && mkdir -p "$dir"
   echo "== llm-nano: gpt2-nano-shakespeare ${sets[*]}, at most $seconds s" | tee "$dir/log.txt"
   timeout "$seconds" $PY -m train llm --preset gpt2-nano-shakespeare "${sets[@]}" --out "$dir/out" --work "$dir/work" \

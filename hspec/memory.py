@@ -2,11 +2,15 @@
 
 :func:`hspec.lanczos` allocates its whole basis up front: ``num_starts x m x n`` values, m the largest
 Krylov space the run may grow to (``max_steps``). On the device (``basis="device"``, the GPU default)
-that is device memory; with the host basis (the CPU default) it is host memory. A run that cannot hold
-it fails after whatever came before it (training, for a tracking run): ask :func:`krylov_memory` first.
+that is device memory; with the host basis (the CPU default) it is host memory. At its end a device run
+hands the rows it used back through a slice of the device basis, a copy on the device (measured on CPU:
+a 3 GB buffer of which 1 GB was used peaked at 4 GB), so a device run needs up to twice its basis there.
+A run that cannot hold it fails after whatever came before it (training, for a tracking run): ask
+:func:`krylov_memory` first.
 
     mem = krylov_memory(num_starts=3, num_steps=12_000, dim=1_770_240, dtype=jnp.float32)
-    mem.needed           # 254,914,560,000 bytes (254.9 GB)
+    mem.needed           # 254,914,560,000 bytes (254.9 GB): the basis
+    mem.peak             # twice that where the basis is on the device
     mem.fits             # False on an 80 GB GPU
     mem.steps_that_fit(1)  # the most steps one start can have there
 """
@@ -117,6 +121,17 @@ class KrylovMemory:
         return self.num_starts * self.num_steps * self.dim * self.itemsize
 
     @property
+    def copies(self) -> int:
+        """Bases' worth of memory the run needs at its peak: 2 on the device (the rows used are copied there
+        on their way back to the host at the end), 1 on the host."""
+        return 2 if self.where == "device" else 1
+
+    @property
+    def peak(self) -> int:
+        """Bytes the run needs where the basis lives, at its peak."""
+        return self.copies * self.needed
+
+    @property
     def usable(self) -> int | None:
         """The bytes the basis may take: FIT_FRACTION of the available memory."""
         return None if self.available is None else int(FIT_FRACTION * self.available)
@@ -124,16 +139,16 @@ class KrylovMemory:
     @property
     def fits(self) -> bool:
         """Whether the basis fits (True when the available memory is unknown)."""
-        return self.usable is None or self.needed <= self.usable
+        return self.usable is None or self.peak <= self.usable
 
     def steps_that_fit(self, num_starts: int | None = None) -> int:
         """The most rows per start that fit with ``num_starts`` starts (default: this run's)."""
-        per_row = (num_starts or self.num_starts) * self.dim * self.itemsize
+        per_row = (num_starts or self.num_starts) * self.dim * self.itemsize * self.copies
         return self.num_steps if self.usable is None else self.usable // per_row
 
     def starts_that_fit(self) -> int:
         """The most starts of ``num_steps`` rows that fit."""
-        per_start = self.num_steps * self.dim * self.itemsize
+        per_start = self.num_steps * self.dim * self.itemsize * self.copies
         return self.num_starts if self.usable is None else self.usable // per_start
 
 

@@ -42,8 +42,9 @@ def test_the_nano_preset_needs_255_gb_for_its_basis():
 
 
 def test_the_refusal_names_the_memory_and_overrides_that_fit(monkeypatch):
-    """On an 80 GB device: fewer steps, one start with fewer steps, or the host basis (where the host has room);
-    every override offered makes the check pass."""
+    """On an 80 GB device (where the run needs its basis twice: the rows used are copied on their way back): one
+    start with fewer steps, or the host basis (where the host has room); every override offered makes the check
+    pass."""
     monkeypatch.setattr(hmem, "basis_location", lambda loop="auto", basis="auto": "device")
     monkeypatch.setattr(hmem, "host_available_bytes", lambda: 300 * 10**9)
     cfg, available = presets.get("gpt2-nano-shakespeare"), 80 * 10**9
@@ -51,18 +52,25 @@ def test_the_refusal_names_the_memory_and_overrides_that_fit(monkeypatch):
         memory.check(cfg, NANO_BLOCK, np.float32, available=available)
     message = str(err.value)
     assert "\n" not in message and "254.9 GB of device memory" in message and "80.0 GB is available" in message
-    assert "3 starts x 12,000 Lanczos steps x 1,770,240 parameters x 4 bytes" in message
+    assert "3 starts x 12,000 Lanczos steps x 1,770,240 parameters x 4 bytes, twice that with the copy" in message
     options = message.split("what fits: ")[1].split("; or ")
-    assert options[0] == "--set max_lanczos_steps=3300"  # 72 GB usable / (3 x 7,080,960 bytes) = 3,389 rows
-    assert options[1] == "--set num_starts=1 --set max_lanczos_steps=10100"  # 72 GB / 7,080,960 = 10,168
-    assert options[2].startswith("the host basis") and "254.9 GB of host memory, 300.0 GB available" in options[2]
-    for option in options[:2]:
+    # 3 starts: 72 GB usable / (2 x 3 x 7,080,960 bytes) = 1,694 rows, below the 3,000 that K = 1000 needs.
+    assert options[0] == "--set num_starts=1 --set max_lanczos_steps=5000"  # 72 GB / (2 x 7,080,960) = 5,084
+    assert options[1].startswith("the host basis") and "254.9 GB of host memory, 300.0 GB available" in options[1]
+    assert len(options) == 2
+    for option in options[:1]:
         fitted = presets.apply_overrides(cfg, _sets(option))
         assert memory.check(fitted, NANO_BLOCK, np.float32, available=available).fits
     monkeypatch.setattr(hmem, "host_available_bytes", lambda: 5 * 10**9)
-    with pytest.raises(presets.LLMConfigError, match=r"no number of starts or steps fits K=1000 \(one start of 3,000 "
-                       r"steps, hspec's rule for K, needs 21.2 GB\).*--set k="):
+    with pytest.raises(presets.LLMConfigError) as err:  # 5 GB: not even one start of K = 1000 fits
         memory.check(cfg, NANO_BLOCK, np.float32, available=5 * 10**9)
+    message = str(err.value)
+    assert ("no number of starts or steps fits K=1000 (one start of 3,000 steps, hspec's rule for K, needs 42.5 GB)"
+            in message)
+    # 4.5 GB / (2 x 7,080,960 bytes) = 317 rows, 300 of them: K = 100 (3K steps).
+    option = message.split("what fits: ")[1].split("; or ")[0]
+    assert option == "--set num_starts=1 --set k=100 --set max_lanczos_steps=300"
+    assert memory.check(presets.apply_overrides(cfg, _sets(option)), NANO_BLOCK, np.float32, available=5 * 10**9).fits
 
 
 def test_nano_preset_refuses_before_training(monkeypatch, tmp_path, capsys, data_dir):

@@ -65,12 +65,24 @@ def fitting_overrides(cfg: LLMConfig, mem: hmem.KrylovMemory, k: int, steps: int
             options.append(f"--set num_starts={starts}")
         elif starts < 1 and one >= least:
             options.append(f"--set num_starts=1 {_steps_override(one, steps)}")
-    if mem.where == "device":
+    if mem.where == "device":  # the host basis has no end copy: its rows are handed back as they are
         host = hmem.host_available_bytes()
         if host is not None and mem.needed <= hmem.FIT_FRACTION * host:
             options.append(f"the host basis (hspec.lanczos basis='host': {_gb(mem.needed)} of host memory, "
                            f"{_gb(host)} available)")
     return options
+
+
+def _fewer_eigenvalues(cfg: LLMConfig, mem: hmem.KrylovMemory) -> str:
+    """"what fits: <the largest K whose steps (hspec's rule, max(3K, K + 100)) one start can hold>; or " (or
+    nothing when not even K = 1 fits)."""
+    rows = _nice(mem.steps_that_fit(1))
+    k = rows // 3 if rows >= 300 else rows - 100
+    if k < 1:
+        return ""
+    starts = "--set num_starts=1 " if cfg.num_starts > 1 else ""
+    first = f" --set lanczos_steps={rows}" if cfg.lanczos_steps is not None and cfg.lanczos_steps > rows else ""
+    return f"what fits: {starts}--set k={k} --set max_lanczos_steps={rows}{first}; or "
 
 
 def check_params(cfg: LLMConfig, params: Any, pattern: str | None) -> hmem.KrylovMemory:
@@ -102,9 +114,10 @@ def check(cfg: LLMConfig, n: int, dtype: Any, *, available: int | None = None) -
     least = hspec.default_num_steps(k, n)
     cure = ("what fits: " + "; or ".join(options)) if options else (
         f"no number of starts or steps fits K={k} (one start of {least:,} steps, hspec's rule for K, needs "
-        f"{_gb(hmem.krylov_bytes(num_starts=1, num_steps=least, dim=n, dtype=dtype))}): measure fewer eigenvalues "
-        "(--set k=...) or a smaller subset (--set subset=...)")
+        f"{_gb(mem.copies * hmem.krylov_bytes(num_starts=1, num_steps=least, dim=n, dtype=dtype))}): "
+        f"{_fewer_eigenvalues(cfg, mem)}a smaller subset (--set subset=...)")
+    copy = ", twice that with the copy of the rows used at the end" if mem.copies == 2 else ""
     raise LLMConfigError(
         f"the Krylov basis of the spectra needs {_gb(mem.needed)} of {mem.where} memory ({mem.num_starts} starts x "
-        f"{mem.num_steps:,} Lanczos steps x {n:,} parameters x {mem.itemsize} bytes) and {_gb(mem.available)} is "
-        f"available ({_gb(mem.usable)} usable); {cure}")
+        f"{mem.num_steps:,} Lanczos steps x {n:,} parameters x {mem.itemsize} bytes{copy}) and "
+        f"{_gb(mem.available)} is available ({_gb(mem.usable)} usable); {cure}")
