@@ -67,9 +67,9 @@ def test_the_refusal_names_the_memory_and_overrides_that_fit(monkeypatch):
     message = str(err.value)
     assert ("no number of starts or steps fits K=1000 (one start of 3,000 steps, hspec's rule for K, needs 42.5 GB)"
             in message)
-    # 4.5 GB / (2 x 7,080,960 bytes) = 317 rows, 300 of them: K = 100 (3K steps).
+    # 4.5 GB / (2 x 7,080,960 bytes) = 317 rows: K = 105 (3K steps).
     option = message.split("what fits: ")[1].split("; or ")[0]
-    assert option == "--set num_starts=1 --set k=100 --set max_lanczos_steps=300"
+    assert option == "--set num_starts=1 --set k=105 --set max_lanczos_steps=317"
     assert memory.check(presets.apply_overrides(cfg, _sets(option)), NANO_BLOCK, np.float32, available=5 * 10**9).fits
 
 
