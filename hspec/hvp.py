@@ -14,7 +14,10 @@ Two layers:
   2. a dataset given as several batches is a sample-count-weighted mean, so the product equals one HVP
      over the union of the batches (an unequal last batch included), compiled once per batch shape;
   3. the gradient may be linearised once at θ and the linear map reused for every product, which costs
-     1.1-1.4 gradients per product instead of 1.7-1.9 (FINDINGS.md).
+     1.1-1.4 gradients per product instead of 1.7-1.9 (FINDINGS.md);
+  4. a whole dataset (``data=``, e.g. the whole training set) is one batch whose mean loss is accumulated over
+     micro-batches of ``micro_batch`` examples in one ``lax.scan``: one compiled program per product, the data
+     on the device once, one micro-batch's activations in memory (with ``method="jvp"``).
 
 Compiled programs are cached per (loss function, parameter shapes, options), so a second call with the
 same loss function and shapes does not recompile.
@@ -51,6 +54,7 @@ __all__ = [
     "select_parameters",
     "hoist_constants",
     "resolve_operator",
+    "micro_batched",
 ]
 
 
@@ -171,6 +175,54 @@ def select_parameters(params: PyTree, wrt=None) -> tuple[list, list, Callable[[l
 def _merge(selected: list, fixed: list, *, mask, treedef) -> PyTree:
     it_sel, it_fix = iter(selected), iter(fixed)
     return jax.tree.unflatten(treedef, [next(it_sel) if m else next(it_fix) for m in mask])
+
+
+# --------------------------------------------------------------------------------------------------
+# A whole dataset as one batch, accumulated over micro-batches
+
+
+def micro_batched(data, micro_batch: int) -> tuple:
+    """Split a dataset into ``(stacked, remainder)``: ``[B, C, ...]`` equal micro-batches and the rest.
+
+    Args:
+      data: pytree of arrays with a leading sample axis N.
+      micro_batch: C >= 1, examples per micro-batch.
+
+    Returns:
+      ``(stacked, remainder)``: the first ``C * (N // C)`` examples reshaped to ``[N // C, C, ...]`` (None when
+      N < C) and the last ``N % C`` examples (None when C divides N).
+    """
+    if micro_batch < 1:
+        raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
+    n = _batch_size(data)
+    full = n - n % micro_batch
+    stacked = None if full == 0 else jax.tree.map(
+        lambda a: jnp.reshape(a[:full], (full // micro_batch, micro_batch, *np.shape(a)[1:])), data)
+    remainder = None if full == n else jax.tree.map(lambda a: a[full:], data)
+    return stacked, remainder
+
+
+def scanned_mean_loss(loss_fn: Callable, micro_batch: int, num_samples: int) -> Callable:
+    """``loss(params, (stacked, remainder))``: the mean of ``loss_fn`` over all the examples, one ``lax.scan``.
+
+    ``loss_fn(params, batch)`` is a mean over its batch, so each micro-batch counts with its size: the result
+    equals ``loss_fn`` over the whole dataset at float rounding, and so do its gradient and Hessian (the scan
+    is differentiated as a whole, so an HVP is one program that loops over the micro-batches).
+    """
+
+    def loss(params, parts):
+        stacked, remainder = parts
+        total = jnp.zeros(())
+        if stacked is not None:
+            def body(acc, batch):
+                return acc + jnp.asarray(loss_fn(params, batch)).reshape(()) * micro_batch, None
+
+            total = jax.lax.scan(body, total, stacked)[0]
+        if remainder is not None:
+            total = total + jnp.asarray(loss_fn(params, remainder)).reshape(()) * _batch_size(remainder)
+        return total / num_samples
+
+    return loss
 
 
 # --------------------------------------------------------------------------------------------------
@@ -355,6 +407,8 @@ def hessian_operator(
     batches: Sequence | None = None,
     wrt=None,
     method: str = "linearize",
+    data=None,
+    micro_batch: int | None = None,
 ) -> HessianOperator:
     """Build the Hessian operator of ``loss_fn`` at ``params``, once, for every driver to share.
 
@@ -370,6 +424,11 @@ def hessian_operator(
       method: ``"linearize"`` (linearise the gradient once per batch, here, and reuse it: fastest,
         keeps the linearisation residuals in memory) or ``"jvp"`` (forward-over-reverse at every
         product).
+      data: instead of ``batches``, one dataset (a pytree of arrays with a leading sample axis, such as a whole
+        training set) whose mean loss is the Hessian's, accumulated over micro-batches of ``micro_batch``
+        examples inside one ``lax.scan`` (one compiled program per product; the data stays on the device).
+        Use ``method="jvp"`` for a large dataset: the linearisation keeps every micro-batch's residuals.
+      micro_batch: examples per micro-batch of ``data`` (default: all of them at once).
 
     Returns:
       A :class:`HessianOperator`.
@@ -380,11 +439,23 @@ def hessian_operator(
         raise TypeError(f"loss_fn must be a function of the parameters; got a {type(loss_fn).__name__}")
     if not jax.tree.leaves(params):
         raise ValueError("params has no arrays: give the parameter pytree the loss is a function of")
+    if data is not None:
+        if batches is not None:
+            raise ValueError("give batches or data, not both: data is one dataset accumulated over micro-batches")
+        n = _batch_size(data)
+        micro_batch = n if micro_batch is None else int(micro_batch)
+        batches = [micro_batched(data, micro_batch)]  # checks micro_batch >= 1
+        loss_fn = scanned_mean_loss(loss_fn, micro_batch, n)
+        sizes_override = [n]
+    elif micro_batch is not None:
+        raise ValueError("micro_batch needs data= (one dataset); with batches= each batch is one product already")
+    else:
+        sizes_override = None
     has_batches = batches is not None
     batch_list = list(batches) if has_batches else [()]
     if not batch_list:
         raise ValueError("batches is empty: give at least one batch, or batches=None for a loss of params only")
-    sizes = [_batch_size(b) for b in batch_list] if has_batches else [1]
+    sizes = sizes_override or ([_batch_size(b) for b in batch_list] if has_batches else [1])
     weights = [s / float(sum(sizes)) for s in sizes]
     selected, fixed, merge = select_parameters(params, wrt)
     mask = _selection_mask(params, wrt)

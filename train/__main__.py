@@ -169,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             from train import sensitivity
 
             return sensitivity.main_sensitivity(argv[1:])
+        if argv and argv[0] == "hessian-sample":
+            from train import sample_size
+
+            return sample_size.main(argv[1:])
         if argv and argv[0] == "llm":
             from train.llm import cli as llm_cli
 

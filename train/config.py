@@ -10,7 +10,8 @@ Rules for the spectrum defaults (METHOD.md §2), written here once:
     `hspec.default_num_steps`): a Ritz value at rank ~K is an eigenvalue only when the Krylov
     dimension is well above K, and the spectrum is computed strictly, so a run whose top K did not
     converge stops with that message instead of fitting unconverged values.
-  * `hessian_samples` defaults to 1000 training examples (fixed by `seed`, recorded by index). The
+  * `hessian_samples` defaults to 1000 training examples (fixed by `seed`, recorded by index); "all" takes the
+    whole training set, the Hessian of the training loss as METHOD.md §1 defines it. The
     Gauss-Newton part of a cross-entropy Hessian on N samples and C classes has rank at most N·(C−1), so
     N·(C−1) must be well above K for the top K to be anything but the rank limit; validation requires
     N·(C−1) ≥ 2·K (1000 samples serve K ≤ 4500 on 10 classes).
@@ -84,7 +85,9 @@ class Config:
     seed: int = 0
     # spectrum
     k: int = 100
-    hessian_samples: int = 1000
+    # The Hessian sample: this many training examples, or "all" (the whole training set, the paper's definition of
+    # H; resolved to the count when the data is loaded, and recorded so).
+    hessian_samples: int | str = 1000
     lanczos_steps: int | None = None  # None: max(3k, k + 100), see the module docstring
     max_lanczos_steps: int | None = None  # grow the Krylov space up to this until the top k converge (None: 4x)
     hessian_batch_size: int = 1000
@@ -97,6 +100,8 @@ class Config:
 
 
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
+# hessian_samples=ALL_SAMPLES: the whole training set.
+ALL_SAMPLES = "all"
 # Fields that change the trained network; on --resume they must match the stored run.
 SPECTRUM_FIELDS = ("k", "hessian_samples", "lanczos_steps", "max_lanczos_steps", "hessian_batch_size", "trace_samples",
                    "spectrum_epochs", "init_control", "data_dir", "keep_checkpoints")
@@ -172,7 +177,12 @@ def _parse_typed(text: str, tp: Any) -> Any:
         if text.strip().lower() in ("none", "null"):
             return None
         inner = [a for a in args if a is not type(None)]
-        return _parse_typed(text, inner[0])
+        for tp_inner in inner[:-1]:  # e.g. int | str: "1000" is an int, "all" a str
+            try:
+                return _parse_typed(text, tp_inner)
+            except ValueError:
+                pass
+        return _parse_typed(text, inner[-1])
     if typing.get_origin(tp) is tuple:
         body = text.strip().strip("()[]")
         parts = [p for p in body.split(",") if p.strip()]
@@ -286,7 +296,7 @@ def _validate_data(cfg: Config) -> None:
     if cfg.train_size is not None:
         _require(cfg.batch_size <= cfg.train_size,
                  f"batch_size={cfg.batch_size} exceeds train_size={cfg.train_size}; use batch_size <= {cfg.train_size}")
-        _require(cfg.hessian_samples <= cfg.train_size,
+        _require(cfg.hessian_samples == ALL_SAMPLES or cfg.hessian_samples <= cfg.train_size,
                  f"hessian_samples={cfg.hessian_samples} exceeds train_size={cfg.train_size}: the Hessian sample is "
                  f"drawn from the training set; use hessian_samples <= {cfg.train_size}")
     _require(not (cfg.augment and cfg.dataset == "avila"), "augment (flip + crop) needs images; avila is tabular")
@@ -342,7 +352,9 @@ def _validate_optim(cfg: Config) -> None:
 def _validate_spectrum(cfg: Config) -> None:
     """Checks of the spectrum fields, including the Hessian-sample rank rule."""
     _require(cfg.k >= 2, f"k must be >= 2 (a power-law fit needs at least two eigenvalues), got {cfg.k}")
-    _require(cfg.hessian_samples >= 1, f"hessian_samples must be >= 1, got {cfg.hessian_samples}")
+    _require(cfg.hessian_samples == ALL_SAMPLES or (isinstance(cfg.hessian_samples, int) and cfg.hessian_samples >= 1),
+             f"hessian_samples must be a count >= 1 or {ALL_SAMPLES!r} (the whole training set), got "
+             f"{cfg.hessian_samples!r}")
     _require(cfg.hessian_batch_size >= 1, f"hessian_batch_size must be >= 1, got {cfg.hessian_batch_size}")
     _require(cfg.trace_samples >= 2,
              f"trace_samples must be >= 2 (the trace's standard error needs two probes), got {cfg.trace_samples}")
@@ -386,8 +398,20 @@ def check_against_model(cfg: Config, num_params: int) -> None:
              f"cannot); use lanczos_steps <= {num_params} or leave it unset")
     _require(cfg.lanczos_steps is None or cfg.lanczos_steps > cfg.k,
              f"lanczos_steps ({cfg.lanczos_steps}) must exceed k ({cfg.k}); leave it unset for max(3k, k + 100)")
+    if cfg.hessian_samples == ALL_SAMPLES:  # the training set's size is checked when the data is loaded
+        return
+    check_sample_rank(cfg, cfg.hessian_samples)
+
+
+def hessian_sample_size(cfg: Config, n_train: int) -> int:
+    """The number of Hessian examples: `hessian_samples`, or the training set's size for "all"."""
+    return n_train if cfg.hessian_samples == ALL_SAMPLES else int(cfg.hessian_samples)
+
+
+def check_sample_rank(cfg: Config, size: int) -> None:
+    """The Hessian sample's rank rule (module docstring): size · (C − 1) >= 2K."""
     classes = NUM_CLASSES[cfg.dataset]
-    rank = cfg.hessian_samples * (classes - 1)
+    rank = size * (classes - 1)
     _require(rank >= 2 * cfg.k,
              f"hessian_samples={cfg.hessian_samples} on {classes} classes bounds the Gauss-Newton rank by {rank}, "
              f"too close to k={cfg.k}: use hessian_samples >= {math.ceil(2 * cfg.k / (classes - 1))} or a smaller k")

@@ -62,9 +62,10 @@ def _check_sizes(cfg: Config, n_train: int) -> None:
     if cfg.batch_size > n_train:
         raise ConfigError(f"batch_size={cfg.batch_size} exceeds the {n_train} training examples of {cfg.dataset}"
                           f"{f' (train_size={cfg.train_size})' if cfg.train_size else ''}; use batch_size <= {n_train}")
-    if cfg.hessian_samples > n_train:
+    if config_lib.hessian_sample_size(cfg, n_train) > n_train:
         raise ConfigError(f"hessian_samples={cfg.hessian_samples} exceeds the {n_train} training examples; "
-                          f"use hessian_samples <= {n_train}")
+                          f"use hessian_samples <= {n_train}, or hessian_samples=all for the whole training set")
+    config_lib.check_sample_rank(cfg, config_lib.hessian_sample_size(cfg, n_train))
 
 
 def build_model(cfg: Config, ds: Any, keys: RunKeys) -> Any:
@@ -118,6 +119,8 @@ def build_experiment(cfg: Config, progress: bool = True) -> Experiment:
     keys = run_keys(cfg.seed)
     ds = load_data(cfg, keys, progress)
     _check_sizes(cfg, len(ds.y_train))
+    # "all" is recorded as the count from here on (config.json, results.json).
+    cfg = dataclasses.replace(cfg, hessian_samples=config_lib.hessian_sample_size(cfg, len(ds.y_train)))
     model = build_model(cfg, ds, keys)
     num_params = int(models.count_params(model))
     cfg = config_lib.resolve(cfg, num_params=num_params)

@@ -24,6 +24,10 @@ __all__ = ["SpectrumSpec", "Measurement", "measure", "TOL"]
 
 # Relative residual tolerance of a converged Ritz value: |β_m y_{m,i}| <= TOL * λ_1.
 TOL = 1e-4
+# The largest Hessian sample whose gradient is linearised once (memory: every micro-batch's residuals, ~215 kB per
+# LeNet-5 example measured: 3.4 GB at 16,000); $HSPEC_LINEARIZE_MAX_EXAMPLES overrides it.
+LINEARIZE_MAX_EXAMPLES = 16000
+ENV_LINEARIZE_MAX = "HSPEC_LINEARIZE_MAX_EXAMPLES"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,12 +81,27 @@ def timing_since(m: Measurement, t0: float) -> dict[str, Any]:
     return dict(m.timing, spectrum_total_s=m.timing.get("lanczos_resumed_s", 0.0) + time.perf_counter() - t0)
 
 
+def cpu_model() -> str:
+    """The CPU's model name ("Intel(R) Xeon(R) Processor"), from /proc/cpuinfo, else the platform's processor."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
 def device_description() -> str:
-    """What measured: "cpu (2 cores)" or "gpu: NVIDIA H200 x1". No host name (results are committed);
-    the timings of a record mean nothing without it."""
+    """What measured: "cpu (2 cores, Intel(R) Xeon(R) Processor)" or "gpu: NVIDIA H200 x1". No host name (results
+    are committed). The CPU model is kept because a verdict near d_c is also a draw of the hardware: the same run
+    retrained on another CPU model of this kind differs from its first epoch on (FINDINGS.md)."""
     devices = jax.devices()
     if devices[0].platform == "cpu":
-        return f"cpu ({os.cpu_count()} cores)"
+        return f"cpu ({os.cpu_count()} cores, {cpu_model()})"
     return f"{devices[0].platform}: {devices[0].device_kind} x{len(devices)}"
 
 
@@ -117,15 +136,37 @@ def _density(op: hspec.HessianOperator, spec: SpectrumSpec, key: jax.Array) -> d
     return {"grid": np.asarray(d.grid), "density": np.asarray(d.density)}
 
 
-def measure(loss_fn: Callable, params: Any, batches: list, spec: SpectrumSpec, *, lanczos_key: jax.Array,
+def linearize_max_examples() -> int:
+    """LINEARIZE_MAX_EXAMPLES, or $HSPEC_LINEARIZE_MAX_EXAMPLES where set (a machine with more or less memory)."""
+    return int(os.environ.get(ENV_LINEARIZE_MAX) or LINEARIZE_MAX_EXAMPLES)
+
+
+def sample_operator(loss_fn: Callable, params: Any, data: tuple, micro_batch: int, wrt: Any = None
+                    ) -> hspec.HessianOperator:
+    """The Hessian operator of a sample (x, y), its mean loss accumulated over micro-batches in one compiled scan.
+
+    Up to LINEARIZE_MAX_EXAMPLES examples the gradient is linearised once (1.2-1.6 gradients per product, but
+    every micro-batch's residuals are kept: ~215 kB per LeNet-5 example); above, each product is
+    forward-over-reverse inside the scan (one micro-batch's activations in memory), so that the whole training
+    set fits (benchmarks/whole_set_hvp_cpu.py)."""
+    n = len(data[1])
+    method = "linearize" if n <= linearize_max_examples() else "jvp"
+    return hspec.hessian_operator(loss_fn, params, data=data, micro_batch=min(micro_batch, n), wrt=wrt, method=method)
+
+
+def measure(loss_fn: Callable, params: Any, batches: list | None, spec: SpectrumSpec, *, lanczos_key: jax.Array,
             trace_key: jax.Array, density_key: jax.Array | None = None, wrt: Any = None,
-            progress: bool = True, lanczos_state: Any = None) -> Measurement:
+            progress: bool = True, lanczos_state: Any = None, data: tuple | None = None,
+            micro_batch: int | None = None) -> Measurement:
     """Measure the Hessian of `loss_fn` at `params` over `batches`: spectrum, fit, sharpness, density.
 
     Args:
         loss_fn: `loss_fn(params, batch) -> scalar` (train.hessian builds it from a model).
         params: the parameter pytree measured at.
-        batches: the Hessian sample in batches (hspec weights them by size: one Hessian of the union).
+        batches: the Hessian sample in batches (hspec weights them by size: one Hessian of the union); or None
+            with `data`.
+        data, micro_batch: instead of batches, the Hessian sample as one (x, y) accumulated over micro-batches of
+            `micro_batch` examples in one compiled scan (`sample_operator`; any size, the whole training set too).
         spec: what to measure.
         lanczos_key: the run's Lanczos start stream. trace_key: its trace-probe stream.
         density_key: its density-probe stream (needed when spec.density_points > 0).
@@ -142,7 +183,12 @@ def measure(loss_fn: Callable, params: Any, batches: list, spec: SpectrumSpec, *
         hspec.NonFiniteError: the loss or a Hessian-vector product is not finite.
     """
     t0 = time.perf_counter()
-    op = hspec.hessian_operator(loss_fn, params, batches=batches, wrt=wrt)
+    if data is not None:
+        op = sample_operator(loss_fn, params, data, micro_batch or len(data[1]), wrt)
+        num_samples = len(data[1])
+    else:
+        op = hspec.hessian_operator(loss_fn, params, batches=batches, wrt=wrt)
+        num_samples = int(sum(len(b[0]) for b in batches))
     on_host = jax.default_backend() == "cpu"  # where top_eigenvalues keeps the basis on the host
     top, max_steps = _top_k(op, spec, lanczos_key, progress, lanczos_state if on_host else None)
     t1 = time.perf_counter()
@@ -150,7 +196,7 @@ def measure(loss_fn: Callable, params: Any, batches: list, spec: SpectrumSpec, *
     t2 = time.perf_counter()
     density = _density(op, spec, density_key)
     verdict = hspec.power_law_verdict(top.eigenvalues, spec.k, spec.significance)
-    spectrum = dict(top.to_dict(), num_parameters=int(op.dim), hessian_samples=int(sum(len(b[0]) for b in batches)),
+    spectrum = dict(top.to_dict(), num_parameters=int(op.dim), hessian_samples=num_samples,
                     num_positive=int(np.sum(top.eigenvalues > 0)), loss=float(op.loss()),
                     max_lanczos_steps=max_steps)
     sharpness = {"lambda_max": float(top.eigenvalues[0]),  # the top Ritz value converges first

@@ -65,7 +65,8 @@ class SpectrumResult:
         eigengap_fit: the power-law fit of the eigengaps, or None.
         metrics: train/test loss and accuracy of the measured network.
         timing: seconds spent in Lanczos, the trace and the whole measurement, and the device that measured
-            (`device`: "cpu (2 cores)", "gpu: NVIDIA H200 x1"; absent in records written before it was kept).
+            (`device`: "cpu (2 cores, Intel(R) Xeon(R) Processor)", "gpu: NVIDIA H200 x1"; the CPU model is kept
+            from 2026-12-07 on; absent in records written before the device was kept).
         hessian_sample: size and indices of the examples the Hessian is computed on.
         data: where the data came from and what the options did to it.
         num_params: parameters of the network (or of the measured subset).

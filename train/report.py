@@ -1067,11 +1067,15 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
                 "## The claims at other K\n\n" + claims_at_other_k(all_rows, refits, figures / CLAIMS_AT_K_FIGURE)]
     sections += [group_section(name, rows, figures, FIGURES) for name, rows in all_rows.items()]
     sections.append("## Sensitivity of the verdict to the method's choices\n\n" + sensitivity_section(results, all_rows, folders))
+    from train.sample_report import hessian_sample_section  # results/hessian-sample: the N series (issue 24)
+    sample_text, sample_figures = hessian_sample_section(results, figures, FIGURES)
+    sections.append(sample_text)
     from train.llm.report import llm_section  # results/llm: the LLM claim (issue 25)
     sections.append(llm_section(results, out.parent))
     sections.append("## Data\n\n" + data_section(all_rows))
     text = "\n\n".join(sections) + "\n"
     written = {f"{name}.png" for name, rows in all_rows.items() if measured(rows)} | {CLAIMS_AT_K_FIGURE}
+    written |= set(sample_figures)
     written |= {f"{n}-sharpness.png" for n in SHARPNESS_GROUPS if measured(all_rows[n])}
     for stale in figures.glob("*.png") if figures.is_dir() else ():
         if stale.name not in written:

@@ -59,15 +59,15 @@ def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epo
         progress: show the Lanczos progress bar.
         lanczos_state: where the Lanczos state is kept so that a killed measurement resumes (None: not kept).
     """
-    from train.hessian import hessian_batches, hessian_loss
+    from train.hessian import hessian_loss
 
     import hspec
 
     cfg, t0 = exp.cfg, time.perf_counter()
-    batches = hessian_batches(exp.hessian.x, exp.hessian.y, cfg.hessian_batch_size)
-    m = measure.measure(hessian_loss(exp.fm.eval_def, state.rest), state.params, batches,
+    m = measure.measure(hessian_loss(exp.fm.eval_def, state.rest), state.params, None,
                         measure.SpectrumSpec.from_config(cfg), lanczos_key=exp.keys.lanczos_start,
-                        trace_key=exp.keys.trace_probes, progress=progress, lanczos_state=lanczos_state)
+                        trace_key=exp.keys.trace_probes, progress=progress, lanczos_state=lanczos_state,
+                        data=(exp.hessian.x, exp.hessian.y), micro_batch=cfg.hessian_batch_size)
     return record.SpectrumResult(
         setting=setting(cfg, epoch=epoch, step=step, trained=epoch > 0, lanczos_steps=m.spectrum["lanczos_steps"]),
         fit=m.fit, verdict=m.verdict, spectrum=m.spectrum, sharpness=m.sharpness, eigengap_fit=m.eigengap_fit,

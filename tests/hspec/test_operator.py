@@ -221,3 +221,28 @@ def test_integer_parameters_are_named(x64):
     # Held fixed by wrt, an integer leaf is fine: H = diag(12 w^2) * step = 84 I.
     top = hspec.top_eigenvalues(loss, params, 1, key=jax.random.key(0), wrt="layer")
     assert top.eigenvalues[0] == pytest.approx(84.0, rel=1e-12)
+
+
+@pytest.mark.parametrize("micro_batch", [1, 7, 50, 60, None])
+@pytest.mark.parametrize("method", ["jvp", "linearize"])
+def test_whole_dataset_operator_accumulates_micro_batches_in_one_scan(tiny_problem, micro_batch, method):
+    """data= with micro_batch= is the Hessian of the mean loss over all the examples (dense, float64), whatever
+    the split: equal micro-batches, a remainder, or one batch; and the loss is the whole data's."""
+    params, (x, y), dense, _ = tiny_problem
+    op = hspec.hessian_operator(mlp_loss, params, data=(x, y), micro_batch=micro_batch, method=method)
+    assert op.num_samples == len(y)
+    V = jax.random.normal(jax.random.key(5), (3, op.dim), jnp.float64)
+    np.testing.assert_allclose(op.matvec(V), V @ dense, rtol=1e-10, atol=1e-12)
+    assert float(op.loss()) == pytest.approx(float(mlp_loss(params, (x, y))), rel=1e-12)
+    top = hspec.top_eigenvalues(op, k=3, key=jax.random.key(0), num_steps=op.dim)
+    np.testing.assert_allclose(top.eigenvalues, np.linalg.eigvalsh(dense)[::-1][:3], rtol=1e-9)
+
+
+def test_whole_dataset_operator_refuses_mixed_inputs(tiny_problem):
+    params, (x, y), _, _ = tiny_problem
+    with pytest.raises(ValueError, match="give batches or data, not both"):
+        hspec.hessian_operator(mlp_loss, params, batches=[(x, y)], data=(x, y), micro_batch=10)
+    with pytest.raises(ValueError, match="micro_batch needs data="):
+        hspec.hessian_operator(mlp_loss, params, batches=[(x, y)], micro_batch=10)
+    with pytest.raises(ValueError, match="micro_batch must be >= 1"):
+        hspec.hessian_operator(mlp_loss, params, data=(x, y), micro_batch=0)

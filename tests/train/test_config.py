@@ -202,3 +202,18 @@ def test_lr_schedule_values():
     np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
     # Coinciding boundaries multiply (two drops at once).
     np.testing.assert_allclose(float(loop.lr_schedule(1.0, [5, 5], 0.5)(5)), 0.25, rtol=1e-6)
+
+
+def test_hessian_samples_all_is_the_whole_training_set_recorded_as_its_count(data_dir):
+    from train import presets
+    from train.experiment import build_experiment
+
+    assert C.parse_value("hessian_samples", "all") == "all"
+    assert C.parse_value("hessian_samples", "2000") == 2000
+    cfg = C.apply_overrides(presets.get("tiny-fcn-mnist"), {"hessian_samples": "all", "data_dir": str(data_dir)})
+    C.validate(cfg)  # "all" passes validation (the training set's size is checked when the data is loaded)
+    exp = build_experiment(cfg, False)
+    assert exp.cfg.hessian_samples == len(exp.ds.y_train) == 512
+    np.testing.assert_array_equal(exp.hessian.indices, np.arange(512))
+    with pytest.raises(C.ConfigError, match="hessian_samples must be a count >= 1 or 'all'"):
+        C.validate(C.apply_overrides(C.Config(), {"hessian_samples": "everything"}))

@@ -1,0 +1,582 @@
+"""The Hessian-sample study: what the number of examples in the Hessian does to the K = 1000 verdict.
+
+    python -m train hessian-sample --run RUN_DIR [--epoch E] [--sizes 1000,2000,4000,8000,16000,all]
+                                   [--draws 3] [--draws-up-to 4000] [--states trained,init] [--list]
+
+The paper defines H as the Hessian of the training loss (METHOD.md §1); every spectrum of the reproduction is
+that of a 1000-example sample. For a trained network and its initialisation this study measures the converged
+top K at each sample size N (3 draws where N <= --draws-up-to: draw 0 is the sample a run with
+hessian_samples=N uses, draw i is drawn from fold_in of that stream), and beside each spectrum the curvature
+carriers (hspec.curvature: the participation ratio of the per-example Gauss-Newton traces) over its sample.
+
+A spectrum is one piece. Each finished piece is kept under the work folder (outside the work tree; default
+~/.cache/hspec/work, or $HSPEC_WORK_DIR), and so is the Krylov state of the piece in progress, saved every
+minute with the identity of its network, sample and settings: a killed study (or a session that ends) resumes
+where it stopped, bit-identically, and a state that belongs to something else is refused. After each piece the
+published file results/hessian-sample/<name>/series.json is rewritten with every piece finished so far.
+
+Where the network fits most of its examples with confidence, most examples carry no curvature; the operator may
+then drop them (`--reduce`): the kept examples are those with the largest Gauss-Newton traces, and the dropped
+part's spectral norm (hspec.certify, by Lanczos on the dropped examples alone) bounds by Weyl's inequality how far
+any eigenvalue moved. Such a piece is accepted only when that bound is below 1e-3 · λ_K, and records it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from train import config as config_lib
+from train import rundir
+
+STUDY = "hessian-sample"
+SIZES = ("1000", "2000", "4000", "8000", "16000", "all")
+DRAWS = 3
+DRAWS_UP_TO = 4000
+DRAWS_FROM = 1000
+STATES = ("trained", "init")
+# The dropped part may move an eigenvalue by at most this fraction of λ_K (Weyl).
+CERTIFY_TOLERANCE = 1e-3
+# The dropped examples' Gauss-Newton trace, (1/N) Σ_dropped t_i, is budgeted at this fraction of λ_K: a tenth of
+# the tolerance, since the residual part of the dropped Hessian is not bounded by its trace.
+DROP_BUDGET = 1e-4
+CERTIFY_STEPS = 80
+ENV_WORK_DIR = "HSPEC_WORK_DIR"
+
+
+def default_work_dir() -> Path:
+    """Where long jobs keep their state: $HSPEC_WORK_DIR, else ~/.cache/hspec/work (outside any work tree, so a
+    machine that is handed back keeps it)."""
+    return Path(os.environ.get(ENV_WORK_DIR) or Path.home() / ".cache" / "hspec" / "work")
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+    """One spectrum of the study: a state (trained or init) on draw `draw` of a sample of `size` examples."""
+
+    state: str
+    size: int
+    draw: int
+    reduced: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.state}-n{self.size}-d{self.draw}{'-reduced' if self.reduced else ''}"
+
+
+def plan(sizes: list[int], n_train: int, draws: int, draws_up_to: int, states: tuple[str, ...],
+         reduce_from: int | None, draws_from: int = 1) -> list[Piece]:
+    """The pieces in the order they are computed: the trained network first (it decides the question), small
+    samples first within a state; extra draws after every size's first draw."""
+    out = []
+    for state in states:
+        first = [Piece(state, n, 0, _reduced(state, n, reduce_from)) for n in sizes if n <= n_train]
+        extra = [Piece(state, n, d, _reduced(state, n, reduce_from)) for n in sizes
+                 if draws_from <= n <= min(draws_up_to, n_train) for d in range(1, draws)]
+        out += first + extra
+    return out
+
+
+def _reduced(state: str, size: int, reduce_from: int | None) -> bool:
+    return state == "trained" and reduce_from is not None and size >= reduce_from
+
+
+def sample_indices(exp: Any, size: int, draw: int) -> np.ndarray:
+    """The sorted training-set rows of draw `draw` of a `size`-example sample: draw 0 is what a run with
+    hessian_samples=size uses (the run's `hessian_sample` stream), draw i uses fold_in(that stream, i)."""
+    import jax
+
+    from train import data
+
+    n = len(exp.ds.y_train)
+    if size >= n:
+        return np.arange(n, dtype=np.int64)
+    key = exp.keys.hessian_sample if draw == 0 else jax.random.fold_in(exp.keys.hessian_sample, draw)
+    return data.subset_indices(key, n, size)
+
+
+def state_fingerprint(params: Any) -> str:
+    """sha256 of a parameter pytree's bytes (the identity of a network in a Krylov state)."""
+    import jax
+
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
+    return h.hexdigest()
+
+
+def gn_traces(exp: Any, state: Any, cache: Path, compute: bool = True) -> np.ndarray | None:
+    """The per-example Gauss-Newton traces of `state` over the whole training set, cached in `cache` under the
+    network's fingerprint (None when not cached and `compute` is false)."""
+    from hspec.curvature import gauss_newton_traces
+    from train.hessian import example_loss, jacobian_output_fn
+
+    path = cache / f"gn-traces-{state_fingerprint(state.params)[:16]}.npy"
+    if path.is_file():
+        return np.load(path)
+    if not compute:
+        return None
+    t = gauss_newton_traces(jacobian_output_fn(exp, state.rest), example_loss, state.params,
+                            (exp.ds.x_train, exp.ds.y_train))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path.with_suffix(".tmp.npy"), t)
+    os.replace(path.with_suffix(".tmp.npy"), path)
+    return t
+
+
+def carriers(t: np.ndarray) -> dict[str, Any]:
+    """The curvature diagnostic of traces `t` as a JSON-ready dict."""
+    from hspec.curvature import CurvatureCarriers
+
+    return CurvatureCarriers.of(t).to_dict()
+
+
+def split_by_curvature(t_sample: np.ndarray, budget: float) -> np.ndarray:
+    """A boolean mask of the examples to keep: all but the smallest traces whose mean over the sample,
+    (1/N) Σ_dropped t_i, stays within `budget`."""
+    n = t_sample.size
+    order = np.argsort(t_sample)  # smallest first
+    dropped_mass = np.cumsum(t_sample[order]) / n
+    num_dropped = int(np.searchsorted(dropped_mass, budget, side="right"))
+    keep = np.ones(n, bool)
+    keep[order[:num_dropped]] = False
+    return keep
+
+
+def krylov_identity(exp: Any, state: Any, piece: Piece, idx: np.ndarray, keep: np.ndarray | None) -> dict[str, Any]:
+    """What a piece's Krylov state belongs to: the network, the sample (and the kept part), the settings."""
+    identity = {"study": STUDY, "network": state_fingerprint(state.params), "piece": piece.name,
+                "sample": hashlib.sha256(np.asarray(idx, np.int64).tobytes()).hexdigest(), "k": exp.cfg.k,
+                "tol": _tol(), "micro_batch": exp.cfg.hessian_batch_size, "start": "lanczos_start",
+                "method": _method(int(np.sum(keep)) if keep is not None else idx.size)}
+    if keep is not None:
+        identity["kept"] = hashlib.sha256(np.packbits(keep).tobytes()).hexdigest()
+    return identity
+
+
+def _method(n: int) -> str:
+    """The operator's method for n examples (a Krylov state continues only with the same products)."""
+    from train.measure import linearize_max_examples
+
+    return "linearize" if n <= linearize_max_examples() else "jvp"
+
+
+def _tol() -> float:
+    from train.measure import TOL
+
+    return TOL
+
+
+def _operator(exp: Any, state: Any, idx: np.ndarray) -> Any:
+    """The Hessian operator of `state` on the training rows `idx` (mean loss, micro-batched in one scan)."""
+    from train.hessian import hessian_loss
+    from train.measure import sample_operator
+
+    return sample_operator(hessian_loss(exp.fm.eval_def, state.rest), state.params,
+                           (exp.ds.x_train[idx], exp.ds.y_train[idx]), exp.cfg.hessian_batch_size)
+
+
+def converged_top(op: Any, exp: Any, state_dir: Path, identity: dict, progress: bool) -> Any:
+    """The strict top K of an operator (the run's step rule, grown until they converge), its Krylov state kept in
+    `state_dir` under `identity`."""
+    import hspec
+
+    steps = exp.cfg.lanczos_steps or hspec.default_num_steps(exp.cfg.k, op.dim)
+    max_steps = exp.cfg.max_lanczos_steps or hspec.default_max_steps(steps, op.dim)
+    return hspec.top_eigenvalues(op, k=exp.cfg.k, key=exp.keys.lanczos_start, num_steps=steps, max_steps=max_steps,
+                                 tol=_tol(), strict=True, progress=progress, checkpoint_dir=state_dir,
+                                 checkpoint_identity=identity)
+
+
+def spectrum_entry(values: np.ndarray, k: int, top: Any, seconds: float) -> dict[str, Any]:
+    """The JSON entry of one converged spectrum: the fit at K, convergence, the values, the seconds."""
+    from train.sensitivity import fit_entry
+
+    return dict(fit_entry(values, k), num_converged=int(top.num_converged), lanczos_steps=int(top.num_steps),
+                eigenvalues=np.asarray(values), seconds=seconds)
+
+
+def exact_piece(exp: Any, state: Any, piece: Piece, idx: np.ndarray, work: Path, progress: bool) -> dict[str, Any]:
+    """A spectrum on the whole sample."""
+    t0 = time.perf_counter()
+    top = converged_top(_operator(exp, state, idx), exp, work / f"{piece.name}.lanczos",
+                        krylov_identity(exp, state, piece, idx, None), progress)
+    return spectrum_entry(top.eigenvalues, exp.cfg.k, top, top.lanczos.resumed_s + time.perf_counter() - t0)
+
+
+def reduced_piece(exp: Any, state: Any, piece: Piece, idx: np.ndarray, t_sample: np.ndarray, lambda_k_guess: float,
+                  work: Path, progress: bool) -> dict[str, Any]:
+    """A spectrum of the examples that carry the curvature, certified against the dropped ones (Weyl).
+
+    The kept operator is the mean over the kept examples scaled by n_kept / N, the dropped part's norm that of the
+    mean over the dropped ones scaled by n_dropped / N: together they are the sample's Hessian."""
+    import jax
+
+    from hspec.certify import NormEstimate, spectral_norm, weyl_certificate
+
+    t0 = time.perf_counter()
+    keep = split_by_curvature(t_sample, DROP_BUDGET * lambda_k_guess)
+    n, n_kept = idx.size, int(keep.sum())
+    top = converged_top(_operator(exp, state, idx[keep]), exp, work / f"{piece.name}.lanczos",
+                        krylov_identity(exp, state, piece, idx, keep), progress)
+    values = np.asarray(top.eigenvalues, np.float64) * (n_kept / n)
+    t1 = time.perf_counter()
+    if n_kept < n:
+        norm = spectral_norm(_operator(exp, state, idx[~keep]), key=jax.random.fold_in(exp.keys.lanczos_start, 1),
+                             num_steps=CERTIFY_STEPS, scale=(n - n_kept) / n)
+    else:  # nothing dropped: the operator is the sample's
+        norm = NormEstimate(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0)
+    cert = weyl_certificate(norm, values, exp.cfg.k, CERTIFY_TOLERANCE)
+    entry = spectrum_entry(values, exp.cfg.k, top, top.lanczos.resumed_s + time.perf_counter() - t0)
+    entry["reduced"] = {"kept": n_kept, "dropped": n - n_kept, "drop_budget": DROP_BUDGET * lambda_k_guess,
+                        "dropped_gn_trace": float(np.sum(t_sample[~keep]) / n), "certificate": cert,
+                        "certify_s": time.perf_counter() - t1}
+    return entry
+
+
+# --------------------------------------------------------------------------------------------------
+# Spectra measured already by the sensitivity study, on the same network
+
+
+def reused_pieces(exp: Any, meta: dict, results: Path) -> dict[str, dict[str, Any]]:
+    """Pieces the sensitivity study (results/sensitivity/<run>-epoch<E>/) measured on this very network: the
+    run's own sample and its other draws at the run's size, and the other sizes of draw 0.
+
+    They are used only when the sensitivity study's run is this one: same preset, seed, epoch and K, and the
+    published run's metrics history (results/*/<run>/metrics.jsonl) equals this checkpoint's, value for value
+    (training here is bitwise reproducible on one CPU model; a rerun elsewhere is not, FINDINGS.md)."""
+    cfg, e = exp.cfg, meta["epoch"]
+    out: dict[str, dict[str, Any]] = {}
+    for folder in sorted((results / "sensitivity").glob(f"*-epoch{e}")):
+        base = _read_json(folder / "base.json")
+        prov = (base or {}).get("provenance", {})
+        if (prov.get("preset"), prov.get("seed"), prov.get("epoch"), prov.get("k")) != (cfg.preset, cfg.seed, e, cfg.k):
+            continue
+        if not _same_history(results, Path(prov.get("run", "")).name, meta["metrics"]):
+            continue
+        size, source = prov["hessian_samples"], str(folder)
+        for label in STATES:
+            b = base[label]
+            out[Piece(label, size, 0).name] = dict(_refit(b["eigenvalues"], cfg.k), num_converged=b["num_converged"],
+                                                   lanczos_steps=b["lanczos_steps"], eigenvalues=b["eigenvalues"],
+                                                   seconds=b.get("seconds"), source=f"{source}/base.json")
+            for doc_name, field, size_of in (("hessian_draws.json", "draw", lambda x: size),
+                                             ("hessian_samples.json", "hessian_samples", lambda x: x)):
+                doc = _read_json(folder / doc_name) or {}
+                for entry in doc.get(label, []):
+                    if "eigenvalues" not in entry:
+                        continue
+                    draw = entry[field] if field == "draw" else 0
+                    piece = Piece(label, size_of(entry[field]), draw)
+                    out.setdefault(piece.name, dict(_refit(entry["eigenvalues"], cfg.k),
+                                                    num_converged=entry["num_converged"],
+                                                    lanczos_steps=entry.get("lanczos_steps"),
+                                                    eigenvalues=entry["eigenvalues"], seconds=None,
+                                                    source=f"{source}/{doc_name}"))
+    return out
+
+
+def _refit(values: Any, k: int) -> dict[str, Any]:
+    from train.sensitivity import fit_entry
+
+    return fit_entry(np.asarray(values, np.float64), k)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _same_history(results: Path, run_name: str, history: list[dict]) -> bool:
+    """Whether a published run called `run_name` has exactly this metrics history (train/test loss per epoch)."""
+    for path in results.glob(f"*/{run_name}/metrics.jsonl"):
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        key = lambda r: (r["epoch"], r["train_loss"], r["test_loss"], r["train_acc"], r["test_acc"])  # noqa: E731
+        if [key(r) for r in rows] == [key(r) for r in history]:
+            return True
+    return False
+
+
+# --------------------------------------------------------------------------------------------------
+# The runner
+
+
+@dataclasses.dataclass(frozen=True)
+class StudySpec:
+    """What the study measures: sample sizes (ints; the training set's size for the whole set), draws, states,
+    and from which size on the trained network's operator is reduced (None: never), validated at one size below."""
+
+    sizes: tuple[int, ...]
+    draws: int = DRAWS
+    draws_up_to: int = DRAWS_UP_TO
+    draws_from: int = DRAWS_FROM
+    states: tuple[str, ...] = STATES
+    reduce_from: int | None = None
+    validate_reduction_at: int | None = None
+
+
+def pieces_of(spec: StudySpec, n_train: int) -> list[Piece]:
+    """The study's pieces in order (plan), plus the validation of the reduction against an exact spectrum."""
+    out = plan(list(spec.sizes), n_train, spec.draws, spec.draws_up_to, spec.states, spec.reduce_from,
+               spec.draws_from)
+    v = spec.validate_reduction_at
+    if v is not None and "trained" in spec.states and v <= n_train:
+        out.insert(next((i for i, p in enumerate(out) if p.state == "trained" and p.size > v), len(out)),
+                   Piece("trained", v, 0, True))
+    return out
+
+
+class Study:
+    """One network's Hessian-sample study: its experiment, states, traces, finished pieces and output files."""
+
+    def __init__(self, run: Path, epoch: int | None, spec: StudySpec, results: Path, work: Path, name: str | None,
+                 echo: Callable = print):
+        from train.sensitivity import _sensitivity_setup
+
+        self.exp, self.meta, trained, _ = _sensitivity_setup(Path(run), epoch, {})
+        self.spec, self.results, self.echo = spec, Path(results), echo
+        self.name = name or f"{Path(run).resolve().name}-epoch{self.meta['epoch']}"
+        self.out = self.results / STUDY / self.name
+        self.work = Path(work) / STUDY / self.name
+        self.states = {"trained": trained, "init": self.exp.template}
+        self.n_train = len(self.exp.ds.y_train)
+        self.pieces = pieces_of(spec, self.n_train)
+
+    def traces(self, label: str, compute: bool = True) -> np.ndarray | None:
+        """The whole training set's per-example Gauss-Newton traces of a state (computed once, then cached)."""
+        return gn_traces(self.exp, self.states[label], self.work, compute)
+
+    def piece_path(self, piece: Piece) -> Path:
+        return self.work / "pieces" / f"{piece.name}.json"
+
+    def finished(self) -> dict[str, dict[str, Any]]:
+        """Every finished piece: computed here (kept under the work folder) or reused from the sensitivity study."""
+        done = {name: e for name, e in reused_pieces(self.exp, self.meta, self.results).items()}
+        # Every piece kept for this network, also those of an invocation with another plan (series.json keeps all).
+        prints = {label: state_fingerprint(st.params) for label, st in self.states.items()}
+        for path in sorted((self.work / "pieces").glob("*.json")):
+            doc = _read_json(path)
+            if doc is not None and doc.get("network") == prints.get(_parse_name(path.stem)[0]):
+                done[path.stem] = doc["entry"]
+        return done
+
+    def compute(self, piece: Piece, done: dict, progress: bool) -> dict[str, Any]:
+        """Measure one piece and keep it under the work folder (atomically)."""
+        from train import record
+
+        st, idx = self.states[piece.state], sample_indices(self.exp, piece.size, piece.draw)
+        if piece.reduced:
+            entry = reduced_piece(self.exp, st, piece, idx, self.traces(piece.state)[idx],
+                                  self._lambda_k_guess(piece.state, done), self.work, progress)
+        else:
+            entry = exact_piece(self.exp, st, piece, idx, self.work, progress)
+        entry["source"] = "computed"
+        entry["device"] = machine_description()
+        record.write_json(self.piece_path(piece), {"network": state_fingerprint(st.params), "entry": entry})
+        return json.loads(self.piece_path(piece).read_text())["entry"]
+
+    def _lambda_k_guess(self, label: str, done: dict) -> float:
+        """λ_K of the largest sample of this state finished so far (the drop budget's scale)."""
+        k = self.exp.cfg.k
+        best = max((p for p in self.pieces if p.state == label and p.name in done), key=lambda p: p.size, default=None)
+        if best is None:
+            best = max((Piece(label, int(n.split("-n")[1].split("-")[0]), 0) for n in done if n.startswith(label)),
+                       key=lambda p: p.size, default=None)
+        if best is None:
+            raise RuntimeError(f"no finished {label} spectrum to scale the drop budget by: run a smaller size first")
+        return float(np.asarray(done[best.name]["eigenvalues"])[k - 1])
+
+    def write(self, done: dict) -> Path:
+        """results/hessian-sample/<name>/series.json: every finished piece with its sample's curvature carriers."""
+        from train import record
+
+        entries = []
+        for name, entry in sorted(done.items(), key=lambda kv: _piece_order(kv[0])):
+            state, size, draw, reduced = _parse_name(name)
+            if state not in self.states:
+                continue
+            idx, t = sample_indices(self.exp, size, draw), self.traces(state, compute=False)
+            entries.append(dict(entry, state=state, hessian_samples=size, draw=draw, reduced_operator=reduced,
+                                key="hessian_sample" if draw == 0 else f"fold_in(hessian_sample, {draw})",
+                                carriers=None if t is None else carriers(t[idx])))
+        doc = {"provenance": {"run": self.name, "preset": self.exp.cfg.preset, "epoch": self.meta["epoch"],
+                              "seed": self.exp.cfg.seed, "k": self.exp.cfg.k, "num_params": self.exp.num_params,
+                              "num_train": self.n_train, "spec": dataclasses.asdict(self.spec),
+                              "certify_tolerance": CERTIFY_TOLERANCE, "drop_budget": DROP_BUDGET},
+               "whole_set": {label: None if (t := self.traces(label, compute=False)) is None else carriers(t)
+                             for label in self.spec.states},
+               "pieces": entries, "pending": [p.name for p in self.pieces if p.name not in done]}
+        self.out.mkdir(parents=True, exist_ok=True)
+        record.write_json(self.out / "series.json", doc)
+        return self.out / "series.json"
+
+
+def _parse_name(name: str) -> tuple[str, int, int, bool]:
+    state, rest = name.split("-n", 1)
+    parts = rest.split("-")
+    return state, int(parts[0]), int(parts[1][1:]), len(parts) > 2 and parts[2] == "reduced"
+
+
+def _piece_order(name: str) -> tuple:
+    state, size, draw, reduced = _parse_name(name)
+    return (STATES.index(state) if state in STATES else 9, size, draw, reduced)
+
+
+def machine_description() -> str:
+    """The device that measured, with its CPU model (train.measure.device_description)."""
+    from train.measure import device_description
+
+    return device_description()
+
+
+def run_study(study: Study, progress: bool = True) -> Path:
+    """Compute every pending piece in order, writing series.json after each."""
+    done = study.finished()
+    path = study.write(done)
+    for piece in study.pieces:
+        if piece.name in done:
+            continue
+        study.echo(f"{piece.name}: top {study.exp.cfg.k} of the Hessian of {piece.size} examples "
+                   f"({'reduced operator, certified' if piece.reduced else 'exact'})")
+        done[piece.name] = study.compute(piece, done, progress)
+        e = done[piece.name]
+        study.echo(f"{piece.name}: {e['verdict']} ({e['num_converged']} converged in {e['lanczos_steps']} steps, "
+                   f"{e['seconds']:.0f} s)")
+        path = study.write(done)
+    return path
+
+
+def krylov_progress(directory: Path, k: int, tol: float) -> dict[str, int] | None:
+    """Steps saved in a Krylov state folder and how many of the top k Ritz values have converged there
+    (residual <= tol · θ_1); None when there is no readable state."""
+    import hspec
+    from hspec.krylov import KrylovStore, ritz_decomposition
+
+    steps = KrylovStore.saved_steps(directory)
+    if not steps:
+        return None
+    try:
+        with np.load(Path(directory) / KrylovStore.STATE) as saved:
+            alphas, betas = np.asarray(saved["alphas"]), np.asarray(saved["betas"])
+    except (OSError, KeyError, ValueError):
+        return None
+    values, residuals, _, _ = ritz_decomposition(alphas, betas)
+    top, res = values[0][:k], residuals[0][:k]
+    return {"steps": int(steps), "converged": int(np.sum(res <= tol * abs(values[0][0])))}
+
+
+def listing(study: Study) -> str:
+    """One line per piece: finished (d_KS, s), in progress (steps saved, converged so far) or pending."""
+    done, lines = study.finished(), []
+    for piece in study.pieces:
+        if piece.name in done:
+            fit = done[piece.name]["fit"]
+            if fit.get("d_ks") is None:
+                lines.append(f"{piece.name:28s} done     {done[piece.name]['verdict']}")
+                continue
+            src = done[piece.name].get("source", "computed")
+            lines.append(f"{piece.name:28s} done     d_KS {fit['d_ks']:.4f} (d_c {fit['d_crit']:.4f}) s {fit['s']:.3f}"
+                         f"{'' if src == 'computed' else '  [' + src + ']'}")
+            continue
+        progress = krylov_progress(study.work / f"{piece.name}.lanczos", k=study.exp.cfg.k, tol=_tol())
+        if progress is None:
+            lines.append(f"{piece.name:28s} pending")
+        else:
+            lines.append(f"{piece.name:28s} running  {progress['steps']} Lanczos steps saved, "
+                         f"{progress['converged']} of the top {study.exp.cfg.k} converged")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# The command line
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train hessian-sample",
+                                description="The converged top-K spectrum of a trained network and of its "
+                                            "initialisation against the number of examples in the Hessian, with the "
+                                            "curvature carriers of each sample. Writes "
+                                            "results/hessian-sample/<name>/series.json; resumable.")
+    p.add_argument("--run", required=True, help="a run directory with checkpoints")
+    p.add_argument("--epoch", type=int, help="which checkpoint (default: the newest)")
+    p.add_argument("--name", help="output folder under <results>/hessian-sample (default: <run>-epoch<E>)")
+    p.add_argument("--sizes", default=",".join(SIZES), help=f"sample sizes, 'all' for the whole training set "
+                                                            f"(default: {','.join(SIZES)})")
+    p.add_argument("--draws", type=int, default=DRAWS, help=f"draws per size up to --draws-up-to (default {DRAWS})")
+    p.add_argument("--draws-up-to", type=int, default=DRAWS_UP_TO, help=f"default {DRAWS_UP_TO}")
+    p.add_argument("--draws-from", type=int, default=DRAWS_FROM, help=f"default {DRAWS_FROM}")
+    p.add_argument("--states", default=",".join(STATES), help="trained, init or both (default: both)")
+    p.add_argument("--reduce-from", help="from this size on, the trained network's operator keeps only the examples "
+                                         "that carry its curvature, certified by Weyl's inequality (default: never)")
+    p.add_argument("--validate-reduction-at", type=int,
+                   help="also compute the reduced spectrum at this size, beside the exact one (the check of the method)")
+    p.add_argument("--work", default=None, help=f"work folder for Krylov states and finished pieces (default: "
+                                                f"${ENV_WORK_DIR}, else ~/.cache/hspec/work)")
+    p.add_argument("--results", default="results", help="published results root (default: results/)")
+    p.add_argument("--data-dir", help="data directory (default: env HSPEC_DATA_DIR, else ~/.cache/hspec/data)")
+    p.add_argument("--list", action="store_true", help="show each piece's progress and exit")
+    p.add_argument("--carriers-only", action="store_true",
+                   help="compute the curvature carriers of the whole training set (one pass per state), write "
+                        "series.json and exit (run beside the spectra: the pieces do not wait for it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p
+
+
+def _size(text: str, n_train: int | None = None) -> int | str:
+    text = text.strip()
+    if text == config_lib.ALL_SAMPLES:
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise config_lib.ConfigError(f"--sizes: {text!r} is neither a count nor 'all'") from None
+    if value < 1:
+        raise config_lib.ConfigError(f"--sizes: {value} is not a positive count")
+    return value
+
+
+def main(argv: list[str]) -> int:
+    """`python -m train hessian-sample`."""
+    from train import progress_wanted
+    from train.sweep import _use_data_dir
+
+    args = _parser().parse_args(argv)
+    _use_data_dir(args.data_dir)
+    states = tuple(s.strip() for s in args.states.split(",") if s.strip())
+    bad = [s for s in states if s not in STATES]
+    if bad:
+        raise config_lib.ConfigError(f"--states: unknown {bad}; valid: {', '.join(STATES)}")
+    sizes = [_size(s) for s in args.sizes.split(",") if s.strip()]
+    reduce_from = None if args.reduce_from is None else _size(args.reduce_from)
+    # 'all' resolves against the training set once the run is loaded.
+    probe = Study(Path(args.run), args.epoch, StudySpec(sizes=()), Path(args.results),
+                  Path(args.work) if args.work else default_work_dir(), args.name)
+    n = probe.n_train
+    resolve = lambda v: n if v == config_lib.ALL_SAMPLES else v  # noqa: E731
+    spec = StudySpec(sizes=tuple(sorted({resolve(s) for s in sizes})), draws=args.draws, draws_up_to=args.draws_up_to,
+                     draws_from=args.draws_from,
+                     states=states, reduce_from=None if reduce_from is None else resolve(reduce_from),
+                     validate_reduction_at=args.validate_reduction_at)
+    study = probe
+    study.spec, study.pieces = spec, pieces_of(spec, n)
+    if args.list:
+        print(listing(study))
+        return 0
+    if args.carriers_only:
+        for label in spec.states:
+            study.traces(label)
+        print(f"curvature carriers written to {study.write(study.finished())}")
+        return 0
+    path = run_study(study, progress=progress_wanted(args.no_progress))
+    print(f"hessian-sample study written to {path}")
+    return 0
