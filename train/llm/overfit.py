@@ -641,6 +641,9 @@ def status(p: Plan) -> str:
         lines.append(f"draw {d}: {sorted(_load_results(p.out / 'draws' / f'draw-{d}'))}")
     for folder in sorted((p.out / "sensitivity").glob("*")):
         lines.append(f"{folder.name}: {sorted(int(x.parent.name) for x in folder.glob('steps/*/results.json'))}")
+    for state in sorted((p.work / "lanczos").glob("*/state.npz")):  # measurements under way (or killed)
+        with np.load(state) as saved:
+            lines.append(f"under way: {state.parent.name}, {int(saved['steps'])} Lanczos steps saved")
     return "\n".join(lines)
 
 
