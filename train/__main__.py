@@ -9,7 +9,8 @@ Usage:
 
 With no arguments it runs the "default" preset (LeNet-5, full MNIST, momentum SGD, K = 100, with the
 control at initialisation) into runs/default. Any config field can be overridden: `--set epochs=5`,
-`epochs=5` or `--epochs 5` (see --show-config for the fields and their values). `--resume` continues a
+`epochs=5` or `--epochs 5` (see --show-config for the fields and their values); a field set twice, in any of
+these spellings, is refused. `--resume` continues a
 run from its newest checkpoint, bit-identically, and finishes any missing spectra. `spectrum` computes
 the spectrum of a saved checkpoint (a run directory, or its checkpoints/epoch_N) with the run's settings,
 of which the spectrum fields (k, lanczos_steps, hessian_samples, ...) may be changed.

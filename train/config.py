@@ -268,7 +268,8 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
         Mapping key -> value string, in the given order.
 
     Raises:
-        ConfigError: an item without "=" or with an unknown key.
+        ConfigError: an item without "=", with an unknown key, or a key set twice (in any spelling: `--set k=12
+            --set k=8`, `k=12 --set k=8`, `--k 12 k=8`), naming both values: no silent "last one wins".
     """
     out = {}
     for item in items:
@@ -277,6 +278,8 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
         if not sep:
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. epochs=5)")
         check_known(key)
+        if key in out:
+            raise ConfigError(f"config field {key!r} is set twice ({key}={out[key]} and {key}={value}); set it once")
         out[key] = value
     return out
 

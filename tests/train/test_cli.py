@@ -58,6 +58,11 @@ def test_overrides_in_all_three_spellings(capsys):
     (["--show-config", "k=ten"], ["'k' expects int", "'ten'"]),
     (["--show-config", "--preset", "tiny-fcn-mnist", "depth=1.5"], ["'depth' expects int or None", "'1.5'"]),
     (["--show-config", "stray"], ["'stray' is not of the form key=value"]),
+    # A field set twice is refused in every spelling, naming the field and both values (issue 27, case 7).
+    (["--show-config", "--set", "k=12", "--set", "k=8"], ["'k' is set twice", "k=12", "k=8"]),
+    (["--show-config", "k=12", "--set", "k=8"], ["'k' is set twice", "k=12", "k=8"]),
+    (["--show-config", "k=8", "--k", "12"], ["'k' is set twice", "k=12", "k=8"]),
+    (["spectrum", "--checkpoint", "nowhere", "--set", "k=12", "k=8"], ["'k' is set twice", "k=12", "k=8"]),
 ])
 def test_bad_input_is_one_clear_line(capsys, args, fragments):
     rc, _, err = _cli(capsys, *args)

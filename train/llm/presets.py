@@ -316,14 +316,18 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
     """`["k=200", "model.n_layer=2"]` -> {"k": "200", "model.n_layer": "2"}.
 
     Raises:
-        LLMConfigError: an item without "=".
+        LLMConfigError: an item without "=", or a field set twice (naming both values).
     """
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise LLMConfigError(f"override {item!r} is not key=value (e.g. --set k=200)")
-        out[key.strip().replace("-", "_")] = value.strip()
+        key = key.strip().replace("-", "_")
+        if key in out:
+            raise LLMConfigError(f"config field {key!r} is set twice ({key}={out[key]} and {key}={value.strip()}); "
+                                 "set it once")
+        out[key] = value.strip()
     return out
 
 
