@@ -1,7 +1,7 @@
 """The paper's claims and the rules that test them: pure functions of a group's rows (train.report reads them).
 
 A Row is one measured network as the report sees it (its record, its random-initialisation control, the
-group's varying value). Each claim of METHOD.md §5 is a `Claim`: its text, a rule (`rule_*`, rows -> Outcome:
+group's varying value). Each claim of docs/method.md §5 is a `Claim`: its text, a rule (`rule_*`, rows -> Outcome:
 agree, disagree or undecided with the numbers it rests on) and the rule in words. Networks that did not learn
 (train.record.did_not_learn) are shown by the report but kept out of every rule (`learned`). `at_k` refits a
 record at a smaller K from the prefix of its converged spectrum, so that any rule can be asked at any K.
@@ -303,7 +303,7 @@ CLAIMS: dict[str, tuple[Claim, ...]] = {
         Claim(PL_CLAIM, rule_trained_vs_init, "the network after the last epoch is a power law and its "
               "initialisation is not"),
         Claim("Smaller ŝ goes with lower test error: the generalisation claim is a correlation across "
-              "checkpoints of one training run (METHOD.md §4).", rule_s_tracks_test_error,
+              "checkpoints of one training run (docs/method.md §4).", rule_s_tracks_test_error,
               "Pearson r between s and test error across the checkpoints is positive"),
     ),
     "optimizers": _OPTIMIZER_CLAIMS,

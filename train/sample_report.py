@@ -206,7 +206,7 @@ def hessian_sample_section(results: Path, figures: Path, rel: str) -> tuple[str,
     return "\n\n".join(out), written
 
 
-INTRO = """The paper defines H as the Hessian of the training loss (METHOD.md §1) and says nothing of a subsample;
+INTRO = """The paper defines H as the Hessian of the training loss (docs/method.md §1) and says nothing of a subsample;
 every other spectrum in this report is that of 1000 training examples. Here the converged top K = 1000 of the
 reference network (`lenet-mnist-sgd` after 50 epochs) and of its initialisation are measured on N = 500 ... 60,000
 examples (the whole training set), with 3 draws of the sample where N ≤ 4000 (mean ± sd; draw 0 is the sample a
@@ -217,5 +217,6 @@ t_i, and the dropped part's spectral norm (Lanczos on the dropped examples alone
 any eigenvalue moved; such a spectrum is accepted only when the bound is below 1e-3 λ_K (`hspec.certify`). Spectra
 at N = 500, 1000 (3 draws) and 2000 (draw 0) are the sensitivity study's, measured on the same network: it retrains
 bit-identically on this CPU model (its metrics history equals the published run's, value for value). On another
-CPU model of this kind the same run differs from its first epoch on (train loss 0.3529 against 0.3481, FINDINGS.md),
-so a verdict near d_c is also a draw of the hardware: records now keep the CPU model (`timing.device`)."""
+CPU model of this kind the same run differs from its first epoch on (train loss 0.3529 against 0.3481,
+docs/findings.md), so a verdict near d_c is also a draw of the hardware: records now keep the CPU model
+(`timing.device`)."""

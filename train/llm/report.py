@@ -1,7 +1,7 @@
 """REPRODUCTION.md's LLM section, from results/llm alone (called by `python -m train report`).
 
 For a run of the overfitting queue (train.llm.overfit: tracking.json with `claims_overfit`): the claims as
-METHOD.md section 5 states them, the rule applied to each and our result; every checkpoint with the error bars of
+docs/method.md section 5 states them, the rule applied to each and our result; every checkpoint with the error bars of
 the Hessian-sample draws; Pearson and Kendall correlations of d_KS, s, lambda_max and Tr(H) with the test loss and
 with the generalisation gap (all checkpoints, without step 0, partial on the step); the sensitivity of the verdict
 (K prefixes, sample draws and sizes, the paper's literal procedure); and what departs from the paper's setting.
@@ -17,7 +17,7 @@ from typing import Any
 
 __all__ = ["llm_section", "CLAIM_TEXT"]
 
-CLAIM_TEXT = ("METHOD.md §5 (LLMs): \"d_KS falls as training proceeds and tracks the test loss (Pearson r above "
+CLAIM_TEXT = ("docs/method.md §5 (LLMs): \"d_KS falls as training proceeds and tracks the test loss (Pearson r above "
               "0.9), while λ_max and Tr(H) do not; the power law is absent at initialisation.\"")
 LABEL = {"d_ks": "d_KS", "s": "s", "lambda_max": "λ_max", "trace": "Tr(H)"}
 MEASURES = ("d_ks", "s", "lambda_max", "trace")
@@ -44,7 +44,7 @@ def _agree(holds: Any, paper_says: bool) -> str:
 def claims_table(t: dict[str, Any]) -> str:
     """Each claim, the rule applied, our number and agree / disagree."""
     c = t["claims_overfit"]
-    rows = ["| claim (METHOD.md §5) | rule applied | ours | |", "|---|---|---|---|"]
+    rows = ["| claim (docs/method.md §5) | rule applied | ours | |", "|---|---|---|---|"]
     init = c["no_power_law_at_init"]
     rows.append(f"| the power law is absent at initialisation | {init['rule']} | d_KS {_f(init['d_ks'])}, d_c "
                 f"{_f(init['d_crit'])} | {_agree(init['holds'], True)} |")
