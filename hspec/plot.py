@@ -43,7 +43,8 @@ def plot_rank_eigenvalue(eigenvalues, fit=None, *, path=None, ax=None, title=Non
         λ_k = λ_K (K/k)^ŝ (rank k ≈ K·P(λ' ≥ λ) with P from the fit, anchored at the cutoff λ_K), and
         the verdict.
       path: write a PNG there (and close the figure); otherwise return the figure.
-      ax: draw into existing axes. title: axes title. label: legend label of the data.
+      ax: draw into existing axes. title: axes title, to which K (the number of eigenvalues) is added: a
+        spectrum's shape depends on how many of its top eigenvalues were taken. label: legend label of the data.
 
     Returns:
       The matplotlib figure.
@@ -62,8 +63,7 @@ def plot_rank_eigenvalue(eigenvalues, fit=None, *, path=None, ax=None, title=Non
                 fontsize=10, color="tab:green" if fit.is_power_law else "tab:red")
     ax.set_xlabel("rank k")
     ax.set_ylabel("eigenvalue λ_k")
-    if title:
-        ax.set_title(title, fontsize=10)
+    ax.set_title(f"{title} (K = {values.size})" if title else f"top K = {values.size}", fontsize=10)
     ax.legend(fontsize=8, loc="upper right")
     _finish(fig, path)
     return fig

@@ -157,10 +157,13 @@ def describe(name: str) -> str:
 
 
 def listing() -> str:
-    """A printable table of every preset and its description.
+    """A printable table of every preset: its K, whether it measures the control at initialisation too (a
+    second spectrum of the same cost: a one-epoch lenet-mnist-adam still computes two K = 1000 spectra), and
+    its description.
 
     Returns:
         One line per preset.
     """
     width = max(len(n) for n in PRESETS)
-    return "\n".join(f"{n:<{width}}  {d}" for n, (d, _) in PRESETS.items())
+    return "\n".join(f"{n:<{width}}  K={c.k:<4} {'+ init control' if c.init_control else '              '}  {d}"
+                     for n, (d, c) in PRESETS.items())

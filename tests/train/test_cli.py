@@ -41,6 +41,9 @@ def test_list_presets(capsys):
     assert rc == 0
     listed = [line.split()[0] for line in out.splitlines()]
     assert listed == presets.names()
+    for line in out.splitlines():  # each preset's K and whether it also pays for the control at initialisation
+        cfg = presets.get(line.split()[0])
+        assert line.split()[1] == f"K={cfg.k}" and ("+ init control" in line) == cfg.init_control
 
 
 def test_overrides_in_all_three_spellings(capsys):
