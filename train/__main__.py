@@ -5,7 +5,8 @@ Usage:
                   [--set key=value ...] [key=value ...] [--key value ...]
   python -m train --list-presets
   python -m train --show-config [--preset NAME] [overrides]
-  python -m train spectrum --checkpoint PATH [--epoch E] [--out DIR] [--data-dir DIR] [--set key=value ...]
+  python -m train spectrum --checkpoint PATH [--epoch E] [--out DIR] [--data-dir DIR] [--no-progress]
+                           [--set key=value ...]
 
 With no arguments it runs the "default" preset (LeNet-5, full MNIST, momentum SGD, K = 100, with the
 control at initialisation) into runs/default. Any config field can be overridden: `--set epochs=5`,
@@ -15,7 +16,9 @@ run from its newest checkpoint, bit-identically, and finishes any missing spectr
 the spectrum of a saved checkpoint (a run directory, or its checkpoints/epoch_N) with the run's settings,
 of which the spectrum fields (k, lanczos_steps, hessian_samples, ...) may be changed.
 
-Exit status: 0 success, 2 bad input (config, data, output directory, checkpoint), 3 non-finite loss.
+Errors are one line on stderr, `error: <what is wrong and the cure>`, with the exit status: 0 success, 2 bad input
+(config, data, output directory, checkpoint, a damaged Krylov state), 3 a non-finite loss, Hessian-vector product or
+loaded weights, 4 a spectrum whose top K did not converge (the line names the --set that continues it).
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ def _spectrum_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help=f"change a spectrum field: {', '.join(config_lib.SPECTRUM_FIELDS)}")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars (there are none when stderr is not a terminal)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
     return p
 
@@ -146,7 +151,8 @@ def _main_spectrum(argv: list[str]) -> int:
     from train import run
 
     run.spectrum_of_checkpoint(args.checkpoint, epoch=args.epoch, out=args.out,
-                               overrides={k: getattr(typed, k) for k in overrides})
+                               overrides={k: getattr(typed, k) for k in overrides},
+                               progress=progress_wanted(args.no_progress))
     return 0
 
 
@@ -205,7 +211,7 @@ def _exit_status(err: Exception) -> int | None:
     if isinstance(err, SpectrumError):  # its message says what to do; the status says what failed
         cause = err.__cause__
         return 4 if isinstance(cause, hspec.NotConvergedError) else 3 if isinstance(cause, hspec.NonFiniteError) \
-            else 2 if isinstance(cause, hspec.KrylovStateError) else None
+            else _exit_status(cause) if isinstance(cause, Exception) else None
     if isinstance(err, NonFiniteLossError):
         return 3
     if isinstance(err, (config_lib.ConfigError, CheckpointError, DataError, FileNotFoundError, OutputDirError,

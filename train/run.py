@@ -204,7 +204,8 @@ def load_model(path: str | os.PathLike, *, epoch: int | None = None) -> tuple[An
 
 
 def spectrum_of_checkpoint(path: str | os.PathLike, *, epoch: int | None = None, out: str | os.PathLike | None = None,
-                           overrides: dict[str, Any] | None = None, echo: Callable = print) -> record.SpectrumResult:
+                           overrides: dict[str, Any] | None = None, progress: bool = True,
+                           echo: Callable = print) -> record.SpectrumResult:
     """Compute the spectrum of any saved checkpoint, as a run does at its end.
 
     Args:
@@ -212,12 +213,17 @@ def spectrum_of_checkpoint(path: str | os.PathLike, *, epoch: int | None = None,
         epoch: which epoch of a run directory.
         out: where results.json and spectrum.png go (default `<run>/spectra/epoch_<N>`).
         overrides: spectrum fields to change (k, lanczos_steps, hessian_samples, ...) and data_dir.
-        echo: where human-readable lines go.
+        progress: show the download and Lanczos progress bars.
+        echo: where human-readable lines go (the verdict table and where the results were written).
 
     Raises:
         ConfigError: an override of a training field.
         CorruptCheckpointError: the checkpoint is damaged (it is left untouched).
+        SpectrumError: the top K did not converge (its cause hspec.NotConvergedError; the message says which
+            --set continues the kept Lanczos steps) or a Hessian-vector product was not finite.
     """
+    import hspec
+
     where = rundir.find_checkpoint(Path(path), epoch)
     meta = ckpt.read_meta(where)
     overrides = dict(overrides or {})
@@ -232,8 +238,14 @@ def spectrum_of_checkpoint(path: str | os.PathLike, *, epoch: int | None = None,
     out_dir = Path(out) if out is not None else where.parent.parent / "spectra" / f"epoch_{e}"
     if (out_dir / rundir.RESULTS).exists():
         raise OutputDirError(f"{out_dir / rundir.RESULTS} exists already and is not overwritten; choose another --out")
-    exp = build_experiment(cfg)
+    exp = build_experiment(cfg, progress)
     rundir.ensure_writable(out_dir)
-    result = measure_checkpoint(exp, where, out_dir, f"{cfg.preset}: epoch {e}")
+    try:
+        result = measure_checkpoint(exp, where, out_dir, f"{cfg.preset}: epoch {e}", progress)
+    except (hspec.NotConvergedError, hspec.NonFiniteError) as err:
+        how = " with" if isinstance(err, hspec.NotConvergedError) else ""
+        raise SpectrumError(f"the spectrum of {where} failed: {str(err).rstrip('.')}. The checkpoint is kept; "
+                            f"rerun this command{how}{_resume_hint(exp, err)}") from err
     echo(record.verdict_table([("init" if e == 0 else f"epoch {e}", result)]))
+    echo(f"wrote {out_dir / rundir.RESULTS} and {out_dir / rundir.PLOT}")
     return result

@@ -290,6 +290,22 @@ def test_unconverged_spectrum_exits_4_and_a_larger_budget_continues_it(capsys, t
     assert res[0]["spectrum"]["eigenvalues"] == res[1]["spectrum"]["eigenvalues"]
 
 
+def test_spectrum_that_does_not_converge_exits_4_with_the_hint_and_says_where_it_wrote(capsys, tmp_path, data_dir):
+    """Issue 27, cases 6, 10 and 13: `spectrum` gives training's status 4 and --set hint, continues from the kept
+    Lanczos steps, takes --no-progress, and prints where its results went."""
+    run = tmp_path / "run"
+    rc, _, err = _cli(capsys, "--preset", "tiny-fcn-mnist", "--data-dir", data_dir, "--no-progress", "--out", run,
+                      "epochs=1", "init_control=false", "k=2", "lanczos_steps=10", "trace_samples=2")
+    assert rc == 0, err
+    spectrum = ["spectrum", "--checkpoint", run, "--out", tmp_path / "s", "--no-progress", "k=40", "lanczos_steps=45"]
+    rc, out, err = _cli(capsys, *spectrum, "max_lanczos_steps=45")
+    assert rc == 4 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "rerun this command with --set max_lanczos_steps=N with N above the 45 steps taken" in err
+    rc, out, err = _cli(capsys, *spectrum, "max_lanczos_steps=400")
+    assert rc == 0 and err == "", err  # no progress bar
+    assert f"wrote {tmp_path / 's' / 'results.json'}" in out
+
+
 def test_progress_bars_only_on_a_terminal(monkeypatch):
     import io
     import sys
