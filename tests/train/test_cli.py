@@ -82,6 +82,9 @@ def test_data_dependent_errors(capsys, tmp_path, data_dir, monkeypatch):
     # The full Avila training split has 10,430 rows (SOURCES.md); only loading the data can tell.
     rc, _, err = _cli(capsys, *base, "--out", tmp_path / "a", "dataset=avila", "train_size=none", "batch_size=20000")
     assert rc == 2 and "batch_size=20000 exceeds the 10430 training examples of avila" in err
+    rc, _, err = _cli(capsys, *base, "--out", tmp_path / "a", "train_size=70000")  # issue 27, case 6
+    assert rc == 2 and err.count("\n") == 1
+    assert "train_size=70000 exceeds the 60000 training examples of mnist; use train_size <= 60000" in err
     # FCN 784-2-10 has 784*2 + 2 + 2*10 + 10 = 1600 parameters.
     rc, _, err = _cli(capsys, *base, "--out", tmp_path / "b", "depth=1", "width=2", "hessian_samples=512", "k=2000",
                       "lanczos_steps=none")

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train.data.dataset import Dataset
+from train.data.dataset import DataError, Dataset
 
 
 class HessianSample(NamedTuple):
@@ -109,6 +109,9 @@ def apply_options(
     Returns:
       A new Dataset; `y_train_clean` holds the labels before they were changed (None if unchanged),
       `train_indices` the surviving rows of the original training split.
+
+    Raises:
+      DataError: a train_size larger than the training split.
     """
     if label_noise and (random_labels or gaussian_inputs):
         raise ValueError("label_noise cannot be combined with random_labels or gaussian_inputs (those replace every label)")
@@ -117,6 +120,9 @@ def apply_options(
     k_subset, k_labels, k_inputs = jax.random.split(key, 3)
     x, y, idx, clean = ds.x_train, ds.y_train, ds.train_indices, ds.y_train_clean
     idx = np.arange(len(y), dtype=np.int64) if idx is None else idx
+    if train_size is not None and train_size > len(y):
+        raise DataError(f"train_size={train_size} exceeds the {len(y)} training examples of {ds.name}; use "
+                        f"train_size <= {len(y)}, or train_size=none for all of them")
     if train_size is not None and train_size != len(y):
         keep = subset_indices(k_subset, len(y), int(train_size))
         x, y, idx = x[keep], y[keep], idx[keep]
