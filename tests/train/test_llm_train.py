@@ -384,6 +384,34 @@ SMALL_RUN = ["--no-progress", "--set", "steps=2", "--set", "checkpoint_steps=0,2
              "--set", "eval_batch=2", "--set", "trace_samples=2", "--set", "save_every=0"]
 
 
+def test_damaged_weights_and_lora_targets_that_match_nothing_are_one_line(tmp_path, data_dir, capsys):
+    """Issue 27, case 6: NaN in pre-trained weights exits 3 naming the tensor; LoRA targets that match no layer
+    exit 2 naming the layers there are. Both stop before anything is trained."""
+    from train.llm import weights
+
+    hf = {"n_layer": 1, "n_head": 2, "n_embd": 16, "n_positions": 32, "vocab_size": 50257, "layer_norm_epsilon": 1e-5,
+          "activation_function": "gelu_new"}
+    cfg = weights.gpt2_config_from_hf(hf)
+    tensors = {k: v.copy() for k, v in _export(gpt2.GPT2(cfg, rngs=nnx.Rngs(5)), weights.gpt2_layout(cfg)).items()}
+    tensors["transformer.h.0.mlp.c_fc.weight"][3, 4] = np.nan
+    ckpt_dir = _write_hf(tmp_path / "gpt2", hf, tensors)
+    (tmp_path / "data" / "tinyshakespeare").mkdir(parents=True)
+    text = (Path(data_dir) / "tinyshakespeare" / "input.txt").read_text()[:4000]
+    (tmp_path / "data" / "tinyshakespeare" / "input.txt").write_text(text)
+    run = ["--preset", "gpt2-small-finetune-shakespeare", "--data-dir", str(tmp_path / "data"), "--out",
+           str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--set", "block_size=16", *SMALL_RUN]
+    rc = cli.main([*run, "--weights", str(ckpt_dir)])
+    err = capsys.readouterr().err
+    assert rc == 3 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert str(ckpt_dir) in err and "transformer.h.0.mlp.c_fc.weight" in err and "NaN" in err
+    tensors["transformer.h.0.mlp.c_fc.weight"][3, 4] = 0.0
+    weights.save_safetensors(ckpt_dir / "model.safetensors", tensors)
+    rc = cli.main([*run, "--weights", str(ckpt_dir), "--set", "lora_rank=2", "--set", "lora_targets=q_proj,c_attn"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "['q_proj']" in err and "c_attn" in err and "c_fc" in err and "--set lora_targets=" in err
+
+
 @pytest.mark.slow  # ~50 s on 2 cores: load, 2 steps, 2 spectra
 def test_gpt2_finetune_preset_loads_weights_and_runs(tmp_path, data_dir, capsys):
     from train.llm import tokenizers, weights

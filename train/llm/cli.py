@@ -14,8 +14,9 @@ jax.distributed.initialize() first (coordinator, process count and id from the e
 and Kubernetes are detected, else JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID): run the
 same command on every host.
 
-Exit status: 0 success, 2 bad input (config, data, weights, output directory, checkpoint), 3 non-finite
-loss, 4 spectrum not converged (resume with a larger --set max_lanczos_steps=...).
+Exit status: 0 success, 2 bad input (config, data, weights, output directory, checkpoint, LoRA targets), 3 a
+non-finite loss, Hessian-vector product or pre-trained weights, 4 spectrum not converged (resume with a larger
+--set max_lanczos_steps=...).
 """
 
 from __future__ import annotations
@@ -137,10 +138,11 @@ def exit_status(err: Exception) -> int | None:
     from train.checkpoint import CheckpointError
     from train.data.dataset import DataError
     from train.llm.weights import CheckpointError as WeightsError
+    from train.llm.weights import NonFiniteWeightsError
     from train.loop import NonFiniteLossError
     from train.rundir import OutputDirError
 
-    if isinstance(err, NonFiniteLossError):
+    if isinstance(err, (NonFiniteLossError, NonFiniteWeightsError, hspec.NonFiniteError)):
         return 3
     if isinstance(err, hspec.NotConvergedError):
         return 4

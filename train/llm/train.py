@@ -152,8 +152,12 @@ def build_model(cfg: LLMConfig, vocab_size: int, init_key: jax.Array, weights: P
     if cfg.block_size > longest:
         raise LLMConfigError(f"block_size={cfg.block_size} exceeds the model's {longest} positions")
     if cfg.lora_rank:
-        lora.apply_lora(model, targets=cfg.lora_targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
-                        dropout=cfg.lora_dropout, rngs=nnx.Rngs(params=jax.random.fold_in(init_key, 1)))
+        try:
+            lora.apply_lora(model, targets=cfg.lora_targets, rank=cfg.lora_rank, alpha=cfg.lora_alpha,
+                            dropout=cfg.lora_dropout, rngs=nnx.Rngs(params=jax.random.fold_in(init_key, 1)))
+        except lora.LoRATargetError as err:
+            raise LLMConfigError(f"{err}; choose among them with --set lora_targets=NAME,NAME (a dotted suffix "
+                                 "such as attn.c_proj picks one of several)") from None
     return model, mcfg
 
 

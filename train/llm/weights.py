@@ -60,6 +60,11 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the model: the message names the file or tensor."""
 
 
+class NonFiniteWeightsError(ValueError):
+    """Pre-trained weights holding NaN or infinite values (exit status 3, as a non-finite loss): the message names
+    the checkpoint and the tensors."""
+
+
 def _require_little_endian() -> None:
     if sys.byteorder != "little":
         raise RuntimeError("safetensors is little-endian; this reader supports little-endian hosts only")
@@ -429,13 +434,25 @@ def fill_model(build: Callable[[], nnx.Module], tensors: Mapping[str, np.ndarray
 
     Returns:
       The model with the checkpoint's weights.
+
+    Raises:
+      CheckpointError: a tensor missing or of the wrong shape.
+      NonFiniteWeightsError: tensors holding NaN or infinite values (named): training from them would only
+        end in a non-finite loss, far from its cause.
     """
     graphdef, state = nnx.split(nnx.eval_shape(build))
     pure = nnx.to_pure_dict(state)
     _check_tensors(tensors, layout, pure, where)
+    non_finite = []
     for hf, path, transpose in layout:
         a = np.asarray(tensors[hf], dtype=dtype)
+        if not np.isfinite(a).all():
+            non_finite.append(hf)
         _set(pure, path, jnp.asarray(a.T if transpose else a))
+    if non_finite:
+        more = f" and {len(non_finite) - 5} more" if len(non_finite) > 5 else ""
+        raise NonFiniteWeightsError(f"{where}: tensors {non_finite[:5]}{more} hold NaN or infinite values; the "
+                                    "weights are damaged: download or convert them again")
     leaves = jax.tree_util.tree_flatten_with_path(pure)[0]
     unfilled = [jax.tree_util.keystr(p) for p, x in leaves if isinstance(x, jax.ShapeDtypeStruct)]
     if unfilled:  # the layout table and the model disagree: a bug here, not in the checkpoint

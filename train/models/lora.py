@@ -104,6 +104,11 @@ def _parent(model: nnx.Module, path: tuple) -> nnx.Module:
     return node
 
 
+class LoRATargetError(ValueError):
+    """LoRA targets that name no linear layer of the model, or layers already adapted: the message lists the
+    model's layer names."""
+
+
 def apply_lora(model: nnx.Module, *, targets: Sequence[str] = DEFAULT_TARGETS, rank: int = 16, alpha: float = 32.0,
                dropout: float = 0.0, rngs: nnx.Rngs) -> list[str]:
     """Replace the named projections of a built model by LoRA-adapted ones, in place.
@@ -124,20 +129,20 @@ def apply_lora(model: nnx.Module, *, targets: Sequence[str] = DEFAULT_TARGETS, r
       The dotted paths of the adapted layers, in model order.
 
     Raises:
-      ValueError: a target matches no linear layer (the model's layer names are listed), or matches a layer
-        that is already adapted.
+      LoRATargetError: a target matches no linear layer (the model's layer names are listed), or matches a
+        layer that is already adapted.
     """
     if isinstance(targets, str):
         targets = (targets,)
     layers, already = _linear_layers(model)
     twice = [t for t in targets if any(_matches(d, [t]) for d in already)]
     if twice:
-        raise ValueError(f"LoRA targets {twice} are already adapted (layers {already})")
+        raise LoRATargetError(f"LoRA targets {twice} are already adapted (layers {already})")
     dotted = {path: ".".join(map(str, path)) for path, _ in layers}
     unmatched = [t for t in targets if not any(_matches(d, [t]) for d in dotted.values())]
     if unmatched:
         names = sorted({d.split(".")[-1] for d in dotted.values()})
-        raise ValueError(f"LoRA targets {unmatched} match no linear layer; layer names are {names}")
+        raise LoRATargetError(f"LoRA targets {unmatched} match no linear layer; layer names are {names}")
     adapted = []
     for path, layer in layers:
         if _matches(dotted[path], targets):
