@@ -14,13 +14,16 @@ overwritten (saving to an existing epoch is refused).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import jax
 import numpy as np
@@ -142,7 +145,7 @@ def save(ckpt_dir: str | os.PathLike, epoch: int, tree: Any, meta: dict[str, Any
     full_meta = dict(meta, epoch=epoch, digest=tree_digest(leaves), paths=_leaf_paths(tree), format=FORMAT)
     json.dumps(full_meta)  # fail before writing anything if meta is not JSON
     try:
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        with _quiet_orbax(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             ckptr.save(path.absolute(), args=ocp.args.Composite(
                 state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(full_meta)))
     except Exception as err:  # orbax wraps the OSError in several layers; report the root cause once
@@ -153,14 +156,58 @@ def save(ckpt_dir: str | os.PathLike, epoch: int, tree: Any, meta: dict[str, Any
 
 
 def _root_cause(err: BaseException) -> str:
-    """The innermost exception of a chain, as 'Type: message' (e.g. the OSError of a full disk)."""
+    """The innermost exception of a chain, in a few words (e.g. the OSError of a full disk, also when tensorstore
+    reports it inside a ValueError of 1,500 characters)."""
     seen = set()
     while (err.__cause__ or err.__context__) is not None and id(err) not in seen:
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     if isinstance(err, OSError) and err.strerror:
         return f"{err.strerror} (errno {err.errno})"
-    return f"{type(err).__name__}: {err}"
+    return _brief(err)
+
+
+def _brief(err: BaseException) -> str:
+    """An orbax/tensorstore error in a few words: the operating system's error when it names one, else the last
+    two clauses of the message (without the tensorstore spec), e.g. "CRC-32C checksum verification failed:
+    expected=..., actual=...", and the file it concerns."""
+    text = str(err).split(" [tensorstore_spec")[0]
+    code = re.search(r"\[os_error_code='(\d+)'\]", text)
+    if code:
+        return f"{os.strerror(int(code.group(1)))} (errno {code.group(1)})"
+    files = re.findall(r'local file "([^"]+)"', text)
+    detail = ": ".join(text.split(": ")[-2:]).split(";")[0].strip()
+    detail = detail if len(detail) <= 200 else detail[:197] + "..."
+    where = f" in {files[-1]}" if files else ""
+    return f"{type(err).__name__}{where}: {detail}"
+
+
+def _drop_closed_loop_callbacks(hook):
+    """sys.unraisablehook, less the 'Event loop is closed' errors of tensorstore callbacks that arrive after orbax
+    closed its event loop on a failed read or write: noise after the one error line that says what happened."""
+    def unraisablehook(unraisable):
+        if unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed":
+            return
+        hook(unraisable)
+
+    unraisablehook.drops_closed_loop_callbacks = True
+    return unraisablehook
+
+
+@contextlib.contextmanager
+def _quiet_orbax() -> Iterator[None]:
+    """Around an orbax save or restore: its worker threads' error logs (a traceback per failed write) are not
+    shown, since the error is raised here and reported once; late tensorstore callbacks into orbax's closed event
+    loop print nothing (they go through sys.unraisablehook, filtered from here on: they may come after the call)."""
+    if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
+        sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        absl.setLevel(level)
 
 
 def _remove_partial(ckpt_dir: Path, path: Path) -> None:
@@ -226,11 +273,11 @@ def restore(path: str | os.PathLike, template: Any) -> tuple[Any, dict[str, Any]
     abstract = {f"leaf_{i:06d}": jax.ShapeDtypeStruct(a.shape, a.dtype)
                 for i, a in enumerate(_to_numpy(x) for x in leaves)}
     try:
-        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        with _quiet_orbax(), ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
             restored = ckptr.restore(path.absolute(), args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
         arrays = [np.asarray(restored["state"][k]) for k in sorted(abstract)]
     except Exception as err:  # orbax/tensorstore raise many types for damaged files
-        reason = f"orbax could not read it ({type(err).__name__}: {err})"
+        reason = f"orbax could not read it ({_brief(err)})"
         raise CorruptCheckpointError(_corrupt_message(path, reason)) from None
     if tree_digest(arrays) != meta.get("digest"):
         reason = "the arrays' sha256 differs from the digest saved with them"
