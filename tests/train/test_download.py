@@ -207,6 +207,77 @@ def test_checksum_mismatch_deletes_the_download_and_says_so(tmp_path):
     assert not root.exists()  # neither the download nor the folders made for it remain
 
 
+@contextlib.contextmanager
+def stalling_server(payload: bytes):
+    """An HTTP server on 127.0.0.1 that sends the headers and the first half of `payload`, then nothing."""
+    release = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload[: len(payload) // 2])
+            self.wfile.flush()
+            release.wait(60)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        release.set()
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
+@needs_shared
+def test_a_download_killed_midway_leaves_nothing_after_the_next_run(tmp_path):
+    """Issue 27, case 10: SIGKILL while the bytes arrive leaves the hidden .part file; the next run removes it."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    name = "train-images-idx3-ubyte.gz"  # half of it (4.8 MB) fills reads of 1 MiB: bytes reach the .part file
+    payload = (SHARED / "mnist" / name).read_bytes()
+    root = tmp_path / "root"
+    script = ("import sys; from train.data import download; "
+              "download.download_file(sys.argv[1], sys.argv[2], download.Checksum(int(sys.argv[3]), sys.argv[4]), "
+              "progress=False)")
+    with stalling_server(payload) as base:
+        proc = subprocess.Popen([sys.executable, "-c", script, f"{base}/mnist/{name}", str(root / "mnist" / name),
+                                 *map(str, SHARED_MNIST[name])], cwd=REPO)
+        deadline = time.time() + 30
+        while not [p for p in (root / "mnist").glob(".*.part") if p.stat().st_size] and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    left = files_under(root / "mnist")
+    assert len(left) == 1 and left[0].startswith(f".{name}.") and left[0].endswith(".part")  # the killed one's
+    # Another process's download still in progress (alive, written just now) is left alone.
+    alive = root / "mnist" / f".{name}.{socket.gethostname()}.{os.getppid()}.0123456789ab.part"
+    alive.write_bytes(b"partial")
+    with serve(SHARED) as (base, requests):
+        download.fetch("mnist", root, only=[name], mirror=base, checksums=MNIST_TABLE, progress=False)
+    assert files_under(root / "mnist") == sorted([name, alive.name])
+    assert sha256(root / "mnist" / name) == SHARED_MNIST[name][1]
+    # Once not written for LEFTOVER_S, a leftover of any host is removed too.
+    old = time.time() - download.LEFTOVER_S - 1
+    os.utime(alive, (old, old))
+    (root / "mnist" / name).unlink()
+    with serve(SHARED) as (base, requests):
+        download.fetch("mnist", root, only=[name], mirror=base, checksums=MNIST_TABLE, progress=False)
+    assert files_under(root / "mnist") == [name]
+
+
 def test_silent_server_fails_within_the_timeout(tmp_path):
     with silent_server() as base:
         t = time.perf_counter()

@@ -15,7 +15,9 @@ leave the folder are refused) and then deleted; an archive the user put there is
 How: one attempt per file with a connect/read timeout of 10 s, so that no network or a silent server
 fails within seconds (tfds retries for minutes); a tqdm bar; the bytes go to a temporary name beside the
 target and are renamed into place only after their size and sha256 match. Only what was just downloaded is
-verified, and deleted on a mismatch; a file already in the directory is the user's and is never deleted.
+verified, and deleted on a mismatch; a file already in the directory is the user's and is never deleted. The
+temporary name (`.<file>.<host>.<pid>.<random>.part`) of a download killed midway is removed by the next run: at
+once when its process is gone from this host, else once it has not been written for ten minutes.
 
 HSPEC_DATA_MIRROR=<base URL> (or `mirror=`) replaces the public hosts. A file is then fetched from
 `<base>/<folder>/<file name>`, the data directory's own layout (`<base>/mnist/train-images-idx3-ubyte.gz`,
@@ -28,13 +30,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import http.client
 import importlib.resources
 import os
 import posixpath
 import shutil
+import socket
 import tarfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -50,6 +55,8 @@ from train.data.dataset import ENV_DATA_DIR, DataCorruptError, DownloadError
 
 ENV_MIRROR = "HSPEC_DATA_MIRROR"
 DEFAULT_TIMEOUT = 10.0
+# A hidden `.part` file not written for this long belongs to a killed process (on any host) and is removed.
+LEFTOVER_S = 600.0
 _CHUNK = 1 << 20
 # Where tfds keeps a data set's checksum list; it has moved between releases.
 _TFDS_CHECKSUM_PLACES = ("url_checksums/{}.txt", "datasets/{}/checksums.tsv",
@@ -198,8 +205,39 @@ def _stream(url: str, out: BinaryIO, *, timeout: float, progress: bool, label: s
 
 
 def _part_name(folder: Path, name: str) -> Path:
-    """A fresh hidden name beside `folder/name` for a file or folder still being written."""
-    return folder / f".{name}.{uuid.uuid4().hex[:12]}.part"
+    """A fresh hidden name beside `folder/name` for a file or folder still being written:
+    `.<name>.<host>.<pid>.<random>.part`, so that a later run can tell the leftover of a killed process."""
+    _remove_leftovers(folder, name)
+    return folder / f".{name}.{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:12]}.part"
+
+
+def _abandoned(part: Path, name: str) -> bool:
+    """Whether a `.part` of `name` was left by a killed process: its pid is gone on this host, or nothing wrote to
+    it for LEFTOVER_S seconds (a live download writes at least every `timeout` seconds or fails and removes it)."""
+    fields = part.name[len(name) + 2:-len(".part")].rsplit(".", 2)  # host, pid, random (older names: random)
+    if len(fields) == 3 and fields[0] == socket.gethostname() and fields[1].isdigit():
+        try:
+            os.kill(int(fields[1]), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+    try:
+        return time.time() - part.stat().st_mtime > LEFTOVER_S
+    except FileNotFoundError:
+        return False
+
+
+def _remove_leftovers(folder: Path, name: str) -> None:
+    """Remove the hidden `.part` files (and extraction folders) of `name` that a killed run left in `folder`."""
+    if not folder.is_dir():
+        return
+    for part in folder.glob(f".{glob.escape(name)}.*.part"):
+        if _abandoned(part, name):
+            if part.is_dir():
+                shutil.rmtree(part, ignore_errors=True)
+            else:
+                part.unlink(missing_ok=True)
 
 
 def _temp_beside(dest: Path) -> tuple[int, str]:
