@@ -16,6 +16,7 @@ import numpy as np
 from hspec.errors import NonFiniteError
 
 __all__ = [
+    "resolve_finite_operator",
     "check_finite_loss",
     "check_finite_vector",
     "check_flat_vectors",
@@ -105,3 +106,43 @@ def check_finite_vector(values, what: str) -> None:
     arr = np.asarray(values)
     if not np.all(np.isfinite(arr)):
         raise NonFiniteError(f"{what} contains {int(np.sum(~np.isfinite(arr)))} non-finite values")
+
+
+def _batch_losses(loss_fn_or_op, params, batches) -> list[float] | None:
+    """The loss of each batch at θ (None when there is only one batch, or they cannot be told apart)."""
+    from hspec.hvp import HessianOperator  # hspec.hvp imports this module
+
+    if isinstance(loss_fn_or_op, HessianOperator):
+        op = loss_fn_or_op
+        parts = op._parts  # one (programs, constants, batch) per batch: the operator's own per-batch losses
+        if len(parts) < 2:
+            return None
+        return [float(np.asarray(p.loss(c, op._selected, op._fixed, b)).reshape(())) for p, c, b in parts]
+    if batches is None or not hasattr(batches, "__len__") or len(batches) < 2:
+        return None
+    return [float(np.asarray(loss_fn_or_op(params, b)).reshape(())) for b in batches]
+
+
+def resolve_finite_operator(loss_fn_or_op, params=None, *, batches=None, wrt=None, method=None, caller: str):
+    """:func:`hspec.hvp.resolve_operator`, whose loss-finiteness error also names the batches, of several, on
+    which the loss is not finite (a NaN in one batch's data), so that the user knows which data to look at.
+
+    Args and Returns: as :func:`hspec.hvp.resolve_operator`.
+
+    Raises:
+      NonFiniteError: the loss at θ is NaN or infinite (with the batches it is so on, when there are several).
+    """
+    from hspec.hvp import resolve_operator
+
+    try:
+        return resolve_operator(loss_fn_or_op, params, batches=batches, wrt=wrt, method=method, caller=caller)
+    except NonFiniteError as err:
+        losses = _batch_losses(loss_fn_or_op, params, batches)
+        bad = [i for i, loss in enumerate(losses or ()) if not np.isfinite(loss)]
+        if not bad:
+            raise
+        which = ", ".join(f"batches[{i}] (loss {losses[i]})" for i in bad)
+        raise NonFiniteError(
+            f"{str(err).rstrip('.')} It is not finite on {which}, of {len(losses)} batches, and finite on the others: "
+            f"check {'that batch' if len(bad) == 1 else 'those batches'} for NaN or infinite values."
+        ) from None

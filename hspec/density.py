@@ -12,7 +12,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from hspec.hvp import resolve_operator
+from hspec._checks import resolve_finite_operator
 from hspec.krylov import LanczosResult, lanczos
 
 __all__ = ["SpectralDensity", "spectral_density", "density_from_lanczos"]
@@ -112,6 +112,7 @@ def spectral_density(
     Returns:
       :class:`SpectralDensity`.
     """
-    op = resolve_operator(loss_fn, params, batches=batches, wrt=wrt, method=method, caller="spectral_density")
+    op = resolve_finite_operator(loss_fn, params, batches=batches, wrt=wrt, method=method,
+                                 caller="spectral_density")
     result = lanczos(op, num_steps, key=key, num_starts=num_probes, loop=loop)
     return density_from_lanczos(result, scale=scale, num_points=num_points, sigma=sigma)

@@ -10,7 +10,7 @@ from functools import partial
 import jax
 import numpy as np
 
-from hspec.hvp import resolve_operator
+from hspec._checks import resolve_finite_operator
 from hspec.krylov import KrylovStore, LanczosResult, lanczos, ritz_decomposition
 
 __all__ = [
@@ -311,7 +311,8 @@ def top_eigenvalues(
             f"top_eigenvalues: give {what}: top_eigenvalues(op, k=k, key=key) or "
             "top_eigenvalues(loss_fn, params, k, key=key)"
         )
-    op = resolve_operator(loss_fn, params, batches=batches, wrt=wrt, method=method, caller="top_eigenvalues")
+    op = resolve_finite_operator(loss_fn, params, batches=batches, wrt=wrt, method=method,
+                                 caller="top_eigenvalues")
     if num_steps is None:
         # Defaults: start at max(3k, k+100) steps and keep going, up to 4x that, until the top k converge.
         num_steps = default_num_steps(k, op.dim)

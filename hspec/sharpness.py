@@ -7,8 +7,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from hspec._checks import check_finite_vector, check_same_structure
-from hspec.hvp import resolve_operator
+from hspec._checks import check_finite_vector, check_same_structure, resolve_finite_operator
 
 __all__ = ["PowerIterationResult", "power_iteration"]
 
@@ -58,7 +57,8 @@ def power_iteration(
       :class:`PowerIterationResult`. For a trained network the dominant eigenvalue is the positive λ_max;
       use :func:`hspec.top_eigenvalues` for the largest algebraic one in general.
     """
-    op = resolve_operator(loss_fn, params, batches=batches, wrt=wrt, method=method, caller="power_iteration")
+    op = resolve_finite_operator(loss_fn, params, batches=batches, wrt=wrt, method=method,
+                                 caller="power_iteration")
     if init is None:
         v = jax.random.normal(key, (op.dim,), op.dtype)
     else:

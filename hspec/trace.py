@@ -9,8 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hspec._checks import check_finite_vector
-from hspec.hvp import resolve_operator
+from hspec._checks import check_finite_vector, resolve_finite_operator
 
 __all__ = ["TraceEstimate", "hutchinson_trace"]
 
@@ -70,7 +69,8 @@ def hutchinson_trace(
     """
     if num_samples < 2:
         raise ValueError(f"num_samples={num_samples}: at least 2 probes are needed for a standard error")
-    op = resolve_operator(loss_fn, params, batches=batches, wrt=wrt, method=method, caller="hutchinson_trace")
+    op = resolve_finite_operator(loss_fn, params, batches=batches, wrt=wrt, method=method,
+                                 caller="hutchinson_trace")
     values = []
     for c, start in enumerate(range(0, num_samples, chunk)):
         z = _probes(jax.random.fold_in(key, c), min(chunk, num_samples - start), op.dim, op.dtype, distribution)

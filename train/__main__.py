@@ -54,7 +54,8 @@ def _train_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable); 'key=value' positionals work too")
-    p.add_argument("--list-presets", action="store_true", help="list the presets (each with its K and '+ init control' where it also measures the network "
+    p.add_argument("--list-presets", action="store_true",
+                   help="list the presets (each with its K, and '+ init control' where it also measures the network "
                         "at initialisation, a second spectrum of the same cost) and exit")
     p.add_argument("--show-config", action="store_true",
                    help="print the resolved config (before the model's size clamps lanczos_steps) and exit")

@@ -75,6 +75,35 @@ def test_nonfinite_loss_is_reported(tiny_problem):
             call()
 
 
+def test_a_nan_in_one_of_several_batches_names_that_batch(x64):
+    """Issue 27, case 10: of batches=[b0, b1, b2], a NaN in b1's data is named, by every driver and by an operator
+    built with those batches; one batch, or params that are NaN everywhere, keep the plain message."""
+    rng = np.random.default_rng(0)
+    batches = [(jnp.asarray(rng.standard_normal((5, 3))), jnp.asarray(rng.standard_normal(5))) for _ in range(3)]
+    batches[1] = (batches[1][0].at[2, 1].set(jnp.nan), batches[1][1])
+
+    def loss(p, batch):
+        x, y = batch
+        return jnp.mean((x @ p["w"] - y) ** 2)
+
+    params, key = {"w": jnp.ones(3)}, jax.random.key(0)
+    op = hspec.hessian_operator(loss, params, batches=batches)
+    for call in (
+        lambda: hspec.top_eigenvalues(loss, params, 2, batches=batches, key=key),
+        lambda: hspec.hutchinson_trace(loss, params, batches=batches, key=key),
+        lambda: hspec.spectral_density(loss, params, batches=batches, key=key),
+        lambda: hspec.power_iteration(loss, params, batches=batches, key=key),
+        lambda: hspec.top_eigenvalues(op, k=2, key=key),
+    ):
+        with pytest.raises(hspec.NonFiniteError) as err:
+            call()
+        assert "the loss is nan" in str(err.value)
+        assert "It is not finite on batches[1] (loss nan), of 3 batches, and finite on the others" in str(err.value)
+    with pytest.raises(hspec.NonFiniteError) as err:
+        hspec.top_eigenvalues(loss, params, 2, batches=batches[1:2], key=key)
+    assert "batches[" not in str(err.value)
+
+
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the NaN being reported
 def test_nonfinite_hvp_is_reported(x64):
     """Finite loss, infinite curvature: sqrt(|x|) at 0 has an infinite second derivative."""
