@@ -20,6 +20,16 @@ LOCK_STALE_S = 600.0
 LOCK_HEARTBEAT_S = 60.0
 
 
+def _duration(seconds: float) -> str:
+    """"42 s", "12 min", "3 h 12 min": an age for a person."""
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+
+
 class RunLock:
     """An exclusive lock file with a heartbeat: held while its owner refreshes it, stale after LOCK_STALE_S.
 
@@ -42,6 +52,22 @@ class RunLock:
             return json.loads(self.path.read_text())
         except (OSError, ValueError):
             return None
+
+    def describe(self) -> str:
+        """Who holds the lock and when it frees, for a message: "held by pid 4242 on host gpu7 since 3 h 12 min,
+        refreshed 20 s ago (lock file ...); it frees when that process ends, or once not refreshed for 10 min"."""
+        owner = self.owner() or {}
+        now = time.time()
+        try:
+            refreshed = f"refreshed {_duration(now - self.path.stat().st_mtime)} ago"
+        except FileNotFoundError:
+            refreshed = "just released"
+        since = owner.get("since")
+        since = f" for {_duration(now - since)}" if isinstance(since, (int, float)) else ""
+        here = " (this host)" if owner.get("host") == socket.gethostname() else ""
+        return (f"held by pid {owner.get('pid', '?')} on host {owner.get('host', '?')}{here}{since}, {refreshed} "
+                f"(lock file {self.path}); it frees when that process ends (a dead process on this host at once, "
+                f"on another host once the lock is not refreshed for {_duration(self.stale_after)})")
 
     def is_stale(self) -> bool:
         """Not refreshed for `stale_after` seconds, or owned by a process of this host that is gone."""
@@ -89,7 +115,8 @@ class RunLock:
                 self._take_over()
                 continue
             with os.fdopen(fd, "w") as f:
-                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token}, f)
+                json.dump({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                           "since": time.time()}, f)
             self._thread = threading.Thread(target=self._beat, daemon=True)
             self._thread.start()
             return True

@@ -108,10 +108,8 @@ def claimed(out: str | os.PathLike) -> Iterator[Path]:
         raise OutputDirError(f"cannot write to the output directory {path} ({err.strerror or err}); "
                              "choose another --out") from None
     if not held:
-        owner = lock.owner() or {}
-        raise OutputDirError(f"{path} is in use by another run (pid {owner.get('pid', '?')} on "
-                             f"{owner.get('host', '?')}, lock file {lock.path}); nothing in it was changed: let that "
-                             "run finish, or choose another --out")
+        raise OutputDirError(f"{path} is in use by another run, {lock.describe()}; nothing in it was changed: let "
+                             "that run finish, or choose another --out")
     try:
         yield path
     finally:

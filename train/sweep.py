@@ -551,7 +551,7 @@ def ensure_control(cfg: Config, roots: Roots, *, progress: bool, echo: Callable)
         return "done"
     lock = roots.lock(f"control--{key}")
     if not lock.acquire():
-        echo(f"control {key}: being computed by another process ({lock.owner()}); skipped")
+        echo(f"control {key}: being computed by another process, {lock.describe()}; skipped")
         return "running elsewhere"
     try:
         if not is_published(dest):  # another process may have finished it just before
@@ -592,10 +592,15 @@ def parse_shard(text: str | None) -> tuple[int, int]:
     i, sep, n = text.partition("/")
     try:
         i_, n_ = int(i), int(n)
+        wrong = (f"the shard count N={n_} must be at least 1" if n_ < 1 else
+                 f"the shard index I={i_} is negative (shards count from 0)" if i_ < 0 else
+                 f"the shard index I={i_} must be below the count N={n_} (shards 0..{n_ - 1})" if i_ >= n_ else "")
     except ValueError:
-        i_, n_ = -1, 0
-    if not sep or n_ < 1 or not 0 <= i_ < n_:
-        raise SweepError(f"--shard {text!r}: give I/N with 0 <= I < N, e.g. --shard 0/4 "
+        wrong = "I and N must be whole numbers separated by '/'"
+    if not sep:
+        wrong = "it has no '/'"
+    if wrong:
+        raise SweepError(f"--shard {text}: {wrong}; give I/N with 0 <= I < N, e.g. --shard 0/4 "
                          "(Slurm: --shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT)")
     return i_, n_
 
@@ -628,9 +633,10 @@ def sweep_run(roots: Roots, group: Group, spec: SweepRun, cfg: Config, *, progre
                              f"it is: to redo the run, delete {dest} and {roots.workdir(group.name, spec.name)}")
         say("done (in results); skipped")
         return "done"
-    with roots.lock(f"{group.name}--{spec.name}") as held:
+    lock = roots.lock(f"{group.name}--{spec.name}")
+    with lock as held:
         if not held:
-            say("being worked on by another process; skipped")
+            say(f"being worked on by another process, {lock.describe()}; skipped")
             return "running elsewhere"
         ensure_control(cfg, roots, progress=progress, echo=say)
         work = roots.workdir(group.name, spec.name)
@@ -701,16 +707,37 @@ def sweep(name: str, *, roots: Roots, overrides: dict[str, Any] | None = None, s
     return failures
 
 
+def listed_control(roots: Roots, group: Group, spec: SweepRun, overrides: dict[str, Any],
+                   groups: dict[str, Group] | None = None) -> str:
+    """The control key `--list` shows for a run: that of its published record (control.json) when it is published,
+    whatever the --set, as its state is; else the key these overrides give."""
+    src_group, src = source_of(group, spec, groups)
+    try:
+        return json.loads((roots.published(src_group.name, src.name) / CONTROL_POINTER).read_text())["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return control_key(run_config(src, overrides))
+
+
+def _listed_controls(roots: Roots, overrides: dict[str, Any], groups: dict[str, Group]) -> list[str]:
+    """Every distinct control key `--list` shows, in group order (see listed_control)."""
+    keys = {listed_control(roots, g, spec, overrides, groups): None
+            for g in groups.values() for spec in g.runs if spec.same_as is None}
+    return list(keys)
+
+
 def listing(roots: Roots, name: str | None = None, overrides: dict[str, Any] | None = None,
             groups: dict[str, Group] | None = None) -> str:
-    """Groups with their run counts by state, or one group's runs with their states and controls."""
+    """Groups with their run counts by state, or one group's runs with their states and controls.
+
+    A published run is listed as published whatever the --set overrides (which apply to runs still to be done), and
+    so is its control: the one its record points to."""
     groups = GROUPS if groups is None else groups
     overrides = dict(overrides or {})
     if name is None:
         lines = []
         for group in groups.values():
             if group.name == CONTROLS:
-                keys = [k for k, _ in distinct_controls(groups, overrides)]
+                keys = _listed_controls(roots, overrides, groups)
                 done = sum(is_published(roots.control(k)) for k in keys)
                 lines.append(f"{group.name:<22} {len(keys):>3} controls: {done} done  -- {group.description}")
                 continue
@@ -722,11 +749,11 @@ def listing(roots: Roots, name: str | None = None, overrides: dict[str, Any] | N
     group = get_group(name, groups)
     if group.name == CONTROLS:
         return "\n".join(f"{key:<40} {'done' if is_published(roots.control(key)) else 'missing'}"
-                         for key, _ in distinct_controls(groups, overrides))
+                         for key in _listed_controls(roots, overrides, groups))
     lines = [f"{group.name}: {group.description}"]
     for spec in group.runs:
-        cfg = run_config(source_of(group, spec, groups)[1], overrides)
-        ctl = "done" if is_published(roots.control(control_key(cfg))) else "missing"
+        ctl = "done" if is_published(roots.control(listed_control(roots, group, spec, overrides, groups))) \
+            else "missing"
         lines.append(f"  {spec.name:<18} {spec.preset:<32} {run_state(roots, group, spec, groups)}  "
                      f"[control {ctl}]")
     return "\n".join(lines)
@@ -767,9 +794,24 @@ def _use_data_dir(path: str | None) -> None:
         os.environ[ENV_DATA_DIR] = os.path.abspath(path)
 
 
+def _joined_shard(argv: list[str]) -> list[str]:
+    """"--shard -1/2" as "--shard=-1/2": argparse would take "-1/2" for an option and say only that --shard
+    expects an argument; joined, parse_shard says what is wrong with it."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--shard" and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append(f"--shard={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str]) -> int:
     """`python -m train sweep`: exit 0 when every run of the shard is done or waits on another group, 1 on a failure."""
-    args = _sweep_parser().parse_args(argv)
+    args = _sweep_parser().parse_args(_joined_shard(argv))
+    shard_ = parse_shard(args.shard)
     overrides = config_lib.parse_assignments(args.sets)
     roots = Roots.checked(args.results, args.work)
     if args.list:
@@ -778,7 +820,7 @@ def main(argv: list[str]) -> int:
     if not args.group:
         raise SweepError("name a group (python -m train sweep GROUP), or --list to see them: " + ", ".join(GROUPS))
     _use_data_dir(args.data_dir)
-    failures = sweep(args.group, roots=roots, overrides=overrides, shard_=parse_shard(args.shard),
+    failures = sweep(args.group, roots=roots, overrides=overrides, shard_=shard_,
                      progress=progress_wanted(args.no_progress), echo=lambda text: print(text, flush=True))
     print(listing(roots, args.group, overrides))
     if failures:
