@@ -17,8 +17,8 @@ the spectrum of a saved checkpoint (a run directory, or its checkpoints/epoch_N)
 of which the spectrum fields (k, lanczos_steps, hessian_samples, ...) may be changed.
 
 Errors are one line on stderr, `error: <what is wrong and the cure>`, with the exit status: 0 success, 2 bad input
-(config, data, output directory, checkpoint, a damaged Krylov state), 3 a non-finite loss, Hessian-vector product or
-loaded weights, 4 a spectrum whose top K did not converge (the line names the --set that continues it).
+(config, data, output directory, checkpoint, a damaged Krylov state or results.json), 3 a non-finite loss,
+Hessian-vector product or loaded weights, 4 a spectrum whose top K did not converge (the line names the --set that continues it).
 """
 
 from __future__ import annotations
@@ -200,12 +200,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _exit_status(err: Exception) -> int | None:
-    """2 for bad input (config, data, output directory, checkpoint, a damaged Krylov state), 3 for a non-finite loss
-    or Hessian-vector product, 4 for a spectrum whose top K did not converge, else None (a bug: the traceback is shown)."""
+    """2 for bad input (config, data, output directory, checkpoint, a damaged Krylov state or results.json), 3 for a
+    non-finite loss or Hessian-vector product, 4 for a spectrum whose top K did not converge, else None (a bug: the
+    traceback is shown)."""
     import hspec
     from train.checkpoint import CheckpointError
     from train.data.dataset import DataError
     from train.loop import NonFiniteLossError
+    from train.record import RecordError
     from train.run import SpectrumError
     from train.rundir import OutputDirError
 
@@ -216,7 +218,7 @@ def _exit_status(err: Exception) -> int | None:
     if isinstance(err, NonFiniteLossError):
         return 3
     if isinstance(err, (config_lib.ConfigError, CheckpointError, DataError, FileNotFoundError, OutputDirError,
-                        hspec.KrylovStateError)):
+                        hspec.KrylovStateError, RecordError)):
         return 2
     return None
 

@@ -231,38 +231,59 @@ def rule_sgd_below_adam(rows: list[Row]) -> Outcome:
     return Outcome(AGREE if s["sgd"] < adam[lowest] else DISAGREE, detail)
 
 
-def _series(rows: list[Row]) -> dict[str, tuple[list[float], list[float]]]:
-    """(s, measure) pairs of the rows with a defined s, per sharpness/generalisation measure."""
-    done = [r for r in measured(rows) if exponent(r.result) is not None and test_error(r.result) is not None]
+MEASURES = ("lambda_max", "Tr(H)", "test error")
+
+
+def _measures(result: SpectrumResult) -> dict[str, float | None]:
+    """λ_max, Tr(H) and test error of a record (None where the record lacks them)."""
+    return {"lambda_max": result.sharpness.get("lambda_max"), "Tr(H)": result.sharpness.get("trace"),
+            "test error": test_error(result)}
+
+
+def _usable(result: SpectrumResult, names: Sequence[str]) -> bool:
+    return exponent(result) is not None and all(_measures(result)[n] is not None for n in names)
+
+
+def _left_out(rows: list[Row], names: Sequence[str] = MEASURES) -> str:
+    """"; left out, their records holding no metrics: adam, radam" for the rows with a defined s that a
+    correlation cannot use (no λ_max, Tr(H) or test error), so that no run drops out of a claim unnamed."""
+    left = [r.run for r in measured(rows) if exponent(r.result) is not None and not _usable(r.result, names)]
+    return f"; left out, their records holding no metrics: {listed(left)}" if left else ""
+
+
+def _series(rows: list[Row], names: Sequence[str] = MEASURES) -> dict[str, tuple[list[float], list[float]]]:
+    """(s, measure) pairs of the rows with a defined s and each of the named measures, per measure."""
+    done = [r for r in measured(rows) if _usable(r.result, names)]
     s = [exponent(r.result) for r in done]
-    return {"lambda_max": (s, [r.result.sharpness.get("lambda_max") for r in done]),
-            "Tr(H)": (s, [r.result.sharpness.get("trace") for r in done]),
-            "test error": (s, [test_error(r.result) for r in done])}
+    return {name: (s, [_measures(r.result)[name] for r in done]) for name in names}
 
 
 def rule_s_tracks_sharpness(rows: list[Row]) -> Outcome:
     """Agree iff Kendall τ between s and each of λ_max, Tr(H) and test error is positive (at least 3 runs)."""
-    tests = {name: kendall_test(x, y) for name, (x, y) in _series([r for r in rows if r.final]).items()}
-    n = len(_series([r for r in rows if r.final])["test error"][0])
+    finals = [r for r in rows if r.final]
+    tests = {name: kendall_test(x, y) for name, (x, y) in _series(finals).items()}
+    n = len(_series(finals)["test error"][0])
     if any(t is None for t in tests.values()):
-        return Outcome(UNDECIDED, f"{n} run(s) with a defined s; τ needs at least three distinct values")
+        return Outcome(UNDECIDED, f"{n} run(s) with a defined s; τ needs at least three distinct values"
+                       + _left_out(finals))
     detail = ", ".join(f"τ(s, {name}) = {with_p(t)}" for name, t in tests.items()) + f" over {n} runs"
     # The rule is the claim's direction; the p-values say how far so few runs can carry it.
     weak = [name for name, t in tests.items() if t[1] >= 0.05]
     if weak:
         detail += f"; not significant at 5%: {', '.join(weak)}"
-    return Outcome(AGREE if all(t[0] > 0 for t in tests.values()) else DISAGREE, detail)
+    return Outcome(AGREE if all(t[0] > 0 for t in tests.values()) else DISAGREE, detail + _left_out(finals))
 
 
 def rule_s_tracks_test_error(rows: list[Row]) -> Outcome:
     """Across checkpoints of one run: agree iff Pearson r between s and test error is positive."""
     trained = [r for r in measured(rows) if (r.value or 0) > 0]
-    x, y = _series(trained)["test error"]
+    x, y = _series(trained, ("test error",))["test error"]
+    left = _left_out(trained, ("test error",))
     res = pearson_test(x, y)
     if res is None:
-        return Outcome(UNDECIDED, f"{len(x)} checkpoint(s) with a defined s; r needs at least three")
+        return Outcome(UNDECIDED, f"{len(x)} checkpoint(s) with a defined s; r needs at least three" + left)
     return Outcome(AGREE if res[0] > 0 else DISAGREE,
-                   f"Pearson r(s, test error) = {with_p(res)} over {len(x)} checkpoints")
+                   f"Pearson r(s, test error) = {with_p(res)} over {len(x)} checkpoints" + left)
 
 
 def rule_controls(rows: list[Row]) -> Outcome:

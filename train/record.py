@@ -119,13 +119,19 @@ class SpectrumResult:
         Raises:
             ValueError: a newer schema than this code knows, or a required field missing.
         """
-        version = int(data.get("schema_version", 1))
+        if not isinstance(data, dict):
+            raise ValueError(f"not a results.json of this project: it holds a JSON {type(data).__name__}, not an "
+                             "object")
+        version = data.get("schema_version", 1)
+        if not isinstance(version, int) or version < 1:
+            raise ValueError(f"schema_version {version!r} is not one this code knows (1 to {SCHEMA_VERSION})")
         if version > SCHEMA_VERSION:
             raise ValueError(f"results.json has schema_version {version}; this hspec reads up to "
                              f"{SCHEMA_VERSION}: upgrade hspec")
         missing = [f for f in ("setting", "fit", "verdict", "spectrum") if f not in data]
         if missing:
             raise ValueError(f"not a results.json of this project: fields {missing} are missing")
+        _check_spectrum(data["spectrum"])
         fields = {f.name: data.get(f.name) for f in dataclasses.fields(cls)}
         fields["fit"] = {**{k: None for k in FIT_KEYS}, **data["fit"]}
         fields.update(schema_version=version, num_params=int(data.get("num_params") or 0),
@@ -133,6 +139,21 @@ class SpectrumResult:
         for name in ("sharpness", "metrics", "timing", "hessian_sample", "data"):
             fields[name] = fields[name] or {}
         return cls(**fields)
+
+
+def _check_spectrum(spectrum: Any) -> None:
+    """A spectrum block whose eigenvalues are a list of numbers (a NaN was written as null: the record is broken)."""
+    values = spectrum.get("eigenvalues") if isinstance(spectrum, dict) else None
+    if not isinstance(values, list) or not values:
+        raise ValueError("its spectrum has no list of eigenvalues")
+    bad = [i for i, v in enumerate(values) if not isinstance(v, (int, float)) or isinstance(v, bool)]
+    if bad:
+        raise ValueError(f"eigenvalue {bad[0]} of its {len(values)} is {json.dumps(values[bad[0]])}"
+                         + (f" ({len(bad)} such)" if len(bad) > 1 else "") + ": the spectrum was broken when measured")
+
+
+class RecordError(ValueError):
+    """A results.json that cannot be read: the message names the file, what is wrong and the cure."""
 
 
 def jsonable(obj: Any) -> Any:
@@ -179,9 +200,27 @@ def load(path: str | os.PathLike) -> SpectrumResult:
 
     Returns:
         The record.
+
+    Raises:
+        RecordError: the file is not valid JSON (truncated), has a schema this code does not know, lacks a required
+            field, or holds an eigenvalue that is null; the message names the file.
+        FileNotFoundError: there is no such file.
     """
-    with open(path) as f:
-        return SpectrumResult.from_json(json.load(f))
+    path = Path(path)
+    cure = "restore it (git checkout, or a copy) or measure that spectrum again"
+    try:
+        data = json.loads(path.read_text())
+    except UnicodeDecodeError as err:
+        raise RecordError(f"{path} is not a text file ({err.reason}): it is damaged; {cure}") from None
+    except json.JSONDecodeError as err:
+        raise RecordError(f"{path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno}): it is "
+                          f"truncated or damaged; {cure}") from None
+    try:
+        return SpectrumResult.from_json(data)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        if "upgrade hspec" in str(err):
+            raise RecordError(f"{path}: {err}") from None
+        raise RecordError(f"{path} cannot be used: {str(err).rstrip('.')}; {cure}") from None
 
 
 def _fmt(x: Any, spec: str) -> str:

@@ -221,10 +221,22 @@ def planned_control_users() -> dict[str, list[str]]:
     return planned
 
 
+def _is_published_run(where: Path) -> bool:
+    """A published run of a sweep group: not a stray folder (a copy, a run of a removed group) that holds one."""
+    try:
+        sweep.find_run(f"{where.parent.name}/{where.name}")
+    except sweep.SweepError:
+        return False
+    return sweep.is_published(where)
+
+
 def control_rows(results: Path) -> list[Row]:
-    """Every published control, with the runs that use it (and how it departs from the paper's setting)."""
+    """Every published control, with the published runs that use it (and how it departs from the paper's setting).
+    A stray folder with a control.json (not a run of any group, or not published) is not counted as a user."""
     users: dict[str, list[str]] = {}
     for pointer in sorted(p for p in results.glob(f"*/*/{sweep.CONTROL_POINTER}") if _visible(p.parent)):
+        if not _is_published_run(pointer.parent):
+            continue
         key = (_read_json(pointer) or {}).get("key")
         users.setdefault(key, []).append(f"{pointer.parent.parent.name}/{pointer.parent.name}")
     rows, planned = [], planned_control_users()

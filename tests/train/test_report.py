@@ -3,7 +3,9 @@ results tree (the tables' numbers recomputed here, the output byte-stable, no pa
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -302,6 +304,42 @@ def test_report_is_byte_stable(synthetic_results, tmp_path):
         figures = sorted((out.parent / "reproduction").glob("*.png"))
         outs.append((out.read_bytes(), [(p.name, p.read_bytes()) for p in figures]))
     assert outs[0] == outs[1] and len(outs[0][1]) >= 6
+
+
+@pytest.mark.parametrize("damage,fragment", [
+    (lambda text, d: text[:300], "is not valid JSON (Expecting ',' delimiter at line 16, column 14): it is truncated"),
+    (lambda text, d: json.dumps({**d, "schema_version": 9}), "has schema_version 9; this hspec reads up to 2"),
+    (lambda text, d: json.dumps({k: v for k, v in d.items() if k != "spectrum"}), "fields ['spectrum'] are missing"),
+    (lambda text, d: json.dumps({**d, "spectrum": {**d["spectrum"], "eigenvalues": d["spectrum"]["eigenvalues"][:3]
+                                                   + [None] + d["spectrum"]["eigenvalues"][4:]}}),
+     "eigenvalue 3 of its 100 is null: the spectrum was broken when measured"),
+])
+def test_a_damaged_record_is_one_line_naming_the_file(synthetic_results, tmp_path, capsys, damage, fragment):
+    """Issue 27, case 5: a truncated results.json, an unknown schema, a record without its spectrum or with a null
+    eigenvalue: one error line naming the file (status 2), no traceback."""
+    results, _ = synthetic_results
+    path = results / "optimizers" / "adam" / "results.json"
+    text = path.read_text()
+    path.write_text(damage(text, json.loads(text)))
+    rc = main(["report", "--results", str(results), "--out", str(tmp_path / "doc" / "REPRODUCTION.md")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith(f"error: {path}") and err.count("\n") == 1, err
+    assert fragment in err
+
+
+def test_a_run_without_metrics_is_named_in_the_claims_and_a_stray_folder_uses_no_control(synthetic_results, tmp_path):
+    """Issue 27, case 5: a run that a claim cannot use is named in the claim's notes; a copy of a run's folder (not
+    a run of any group) and an unpublished folder are not counted as users of the control they point to."""
+    results, _ = synthetic_results
+    path = results / "optimizers" / "adam" / "results.json"
+    record.write_json(path, {k: v for k, v in json.loads(path.read_text()).items() if k != "metrics"})
+    shutil.copytree(results / "optimizers" / "radam", results / "optimizers" / "radam-old-copy")
+    (results / "optimizers" / "yogi").mkdir()  # a publish that never happened: control.json without results
+    shutil.copy(results / "optimizers" / "radam" / "control.json", results / "optimizers" / "yogi")
+    text = report.render(results, tmp_path / "doc" / "REPRODUCTION.md")
+    optimizers = text[text.index("\n## optimizers\n"):]
+    assert "left out, their records holding no metrics: adam" in optimizers[:optimizers.index("\n## ", 5)]
+    assert "used by 10 run(s)" in text and "radam-old-copy" not in text and "optimizers/yogi" not in text
 
 
 def test_report_without_results_says_not_run_yet(tmp_path):
