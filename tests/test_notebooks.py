@@ -36,6 +36,11 @@ def _check_quick_start(out: Path, text: str) -> None:
     assert f"verdict: {expected}" in text
     assert "same eigenvalues as the run wrote: True" in text
     assert f"{final.fit['k']}/{final.fit['k']} converged" in text
+    # The two Tr(H) differ by their probes (issue 27, case 13): the notebook says so and prints both counts.
+    sh = final.sharpness
+    assert (f"the run's record: Tr(H) = {sh['trace']:.4g} +- {sh['trace_stderr']:.2g} from {sh['trace_samples']} "
+            "probes (fewer probes") in text
+    assert " from 20 probes; positive spectral mass" in text and sh["trace_samples"] == 4
 
 
 def _check_optimizers(out: Path, text: str) -> None:
