@@ -250,3 +250,16 @@ def hspec_fit(values):
     import hspec
 
     return hspec.fit_power_law(values, values.size)
+
+
+@pytest.mark.slow
+def test_a_spectrum_not_converged_is_listed_and_the_queue_goes_on(data_dir, tmp_path):
+    sets = [s for s in TINY if not s.startswith(("lanczos_steps", "max_lanczos_steps", "checkpoint_steps"))]
+    p = overfit.plan(out=tmp_path / "out", work=tmp_path / "work", data_dir=str(data_dir),
+                     sets=sets + ["checkpoint_steps=0,20,40", "lanczos_steps=13", "max_lanczos_steps=14"])
+    overfit.train_piece(p)
+    overfit.spectra_piece(p)  # K = 12 of 14 Lanczos steps: none converges here
+    failed = json.loads((tmp_path / "work" / "not_converged.json").read_text())
+    assert set(failed) == {"steps-0", "steps-20", "steps-40"} and failed["steps-0"]["max_lanczos_steps"] == 14
+    assert not list((tmp_path / "out").glob("steps/*/results.json"))
+    assert "not converged: ['steps-0', 'steps-20', 'steps-40']" in overfit.status(p)

@@ -293,6 +293,28 @@ def _measure_one(p: Plan, r, step: int, results: Path, state_name: str, progress
          f"{result.spectrum['lanczos_steps']} Lanczos steps, {time.perf_counter() - t0:.0f} s")
 
 
+def _try_measure(p: Plan, r, step: int, results: Path, state_name: str, progress: bool) -> bool:
+    """_measure_one, except that a spectrum not converged within max_lanczos_steps is logged (and listed in
+    <work>/not_converged.json) instead of stopping the queue; its Krylov state is kept, so that a run with a
+    larger --set max_lanczos_steps=... continues it."""
+    import hspec
+
+    path = p.work / "not_converged.json"
+    try:
+        _measure_one(p, r, step, results, state_name, progress)
+        if path.is_file():  # measured now, with a larger budget
+            failed = json.loads(path.read_text())
+            failed.pop(state_name, None)
+            path.write_text(json.dumps(failed, indent=1))
+        return True
+    except hspec.NotConvergedError as err:
+        _log(f"{state_name}: step {step}: not converged ({err}); kept for a larger max_lanczos_steps")
+        failed = json.loads(path.read_text()) if path.is_file() else {}
+        failed[state_name] = {"step": step, "max_lanczos_steps": p.cfg.max_lanczos_steps, "error": str(err)}
+        path.write_text(json.dumps(failed, indent=1))
+        return False
+
+
 def _checkpoint_losses(p: Plan) -> dict[int, float]:
     """The test loss at each checkpoint step, from the training curve."""
     curve = {row["step"]: row["test_loss"] for row in _read_curve(p.work / "curve.jsonl")}
@@ -314,7 +336,7 @@ def spectra_piece(p: Plan, progress: bool = False) -> None:
     if todo:
         r = _build(p)
         for s in todo:
-            _measure_one(p, r, s, p.out / "steps" / str(s) / "results.json", f"steps-{s}", progress)
+            _try_measure(p, r, s, p.out / "steps" / str(s) / "results.json", f"steps-{s}", progress)
             analyse(p)
 
 
@@ -327,7 +349,7 @@ def draws_piece(p: Plan, progress: bool = False) -> None:
         if todo:
             r = _build(p, hessian_draw=d)
             for s in todo:
-                _measure_one(p, r, s, p.out / "draws" / f"draw-{d}" / "steps" / str(s) / "results.json",
+                _try_measure(p, r, s, p.out / "draws" / f"draw-{d}" / "steps" / str(s) / "results.json",
                              f"draw-{d}-{s}", progress)
                 analyse(p)
 
@@ -343,7 +365,7 @@ def sizes_piece(p: Plan, progress: bool = False) -> None:
         if todo:
             r = _build(p, hessian_sequences=seqs)
             for s in todo:
-                _measure_one(p, r, s, p.out / "sensitivity" / name / "steps" / str(s) / "results.json",
+                _try_measure(p, r, s, p.out / "sensitivity" / name / "steps" / str(s) / "results.json",
                              f"{name}-{s}", progress)
                 analyse(p)
 
@@ -641,6 +663,8 @@ def status(p: Plan) -> str:
         lines.append(f"draw {d}: {sorted(_load_results(p.out / 'draws' / f'draw-{d}'))}")
     for folder in sorted((p.out / "sensitivity").glob("*")):
         lines.append(f"{folder.name}: {sorted(int(x.parent.name) for x in folder.glob('steps/*/results.json'))}")
+    if (p.work / "not_converged.json").is_file():
+        lines.append(f"not converged: {sorted(json.loads((p.work / 'not_converged.json').read_text()))}")
     for state in sorted((p.work / "lanczos").glob("*/state.npz")):  # measurements under way (or killed)
         with np.load(state) as saved:
             lines.append(f"under way: {state.parent.name}, {int(saved['steps'])} Lanczos steps saved")
