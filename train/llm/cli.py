@@ -140,13 +140,15 @@ def exit_status(err: Exception) -> int | None:
     from train.llm.weights import CheckpointError as WeightsError
     from train.llm.weights import NonFiniteWeightsError
     from train.loop import NonFiniteLossError
+    from train.record import RecordError
     from train.rundir import OutputDirError
 
     if isinstance(err, (NonFiniteLossError, NonFiniteWeightsError, hspec.NonFiniteError)):
         return 3
     if isinstance(err, hspec.NotConvergedError):
         return 4
-    bad_input = (presets.LLMConfigError, CheckpointError, WeightsError, DataError, FileNotFoundError, OutputDirError)
+    bad_input = (presets.LLMConfigError, CheckpointError, WeightsError, DataError, FileNotFoundError, OutputDirError,
+                 RecordError)
     return 2 if isinstance(err, bad_input) else None
 
 
