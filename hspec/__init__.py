@@ -36,15 +36,15 @@ from hspec.powerlaw import (
     least_squares_slope,
     power_law_verdict,
 )
-from hspec import plot
+from hspec import certify, curvature, plot
 from hspec.sharpness import PowerIterationResult, power_iteration
 from hspec.trace import TraceEstimate, hutchinson_trace
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "plot", "COMBINES", "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianOperator", "KrylovStateError", "LanczosResult",
-    "MatvecOperator",
+    "plot", "certify", "curvature", "COMBINES", "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianOperator",
+    "KrylovStateError", "LanczosResult", "MatvecOperator",
     "NonFiniteError", "NotConvergedError", "NotConvergedWarning", "PowerIterationResult", "PowerLawFit",
     "PowerLawVerdict", "SpectralDensity", "SymmetricOperator", "TopEigenvalues", "TraceEstimate",
     "critical_value", "default_max_steps", "default_num_steps", "distinct_order",

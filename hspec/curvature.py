@@ -45,8 +45,12 @@ def _traces_of_batch(output_fn, output_loss, params, x, y):
         return jax.vmap(one)(x, y)
 
 
+# Per-example Jacobians held at once: batch × C × n floats, kept near 512 MB.
+JACOBIAN_FLOATS = 2**27
+
+
 def gauss_newton_traces(output_fn: Callable, output_loss: Callable, params: Any, data: tuple, *,
-                        batch_size: int = 250) -> np.ndarray:
+                        batch_size: int | None = None) -> np.ndarray:
     """Per-example Gauss-Newton traces t_i = tr(J_iᵀ A_i J_i) over a dataset.
 
     Args:
@@ -55,7 +59,8 @@ def gauss_newton_traces(output_fn: Callable, output_loss: Callable, params: Any,
         ``f`` ``[C]`` and its target ``y`` (e.g. the softmax cross-entropy of logits and a label).
       params: the parameter pytree θ (every leaf counts: the traces are over all parameters).
       data: ``(x, y)`` with a leading sample axis N.
-      batch_size: examples per compiled call (memory grows with batch_size × C × number of parameters).
+      batch_size: examples per compiled call (memory grows with batch_size × C × number of parameters); None:
+        as many as keep that product near 2^27 floats (512 MB), at most 250.
 
     Returns:
       float64 ``[N]``: t_i >= 0 when the loss is convex in the outputs (as the cross-entropy is).
@@ -64,6 +69,10 @@ def gauss_newton_traces(output_fn: Callable, output_loss: Callable, params: Any,
     n = int(np.shape(x)[0])
     if n < 1:
         raise ValueError("gauss_newton_traces needs at least one example")
+    if batch_size is None:
+        num_outputs = int(jax.eval_shape(output_fn, params, jnp.asarray(x[:1])).shape[-1])
+        num_params = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
+        batch_size = int(np.clip(JACOBIAN_FLOATS // max(1, num_outputs * num_params), 1, 250))
     fn = jax.jit(lambda p, xb, yb: _traces_of_batch(output_fn, output_loss, p, xb, yb))
     out = []
     for lo in range(0, n, batch_size):
@@ -122,6 +131,6 @@ class CurvatureCarriers:
 
 
 def curvature_carriers(output_fn: Callable, output_loss: Callable, params: Any, data: tuple, *,
-                       batch_size: int = 250) -> CurvatureCarriers:
+                       batch_size: int | None = None) -> CurvatureCarriers:
     """:class:`CurvatureCarriers` of a network on ``data`` (see :func:`gauss_newton_traces` for the arguments)."""
     return CurvatureCarriers.of(gauss_newton_traces(output_fn, output_loss, params, data, batch_size=batch_size))

@@ -695,6 +695,23 @@ def _short(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def saved_progress(directory: str | os.PathLike, *, k: int, tol: float) -> dict[str, int] | None:
+    """How far a saved Krylov state is: its steps, and how many of the top k Ritz values of its first start have
+    converged there (residual <= tol · |θ_1|, the rule of :func:`hspec.top_eigenvalues`). None when the folder
+    holds no readable state. Reads only the coefficients (cheap: for listings of long runs)."""
+    path = Path(directory) / KrylovStore.STATE
+    try:
+        with np.load(path) as saved:
+            steps, alphas, betas = int(saved["steps"]), np.asarray(saved["alphas"]), np.asarray(saved["betas"])
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    if steps < 1 or alphas.shape[-1] < 1:
+        return None
+    values, residuals, _, _ = ritz_decomposition(alphas[:1], betas[:1])
+    converged = int(np.sum(residuals[0][:k] <= tol * abs(values[0][0])))
+    return {"steps": steps, "converged": converged}
+
+
 def _drive(advance, state, m_total, first, stop, check_every, progress, j0=0, store=None):
     """Run ``first`` steps, then (with ``stop``) chunks of ``check_every`` until ``stop`` or ``m_total``.
 

@@ -91,6 +91,9 @@ class Config:
     lanczos_steps: int | None = None  # None: max(3k, k + 100), see the module docstring
     max_lanczos_steps: int | None = None  # grow the Krylov space up to this until the top k converge (None: 4x)
     hessian_batch_size: int = 1000
+    # Who carries the curvature (hspec.curvature: per-example Gauss-Newton traces): over the Hessian sample
+    # ("sample", ~20-45 ms per LeNet-5 example on a 2-core CPU), also over the whole training set ("all"), or not.
+    curvature: str = "sample"
     trace_samples: int = 20
     spectrum_epochs: tuple[int, ...] = ()  # spectra also after these epochs
     init_control: bool = True  # the spectrum at initialisation, written to init/results.json
@@ -102,8 +105,10 @@ class Config:
 FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 # hessian_samples=ALL_SAMPLES: the whole training set.
 ALL_SAMPLES = "all"
+CURVATURE_SCOPES = ("sample", "all", "none")
 # Fields that change the trained network; on --resume they must match the stored run.
-SPECTRUM_FIELDS = ("k", "hessian_samples", "lanczos_steps", "max_lanczos_steps", "hessian_batch_size", "trace_samples",
+SPECTRUM_FIELDS = ("k", "hessian_samples", "lanczos_steps", "max_lanczos_steps", "hessian_batch_size", "curvature",
+                   "trace_samples",
                    "spectrum_epochs", "init_control", "data_dir", "keep_checkpoints")
 
 
@@ -359,6 +364,9 @@ def _validate_spectrum(cfg: Config) -> None:
              f"hessian_samples must be a count >= 1 or {ALL_SAMPLES!r} (the whole training set), got "
              f"{cfg.hessian_samples!r}")
     _require(cfg.hessian_batch_size >= 1, f"hessian_batch_size must be >= 1, got {cfg.hessian_batch_size}")
+    _require(cfg.curvature in CURVATURE_SCOPES,
+             f"curvature must be one of {', '.join(CURVATURE_SCOPES)} (over the Hessian sample, also the whole "
+             f"training set, or not at all), got {cfg.curvature!r}")
     _require(cfg.trace_samples >= 2,
              f"trace_samples must be >= 2 (the trace's standard error needs two probes), got {cfg.trace_samples}")
     _require(cfg.max_lanczos_steps is None or cfg.lanczos_steps is None or cfg.max_lanczos_steps >= cfg.lanczos_steps,

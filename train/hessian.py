@@ -14,7 +14,8 @@ from flax import nnx
 
 from train.loop import cross_entropy
 
-__all__ = ["hessian_loss", "loss_fn_from_model", "hessian_batches", "output_fn", "jacobian_output_fn", "example_loss"]
+__all__ = ["hessian_loss", "loss_fn_from_model", "hessian_batches", "output_fn", "jacobian_output_fn", "example_loss",
+           "curvature_record"]
 
 
 def hessian_loss(eval_def: nnx.GraphDef, rest: nnx.State) -> Callable:
@@ -95,3 +96,20 @@ def hessian_batches(x, y, batch_size: int) -> list[tuple]:
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+
+
+def curvature_record(exp, state) -> dict | None:
+    """Who carries the curvature of a measured state (the config's `curvature`): the carriers of the per-example
+    Gauss-Newton traces over the Hessian sample and, with "all", over the whole training set; None with "none"."""
+    from hspec.curvature import CurvatureCarriers, gauss_newton_traces
+
+    scope = getattr(exp.cfg, "curvature", "sample")
+    if scope == "none":
+        return None
+    fn = jacobian_output_fn(exp, state.rest)
+    out = {"sample": CurvatureCarriers.of(gauss_newton_traces(fn, example_loss, state.params,
+                                                              (exp.hessian.x, exp.hessian.y))).to_dict()}
+    if scope == "all":
+        out["training_set"] = CurvatureCarriers.of(gauss_newton_traces(
+            fn, example_loss, state.params, (exp.ds.x_train, exp.ds.y_train))).to_dict()
+    return out

@@ -74,6 +74,9 @@ class SpectrumResult:
         hspec_version: the engine's version.
         keys: how the run's PRNG keys were derived (train.keys.derivation).
         schema_version: the layout of this record.
+        curvature: who carries the curvature (hspec.curvature.CurvatureCarriers as a dict) over the Hessian
+            sample (`sample`) and, when measured, over the whole training set (`training_set`); None in records
+            written before it was kept, or where the config's `curvature` is "none".
     """
 
     setting: dict[str, Any]
@@ -91,6 +94,7 @@ class SpectrumResult:
     hspec_version: str
     keys: dict[str, Any] | None
     schema_version: int = SCHEMA_VERSION
+    curvature: dict[str, Any] | None = None
 
     @property
     def is_power_law(self) -> bool:

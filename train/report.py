@@ -275,8 +275,16 @@ def load_group(results: str | os.PathLike, name: str) -> list[Row]:
 
 # --- tables ------------------------------------------------------------------------------------------------
 
-TABLE_HEAD = ("| run | K | d_KS | d_c | verdict | β ± σ | s | λ_max | Tr(H) | test error | converged | control "
-              "| notes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+TABLE_HEAD = ("| run | K | d_KS | d_c | verdict | N | N_eff | β ± σ | s | λ_max | Tr(H) | test error | converged "
+              "| control | notes |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def curvature_cells(result: SpectrumResult) -> list[str]:
+    """The Hessian sample's size N and its curvature carriers N_eff (the participation ratio of the per-example
+    Gauss-Newton traces, hspec.curvature); "—" for a record written before the diagnostic was kept."""
+    n = (result.hessian_sample or {}).get("size") or result.setting.get("hessian_samples")
+    carriers = (result.curvature or {}).get("sample")
+    return ["—" if n is None else str(n), "—" if carriers is None else f"{carriers['participation_ratio']:.0f}"]
 
 
 def short_verdict(result: SpectrumResult) -> str:
@@ -299,13 +307,13 @@ def table_row(row: Row) -> str:
     """One markdown row of a measured network."""
     r = row.result
     if r is None:
-        return f"| {row.run} | {'failed' if row.failed else 'not run yet'} |  |  |  |  |  |  |  |  |  |  | {'; '.join(row.notes)} |"
+        return f"| {row.run} | {'failed' if row.failed else 'not run yet'} |  |  |  |  |  |  |  |  |  |  |  |  | {'; '.join(row.notes)} |"
     fit, sh = r.fit, r.sharpness
     beta = "—" if fit.get("beta") is None else f"{fit['beta']:.3f} ± {fit['sigma']:.3f}"
     err = test_error(r)
     conv = f"{r.spectrum.get('num_converged', '—')}/{fit.get('k')}"
     cells = [row.run, str(fit.get("k")), _fmt(fit.get("d_ks"), ".4f"), _fmt(fit.get("d_crit"), ".4f"),
-             short_verdict(r), beta, _fmt(fit.get("s"), ".3f"), _fmt(sh.get("lambda_max"), ".4g"),
+             short_verdict(r), *curvature_cells(r), beta, _fmt(fit.get("s"), ".3f"), _fmt(sh.get("lambda_max"), ".4g"),
              _fmt(sh.get("trace"), ".4g"), "—" if err is None else f"{100 * err:.2f}%", conv, _control_cell(row),
              "; ".join(((did_not_learn_note(r) + "; kept out of the claims and the error bars",)
                         if not row.learned else ()) + row.notes)]
@@ -1041,7 +1049,12 @@ Method (docs/method.md §2-3): the top K Hessian eigenvalues (K = 1000; 50 for R
 loss on a fixed Hessian sample, by Lanczos with full reorthogonalisation, every one of the K converged (residual ≤
 1e-4 λ_1); the power-law MLE with the cutoff at λ_K, β ± σ, s = 1/(β − 1); a power law iff d_KS < d_c = 1.36/√K.
 Random-initialisation controls are the same measurement at the initial network of the run. Rows marked "reduced"
-depart from the paper's setting as they say; "converged" is the number of the top K with a converged Ritz value."""
+depart from the paper's setting as they say; "converged" is the number of the top K with a converged Ritz value.
+N is the number of training examples in the Hessian (1000, or the whole training subset where it is smaller; the
+paper's H is that of the whole training loss: see "Hessian sample" below for what N does to the verdict; no row
+has been re-measured at another N yet), and N_eff the participation ratio of their per-example Gauss-Newton
+traces, the number of examples that carry the curvature ("—": the record predates the diagnostic; it comes with
+the next measurement of the row)."""
 
 
 # Every record committed before the device was kept in it was measured on this one machine (no GPU was lent to

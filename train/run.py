@@ -59,7 +59,7 @@ def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epo
         progress: show the Lanczos progress bar.
         lanczos_state: where the Lanczos state is kept so that a killed measurement resumes (None: not kept).
     """
-    from train.hessian import hessian_loss
+    from train.hessian import curvature_record, hessian_loss
 
     import hspec
 
@@ -74,7 +74,7 @@ def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epo
         metrics={k: metrics[k] for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
         timing=measure.timing_since(m, t0), hessian_sample=hessian_record(exp),
         data=data_record(exp.ds, cfg.data_dir), num_params=exp.num_params, checkpoint=checkpoint,
-        hspec_version=hspec.__version__, keys=keys.derivation(exp.keys))
+        hspec_version=hspec.__version__, keys=keys.derivation(exp.keys), curvature=curvature_record(exp, state))
 
 
 def measure_checkpoint(exp: Experiment, path: Path, out_dir: Path, title: str,

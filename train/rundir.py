@@ -32,6 +32,14 @@ METRICS = "metrics.jsonl"
 TABLE = "table.txt"
 # The Krylov state of a spectrum in progress (hspec.KrylovStore), beside its results; removed when it finishes.
 LANCZOS_STATE = ".lanczos"
+# Where long jobs keep their work state (checkpoints of sweeps, Krylov bases, finished pieces of studies).
+ENV_WORK_DIR = "HSPEC_WORK_DIR"
+
+
+def default_work_dir() -> Path:
+    """$HSPEC_WORK_DIR, else ~/.cache/hspec/work: outside any work tree, so that the state of a long job survives
+    a fresh clone (and a machine that is handed back keeps it), and nothing of it can be committed."""
+    return Path(os.environ.get(ENV_WORK_DIR) or Path.home() / ".cache" / "hspec" / "work")
 # The claim of a run directory: created atomically before anything else is written there, removed at the end.
 LOCK = ".run.lock"
 

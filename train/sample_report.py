@@ -186,6 +186,27 @@ def checks_text(doc: dict[str, Any]) -> str:
     return "\n".join(f"- {line}" for line in lines)
 
 
+def reduction_text(folder: Path) -> str:
+    """reduction_check.json: the dropped part's norm for a few curvature cuts, against the tolerance."""
+    try:
+        doc = json.loads((folder / "reduction_check.json").read_text())
+    except FileNotFoundError:
+        return ""
+    lines = [f"- drop the examples below the {100 * c['quantile']:.0f}% quantile of t_i ({c['dropped']} of "
+             f"{doc['hessian_samples']}): the dropped part's norm is {c['norm']['norm']:.2e} = "
+             f"{c['relative_to_lambda_k']:.2g} λ_K, {'within' if c['accepted'] else 'above'} the tolerance "
+             f"{doc['tolerance']:g} λ_K" for c in doc["cuts"]]
+    accepted = [c for c in doc["cuts"] if c["accepted"]]
+    verdict = (f"The largest cut the certificate accepts drops {max(c['dropped'] for c in accepted)} of "
+               f"{doc['hessian_samples']} examples." if accepted else
+               "No cut is accepted: at K = 1000 the examples that the network fits with confidence still move the "
+               "K-th eigenvalue by more than the tolerance, so the certified operator saves nothing here, and the "
+               "long spectra are computed exactly, their Krylov state kept across sessions instead.")
+    return (f"Can the operator drop the examples that carry little curvature? Measured on draw 0 of N = "
+            f"{doc['hessian_samples']} (λ_K = {doc['lambda_k']:.3g}; {doc['device']}):\n\n" + "\n".join(lines) +
+            f"\n\n{verdict}")
+
+
 def hessian_sample_section(results: Path, figures: Path, rel: str) -> tuple[str, list[str]]:
     """The section's markdown and the figure file names it wrote."""
     series = load_series(results)
@@ -203,6 +224,9 @@ def hessian_sample_section(results: Path, figures: Path, rel: str) -> tuple[str,
         checks = checks_text(doc)
         if checks:
             out.append("The certified operator against the exact spectrum:\n\n" + checks)
+        reduction = reduction_text(Path(results) / STUDY / name)
+        if reduction:
+            out.append(reduction)
     return "\n\n".join(out), written
 
 

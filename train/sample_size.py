@@ -49,13 +49,8 @@ CERTIFY_TOLERANCE = 1e-3
 # the tolerance, since the residual part of the dropped Hessian is not bounded by its trace.
 DROP_BUDGET = 1e-4
 CERTIFY_STEPS = 80
-ENV_WORK_DIR = "HSPEC_WORK_DIR"
-
-
-def default_work_dir() -> Path:
-    """Where long jobs keep their state: $HSPEC_WORK_DIR, else ~/.cache/hspec/work (outside any work tree, so a
-    machine that is handed back keeps it)."""
-    return Path(os.environ.get(ENV_WORK_DIR) or Path.home() / ".cache" / "hspec" / "work")
+ENV_WORK_DIR = rundir.ENV_WORK_DIR
+default_work_dir = rundir.default_work_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,7 +409,7 @@ class Study:
                               "num_train": self.n_train, "spec": dataclasses.asdict(self.spec),
                               "certify_tolerance": CERTIFY_TOLERANCE, "drop_budget": DROP_BUDGET},
                "whole_set": {label: None if (t := self.traces(label, compute=False)) is None else carriers(t)
-                             for label in self.spec.states},
+                             for label in STATES},
                "pieces": entries, "pending": [p.name for p in self.pieces if p.name not in done]}
         self.out.mkdir(parents=True, exist_ok=True)
         record.write_json(self.out / "series.json", doc)
@@ -457,22 +452,10 @@ def run_study(study: Study, progress: bool = True) -> Path:
 
 
 def krylov_progress(directory: Path, k: int, tol: float) -> dict[str, int] | None:
-    """Steps saved in a Krylov state folder and how many of the top k Ritz values have converged there
-    (residual <= tol · θ_1); None when there is no readable state."""
-    import hspec
-    from hspec.krylov import KrylovStore, ritz_decomposition
+    """Steps saved in a Krylov state folder and how many of the top k have converged there (None: no state)."""
+    from hspec.krylov import saved_progress
 
-    steps = KrylovStore.saved_steps(directory)
-    if not steps:
-        return None
-    try:
-        with np.load(Path(directory) / KrylovStore.STATE) as saved:
-            alphas, betas = np.asarray(saved["alphas"]), np.asarray(saved["betas"])
-    except (OSError, KeyError, ValueError):
-        return None
-    values, residuals, _, _ = ritz_decomposition(alphas, betas)
-    top, res = values[0][:k], residuals[0][:k]
-    return {"steps": int(steps), "converged": int(np.sum(res <= tol * abs(values[0][0])))}
+    return saved_progress(directory, k=k, tol=tol)
 
 
 def listing(study: Study) -> str:
@@ -495,6 +478,44 @@ def listing(study: Study) -> str:
             lines.append(f"{piece.name:28s} running  {progress['steps']} Lanczos steps saved, "
                          f"{progress['converged']} of the top {study.exp.cfg.k} converged")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Can the operator be reduced? The dropped part's norm for a few cuts, measured once
+
+
+REDUCTION_QUANTILES = (0.1, 0.25, 0.5, 0.75)
+
+
+def reduction_check(study: Study, size: int, steps: int = 60) -> dict[str, Any]:
+    """For draw 0 of a `size`-example sample of the trained network: drop the examples whose Gauss-Newton trace is
+    below each quantile in REDUCTION_QUANTILES and measure the dropped part's spectral norm (Lanczos on it alone,
+    scaled by n_dropped / N), against CERTIFY_TOLERANCE · λ_K of that sample (its exact piece when finished, else
+    the run's own sample). Written to results/hessian-sample/<name>/reduction_check.json."""
+    import jax
+
+    from hspec.certify import spectral_norm
+    from train import record
+
+    st, idx = study.states["trained"], sample_indices(study.exp, size, 0)
+    t = study.traces("trained")[idx]
+    done = study.finished()
+    exact = done.get(Piece("trained", size, 0).name) or done.get(Piece("trained", study.exp.cfg.hessian_samples, 0).name)
+    lam_k = float(np.asarray(exact["eigenvalues"])[study.exp.cfg.k - 1])
+    cuts = []
+    for q in REDUCTION_QUANTILES:
+        drop = t < np.quantile(t, q)
+        t0 = time.perf_counter()
+        norm = spectral_norm(_operator(study.exp, st, idx[drop]), key=jax.random.fold_in(study.exp.keys.lanczos_start, 1),
+                             num_steps=steps, scale=float(drop.sum()) / idx.size)
+        cuts.append({"quantile": q, "dropped": int(drop.sum()), "dropped_gn_trace": float(t[drop].sum() / idx.size),
+                     "norm": norm.to_dict(), "relative_to_lambda_k": norm.norm / lam_k,
+                     "accepted": norm.norm <= CERTIFY_TOLERANCE * lam_k, "seconds": time.perf_counter() - t0})
+    doc = {"hessian_samples": size, "draw": 0, "lambda_k": lam_k, "tolerance": CERTIFY_TOLERANCE, "cuts": cuts,
+           "device": machine_description()}
+    study.out.mkdir(parents=True, exist_ok=True)
+    record.write_json(study.out / "reduction_check.json", doc)
+    return doc
 
 
 # --------------------------------------------------------------------------------------------------
@@ -525,6 +546,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="published results root (default: results/)")
     p.add_argument("--data-dir", help="data directory (default: env HSPEC_DATA_DIR, else ~/.cache/hspec/data)")
     p.add_argument("--list", action="store_true", help="show each piece's progress and exit")
+    p.add_argument("--reduction-check", type=int, metavar="N",
+                   help="measure the dropped part's norm for a few curvature cuts of the trained network's N-example "
+                        "sample (can the certified operator save anything?), write reduction_check.json and exit")
     p.add_argument("--carriers-only", action="store_true",
                    help="compute the curvature carriers of the whole training set (one pass per state), write "
                         "series.json and exit (run beside the spectra: the pieces do not wait for it)")
@@ -571,6 +595,13 @@ def main(argv: list[str]) -> int:
     study.spec, study.pieces = spec, pieces_of(spec, n)
     if args.list:
         print(listing(study))
+        return 0
+    if args.reduction_check:
+        doc = reduction_check(study, args.reduction_check)
+        for c in doc["cuts"]:
+            print(f"drop t below its {c['quantile']:.0%} quantile ({c['dropped']} examples): ||E|| = "
+                  f"{c['norm']['norm']:.3g} = {c['relative_to_lambda_k']:.2g} λ_K "
+                  f"({'accepted' if c['accepted'] else 'rejected'} at {CERTIFY_TOLERANCE:g} λ_K)")
         return 0
     if args.carriers_only:
         for label in spec.states:

@@ -3,12 +3,12 @@ the paper's own unconverged procedure, for a trained network and its initialisat
 
     python -m train sensitivity --run RUN_DIR [--epoch E] [--name NAME] [--set key=value ...] ...
 
-For a trained network (e.g. `--run runs/sweeps/checkpoints/lenet-mnist-sgd`) and its initialisation, one converged top-K Lanczos run (long enough for every truncation below) gives the
+For a trained network (e.g. `--run ~/.cache/hspec/work/sweeps/checkpoints/lenet-mnist-sgd`) and its initialisation, one converged top-K Lanczos run (long enough for every truncation below) gives the
 verdict and s at K = 100, 300, 500, 1000 (its top-K prefixes refitted) and the paper's own procedure (the
 Ritz values of that one run truncated at m = K, 1.25K, 1.5K, 2K, 3K steps, taken as they are, against the
 converged values); further runs give the verdict with 500, 1000 and 2000 Hessian samples and from other
 Lanczos start vectors. Each study is a JSON file in results/sensitivity/<name>/, skipped when it exists; the
-spectra a study has finished wait in runs/sweeps/sensitivity/<name>/ (`--work`) until it is written, so a
+spectra a study has finished wait in <work>/sensitivity/<name>/ (`--work`, default under ~/.cache/hspec/work/sweeps) until it is written, so a
 killed study resumes losing only the spectrum in progress.
 """
 
@@ -372,7 +372,7 @@ def _sensitivity_parser() -> argparse.ArgumentParser:
                                             "against K, the Hessian sample, the Lanczos start and the paper's "
                                             "unconverged procedure. Writes results/sensitivity/<name>/*.json.")
     p.add_argument("--run", required=True, help="a run directory with checkpoints (e.g. "
-                                                "runs/sweeps/checkpoints/lenet-mnist-sgd)")
+                                                "~/.cache/hspec/work/sweeps/checkpoints/lenet-mnist-sgd)")
     p.add_argument("--epoch", type=int, help="which checkpoint (default: the newest)")
     p.add_argument("--name", help="output folder under <results>/sensitivity (default: <run>-epoch<E>)")
     p.add_argument("--ks", help=f"K values refitted from one converged spectrum (default: "

@@ -5,7 +5,8 @@
     python -m train sweep --list [GROUP]
 
 A group (GROUPS) is a list of runs, each a preset plus the few fields that define it (a seed). A sweep
-trains each run of its group in the work directory `runs/sweeps/<group>/<run>/` (checkpoints live there
+trains each run of its group in the work directory `<work>/<group>/<run>/` (default
+`~/.cache/hspec/work/sweeps`, or `$HSPEC_WORK_DIR/sweeps`: outside the work tree; checkpoints live there
 and only there), then copies the finished files into `results/<group>/<run>/` through a staging
 directory and one rename, so that a half-written run never appears under results/:
 
@@ -78,7 +79,9 @@ from train.config import Config, ConfigError
 from train.lock import LOCK_HEARTBEAT_S, LOCK_STALE_S, RunLock  # noqa: F401  (re-exported)
 
 RESULTS_ROOT = "results"
-WORK_ROOT = os.path.join("runs", "sweeps")
+# Outside the work tree (train.rundir.default_work_dir: $HSPEC_WORK_DIR or ~/.cache/hspec/work), so that the
+# checkpoints and Krylov states of runs that take several sessions survive a fresh clone.
+WORK_ROOT = str(rundir.default_work_dir() / "sweeps")
 CONTROLS = "controls"
 SENSITIVITY = "sensitivity"
 CONTROL_POINTER = "control.json"
@@ -412,17 +415,26 @@ def run_state(roots: Roots, group: Group, spec: SweepRun, groups: dict[str, Grou
 
 
 def _lanczos_progress(work: Path) -> str:
-    """"; spectrum of epoch 50 saved at Lanczos step 1840" for each spectrum in progress in a run directory."""
-    from hspec.krylov import KrylovStore
+    """"; spectrum of epoch 50 saved at Lanczos step 1840 (412 of the top 1000 converged)" for each spectrum in
+    progress in a run directory."""
+    from hspec.krylov import saved_progress
+
+    from train.measure import TOL
+
+    try:
+        k = int(json.loads((work / rundir.CONFIG).read_text())["k"])
+    except (OSError, ValueError, KeyError, TypeError):
+        k = None
 
     spectra = [(0, work / "init")] + [(int(d.name), d) for d in (work / "epochs").glob("*") if d.name.isdigit()]
     spectra.append((None, work))
     out = []
     for epoch, where in spectra:
-        steps = KrylovStore.saved_steps(where / rundir.LANCZOS_STATE)
-        if steps is not None:
+        progress = saved_progress(where / rundir.LANCZOS_STATE, k=k or 1, tol=TOL)
+        if progress is not None:
             which = "final spectrum" if epoch is None else f"spectrum of epoch {epoch}"
-            out.append(f"; {which} saved at Lanczos step {steps}")
+            conv = f" ({progress['converged']} of the top {k} converged)" if k else ""
+            out.append(f"; {which} saved at Lanczos step {progress['steps']}{conv}")
     return "".join(out)
 
 

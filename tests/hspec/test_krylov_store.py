@@ -230,3 +230,17 @@ def test_top_eigenvalues_passes_the_identity_on(x64, tmp_path):
     assert json.dumps(KrylovStore.progress(tmp_path / "t")) == '{"steps": 30, "identity": {"run": "a"}}'
     with pytest.raises(hspec.KrylovStateError, match="differs in run"):
         hspec.top_eigenvalues(loss, jnp.zeros(N), checkpoint_identity={"run": "b"}, **kw)
+
+
+def test_saved_progress_counts_the_converged_top_k_of_the_kept_state(saved, tmp_path):
+    from hspec.krylov import ritz_decomposition, saved_progress
+
+    store, _ = saved
+    partial = run(tmp_path / "again", max_steps=40)  # the same 40 steps, taken here
+    values, residuals, _, _ = ritz_decomposition(partial.alphas[:1], partial.betas[:1])
+    expected = int(np.sum(residuals[0][:10] <= 1e-6 * abs(values[0][0])))
+    assert saved_progress(store, k=10, tol=1e-6) == {"steps": 40, "converged": expected}
+    assert 0 < expected <= 10
+    assert saved_progress(tmp_path / "nothing", k=10, tol=1e-6) is None
+    (store / KrylovStore.STATE).write_bytes(b"not a zip")
+    assert saved_progress(store, k=10, tol=1e-6) is None
