@@ -630,6 +630,9 @@ def plot(tracking: dict[str, Any], curve: list[dict], path: Path) -> None:
         ax.axvline(tracking["key_steps"]["at"], color="k", lw=0.6, ls=":")
         twin = ax.twinx()
         twin.plot(steps, [r["test_loss"] for r in rows], "s--", color="C3", alpha=0.5, ms=3)
+        twin.set_ylabel("test loss", color="C3", fontsize=8)
+        last = tracking["setting"].get("steps") or max(steps)
+        ax.set_xlim(-0.03 * last, 1.03 * last)
         v = tracking["correlation_views"]["test_loss"][m]
         ax.set_title(f"{track_label(m)}: r={_f(v['all']['pearson'], '+.2f')}, partial on step "
                      f"{_f(v['partial_step']['pearson'], '+.2f')}", fontsize=9)
