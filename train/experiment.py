@@ -65,7 +65,6 @@ def _check_sizes(cfg: Config, n_train: int) -> None:
     if config_lib.hessian_sample_size(cfg, n_train) > n_train:
         raise ConfigError(f"hessian_samples={cfg.hessian_samples} exceeds the {n_train} training examples; "
                           f"use hessian_samples <= {n_train}, or hessian_samples=all for the whole training set")
-    config_lib.check_sample_rank(cfg, config_lib.hessian_sample_size(cfg, n_train))
 
 
 def build_model(cfg: Config, ds: Any, keys: RunKeys) -> Any:

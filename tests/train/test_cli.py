@@ -18,7 +18,7 @@ import optax
 import pytest
 
 from train import checkpoint as ckpt
-from train import experiment, keys, loop, presets, rundir
+from train import experiment, keys, loop, measure, presets, rundir
 from train.__main__ import main
 
 from tests.conftest import REPO
@@ -216,7 +216,7 @@ def test_tiny_run_writes_every_field_and_matches_the_dense_hessian(capsys, tmp_p
         # 512 MNIST labels: near-uniform over 10 classes, so their entropy lies just under ln 10.
         assert math.log(10) - 0.05 < res["data"]["train_label_entropy"] <= math.log(10)
         if jax.default_backend() == "cpu":  # the device that measured, without the host's name
-            assert res["timing"]["device"] == f"cpu ({os.cpu_count()} cores)"
+            assert res["timing"]["device"] == f"cpu ({os.cpu_count()} cores, {measure.cpu_model()})"
         s = res["setting"]
         assert (s["trained"], s["epochs"], s["labels"], s["train_size"], s["k"]) == (trained, epoch, "clean", 512, 10)
         assert s["lanczos_steps"] == res["spectrum"]["lanczos_steps"] >= s["lanczos_steps_requested"] == 40
