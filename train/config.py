@@ -106,7 +106,8 @@ FIELD_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 # hessian_samples=ALL_SAMPLES: the whole training set.
 ALL_SAMPLES = "all"
 CURVATURE_SCOPES = ("sample", "all", "none")
-# Fields that change the trained network; on --resume they must match the stored run.
+# Fields that do not change the trained network (what is measured, and where): the only ones --resume, `spectrum`
+# and `sensitivity` may change; every other field must match the stored run.
 SPECTRUM_FIELDS = ("k", "hessian_samples", "lanczos_steps", "max_lanczos_steps", "hessian_batch_size", "curvature",
                    "trace_samples",
                    "spectrum_epochs", "init_control", "data_dir", "keep_checkpoints")

@@ -3,8 +3,8 @@
 The model is split once into a graph definition and its state (parameters; the rest, e.g. BatchNorm
 statistics); the step merges them inside `jit`, so the training state is an ordinary pytree that orbax
 saves and optax updates. Each step's randomness (data augmentation) is `fold_in(key, step)` and each
-epoch's data order is `train.data.epoch_permutation(n, seed, epoch)`, so a run resumed from a checkpoint
-is bit-identical to one that never stopped.
+epoch's data order is `train.data.epoch_permutation(n, key, epoch)` with the run's `data_order` key, so a
+run resumed from a checkpoint is bit-identical to one that never stopped.
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ def train_epoch(step: Callable, state: TrainState, batches: Iterator[tuple[np.nd
 
     Args:
         step: from `make_train_step`.
-        state: the state before the epoch (donated to the step).
+        state: the state before the epoch (the step returns a new one; its buffers are not donated).
         batches: (x, y) minibatches in this epoch's order.
         key: the run's augmentation key; step s uses `fold_in(key, s)`.
         epoch: the epoch number (1-based), for messages.
