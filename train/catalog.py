@@ -19,5 +19,8 @@ FULL_TRAIN_SIZE: dict[str, int] = {"mnist": 60000, "fashion_mnist": 60000, "cifa
 OPTIMIZERS: tuple[str, ...] = ("sgd", "vanilla_sgd", "adam", "amsgrad", "adabound", "yogi", "radam", "diffgrad",
                                "adai", "pnm", "lookahead")
 
+#: The Adam family of the paper's claim "momentum SGD gives a smaller s than the Adam family" (docs/method.md §5).
+ADAM_FAMILY: tuple[str, ...] = ("adam", "amsgrad", "adabound", "yogi", "radam", "diffgrad")
+
 #: Weight decay the paper passes to every optimizer (L2 for most, decoupled for PNM and RAdam).
 PAPER_WEIGHT_DECAY = 5e-4

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from typing import Any, Callable, Sequence
 
-from train import sensitivity, sweep
+from train import catalog, record, sweep
 from train.record import SpectrumResult, did_not_learn
 
 AGREE, DISAGREE, UNDECIDED = "agree", "disagree", "undecided"
@@ -222,7 +222,7 @@ def rule_width(rows: list[Row]) -> Outcome:
 def rule_sgd_below_adam(rows: list[Row]) -> Outcome:
     """Agree iff momentum SGD's s is smaller than the s of every Adam-family optimizer with a result."""
     s = {r.result.setting.get("optimizer"): exponent(r.result) for r in measured(rows) if r.final and exponent(r.result) is not None}
-    adam = {o: s[o] for o in sweep.ADAM_FAMILY if o in s}
+    adam = {o: s[o] for o in catalog.ADAM_FAMILY if o in s}
     if "sgd" not in s or not adam:
         return Outcome(UNDECIDED, "needs SGD and at least one Adam-family optimizer with a defined s")
     lowest = min(adam, key=adam.get)
@@ -367,7 +367,7 @@ def at_k(result: SpectrumResult | None, k: int) -> SpectrumResult | None:
     top K are the converged top k, so this is exact, not an approximation). None when it holds fewer than k."""
     if result is None or (result.fit.get("k") or 0) < k or result.spectrum.get("num_converged", 0) < k:
         return None
-    entry = sensitivity.fit_entry(result.eigenvalues[:k], k)
+    entry = record.refit(result.eigenvalues[:k], k)
     return dataclasses.replace(result, fit=entry["fit"], verdict=entry["verdict"])
 
 

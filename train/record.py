@@ -51,6 +51,15 @@ def fit_block(verdict: Any, significance: float) -> dict[str, Any]:
             "num_positive": verdict.num_positive, "positive_fit": positive}
 
 
+def refit(values: Any, k: int, significance: float = 0.05) -> dict[str, Any]:
+    """The verdict of the top k of `values`: {"k", "verdict", "fit"} with the fit block of a record (the refits of
+    the sensitivity study, the Hessian-sample study and the claims at other K all use it)."""
+    import hspec
+
+    verdict = hspec.power_law_verdict(values, k, significance)
+    return {"k": int(k), "verdict": verdict.verdict, "fit": fit_block(verdict, significance)}
+
+
 @dataclasses.dataclass(frozen=True)
 class SpectrumResult:
     """One network's spectrum, its power-law verdict, sharpness, metrics and how it was measured.

@@ -193,9 +193,9 @@ def converged_top(op: Any, exp: Any, state_dir: Path, identity: dict, progress: 
 
 def spectrum_entry(values: np.ndarray, k: int, top: Any, seconds: float) -> dict[str, Any]:
     """The JSON entry of one converged spectrum: the fit at K, convergence, the values, the seconds."""
-    from train.sensitivity import fit_entry
+    from train import record
 
-    return dict(fit_entry(values, k), num_converged=int(top.num_converged), lanczos_steps=int(top.num_steps),
+    return dict(record.refit(values, k), num_converged=int(top.num_converged), lanczos_steps=int(top.num_steps),
                 eigenvalues=np.asarray(values), seconds=seconds)
 
 
@@ -280,9 +280,9 @@ def reused_pieces(exp: Any, meta: dict, results: Path) -> dict[str, dict[str, An
 
 
 def _refit(values: Any, k: int) -> dict[str, Any]:
-    from train.sensitivity import fit_entry
+    from train import record
 
-    return fit_entry(np.asarray(values, np.float64), k)
+    return record.refit(np.asarray(values, np.float64), k)
 
 
 def _read_json(path: Path) -> dict | None:

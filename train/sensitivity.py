@@ -50,14 +50,11 @@ class SensitivitySpec:
     studies: tuple[str, ...] = STUDIES
 
 
-def fit_entry(values: Any, k: int) -> dict[str, Any]:
-    """The verdict of the top k of `values` as a record's fit block, plus the verdict text."""
-    import hspec
-
+def record_refit(values: Any, k: int) -> dict[str, Any]:
+    """record.refit at α = 0.05 (imported late: train.record loads hspec)."""
     from train import record
 
-    verdict = hspec.power_law_verdict(values, k)
-    return {"k": int(k), "verdict": verdict.verdict, "fit": record.fit_block(verdict, 0.05)}
+    return record.refit(values, k)
 
 
 def _converged(op: Any, k: int, key: Any, num_steps: int, max_steps: int | None, progress: bool,
@@ -97,7 +94,7 @@ def _base_spectrum(op: Any, cfg: Config, spec: SensitivitySpec, key: Any, progre
 def k_prefix_study(base: dict[str, Any], spec: SensitivitySpec) -> list[dict[str, Any]]:
     """The verdict and s of the top-K prefixes of one converged spectrum, K in spec.ks (<= the spectrum's K)."""
     ks = sorted({k for k in spec.ks if 2 <= k <= base["k"]} | {base["k"]})
-    return [fit_entry(base["eigenvalues"][:k], k) for k in ks]
+    return [record_refit(base["eigenvalues"][:k], k) for k in ks]
 
 
 def paper_procedure_study(base: dict[str, Any], spec: SensitivitySpec) -> list[dict[str, Any]]:
@@ -124,10 +121,10 @@ def paper_procedure_study(base: dict[str, Any], spec: SensitivitySpec) -> list[d
         if top.size < k:
             entry.update(verdict=f"undefined: only {top.size} Ritz values for K = {k}", fit=None)
         else:
-            entry.update(fit_entry(top, k))
+            entry.update(record_refit(top, k))
             positive = top[top > 0]
             if positive.size < k and positive.size >= 2:
-                entry["positive_only"] = fit_entry(positive, positive.size)
+                entry["positive_only"] = record_refit(positive, positive.size)
             err = np.abs(top - conv) / abs(conv[0])
             entry.update(max_rel_error=float(err.max()), num_within_1e3=int(np.sum(err <= 1e-3)))
         out.append(entry)
@@ -194,13 +191,13 @@ def hessian_samples_study(exp: Any, state: Any, base: dict[str, Any], spec: Sens
             entry["skipped"] = (f"{n} samples: more than the {len(exp.ds.y_train)} training examples, or a "
                                 f"Gauss-Newton rank below 2K = {2 * cfg.k}")
         elif n == cfg.hessian_samples:
-            entry.update(fit_entry(base["eigenvalues"], cfg.k), num_converged=base["num_converged"],
+            entry.update(record_refit(base["eigenvalues"], cfg.k), num_converged=base["num_converged"],
                          lanczos_steps=base["lanczos_steps"])
         else:
             def compute(state_dir: Path | None, n: int = n) -> dict[str, Any]:
                 top = _converged(_sample_operator(exp, state, n), cfg.k, exp.keys.lanczos_start, cfg.lanczos_steps,
                                  cfg.max_lanczos_steps, progress, state_dir)
-                return dict(fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
+                return dict(record_refit(top.eigenvalues, cfg.k), num_converged=top.num_converged,
                             lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
             entry.update(cached(f"samples{n}", compute))
         out.append(entry)
@@ -214,7 +211,7 @@ def _variants_study(count: int, field: str, stream: str, base: dict[str, Any], k
     out = []
     for i in range(count):
         if i == 0:
-            entry = dict(fit_entry(base["eigenvalues"], k), num_converged=base["num_converged"])
+            entry = dict(record_refit(base["eigenvalues"], k), num_converged=base["num_converged"])
         else:
             entry = cached(f"{field}{i}", lambda state_dir, i=i: spectrum(i, state_dir))
         out.append({field: i, "key": stream if i == 0 else f"fold_in({stream}, {i})", **entry})
@@ -230,7 +227,7 @@ def hessian_draws_study(exp: Any, state: Any, base: dict[str, Any], spec: Sensit
     def spectrum(i: int, state_dir: Path | None) -> dict[str, Any]:
         top = _converged(_sample_operator(exp, state, cfg.hessian_samples, i), cfg.k, exp.keys.lanczos_start,
                          cfg.lanczos_steps, cfg.max_lanczos_steps, progress, state_dir)
-        return dict(fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged,
+        return dict(record_refit(top.eigenvalues, cfg.k), num_converged=top.num_converged,
                     lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
 
     return _variants_study(spec.draws, "draw", "hessian_sample", base, cfg.k, cached, spectrum)
@@ -246,7 +243,7 @@ def lanczos_starts_study(exp: Any, op: Any, base: dict[str, Any], spec: Sensitiv
     def spectrum(i: int, state_dir: Path | None) -> dict[str, Any]:
         key = jax.random.fold_in(exp.keys.lanczos_start, i)
         top = _converged(op, cfg.k, key, cfg.lanczos_steps, cfg.max_lanczos_steps, progress, state_dir)
-        return dict(fit_entry(top.eigenvalues, cfg.k), num_converged=top.num_converged, eigenvalues=top.eigenvalues)
+        return dict(record_refit(top.eigenvalues, cfg.k), num_converged=top.num_converged, eigenvalues=top.eigenvalues)
 
     return _variants_study(spec.starts, "start", "lanczos_start", base, cfg.k, cached, spectrum)
 

@@ -74,7 +74,7 @@ from typing import Any, Callable, Iterator
 from train import progress_wanted
 from train import config as config_lib
 from train import presets, record, rundir
-from train.catalog import FULL_TRAIN_SIZE, OPTIMIZERS
+from train.catalog import ADAM_FAMILY, FULL_TRAIN_SIZE, OPTIMIZERS  # noqa: F401  (ADAM_FAMILY: kept importable here)
 from train.config import Config, ConfigError
 from train.lock import LOCK_HEARTBEAT_S, LOCK_STALE_S, RunLock  # noqa: F401  (re-exported)
 
@@ -98,7 +98,6 @@ CONTROL_FIELDS = ("dataset", "model", "depth", "width", "activation", "batchnorm
                   "train_size",
                   "label_noise", "random_labels", "gaussian_inputs", "hessian_samples", "k", "lanczos_steps",
                   "max_lanczos_steps", "hessian_batch_size", "trace_samples")
-ADAM_FAMILY = ("adam", "amsgrad", "adabound", "yogi", "radam", "diffgrad")
 
 
 class SweepError(ConfigError):
