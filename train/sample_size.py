@@ -335,10 +335,13 @@ class Study:
     """One network's Hessian-sample study: its experiment, states, traces, finished pieces and output files."""
 
     def __init__(self, run: Path, epoch: int | None, spec: StudySpec, results: Path, work: Path, name: str | None,
-                 echo: Callable = print):
+                 echo: Callable = print, lanczos_steps: int | None = None):
         from train.sensitivity import _sensitivity_setup
 
-        self.exp, self.meta, trained, _ = _sensitivity_setup(Path(run), epoch, {})
+        # The Krylov space starts at `lanczos_steps` (default: the run's rule, 3K) and grows until the top K have
+        # converged; a state saved under one start continues under another (the Lanczos run is the same).
+        overrides = {} if lanczos_steps is None else {"lanczos_steps": lanczos_steps, "max_lanczos_steps": None}
+        self.exp, self.meta, trained, _ = _sensitivity_setup(Path(run), epoch, overrides)
         self.spec, self.results, self.echo = spec, Path(results), echo
         self.name = name or f"{Path(run).resolve().name}-epoch{self.meta['epoch']}"
         self.out = self.results / STUDY / self.name
@@ -546,6 +549,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--results", default="results", help="published results root (default: results/)")
     p.add_argument("--data-dir", help="data directory (default: env HSPEC_DATA_DIR, else ~/.cache/hspec/data)")
     p.add_argument("--list", action="store_true", help="show each piece's progress and exit")
+    p.add_argument("--lanczos-steps", type=int, help="Lanczos steps to start with before the convergence checks "
+                                                     "(default: the run's rule, max(3K, K + 100)); the Krylov space "
+                                                     "grows until the top K converge, up to 4x")
     p.add_argument("--reduction-check", type=int, metavar="N",
                    help="measure the dropped part's norm for a few curvature cuts of the trained network's N-example "
                         "sample (can the certified operator save anything?), write reduction_check.json and exit")
@@ -584,7 +590,7 @@ def main(argv: list[str]) -> int:
     reduce_from = None if args.reduce_from is None else _size(args.reduce_from)
     # 'all' resolves against the training set once the run is loaded.
     probe = Study(Path(args.run), args.epoch, StudySpec(sizes=()), Path(args.results),
-                  Path(args.work) if args.work else default_work_dir(), args.name)
+                  Path(args.work) if args.work else default_work_dir(), args.name, lanczos_steps=args.lanczos_steps)
     n = probe.n_train
     resolve = lambda v: n if v == config_lib.ALL_SAMPLES else v  # noqa: E731
     spec = StudySpec(sizes=tuple(sorted({resolve(s) for s in sizes})), draws=args.draws, draws_up_to=args.draws_up_to,
