@@ -9,14 +9,16 @@ The queue, in order (each piece resumable: a killed process started again contin
 1. train      the preset's training run, with the test loss and the training loss (both in evaluation mode,
               on fixed samples) every `EVAL_EVERY` steps (<out>/curve.json); checkpoints in <work>/checkpoints
               (the measured steps kept, resume points every save_every steps).
-2. spectra    K = 1000 of the last block, every value converged, at every checkpoint step
-              (<out>/steps/<step>/results.json, the layout of `python -m train llm`); the Krylov state of
-              the measurement under way is kept in <work>/lanczos/, so that a kill loses minutes, not the spectrum.
-3. draws      two more Hessian-sample draws (independent samples of the same size) at three checkpoints,
-              before, at and after the test-loss minimum (<out>/draws/draw-<d>/steps/<step>/).
-4. sizes      the Hessian sample at half and twice its size, before and after the minimum
+2. key        K = 1000 of the last block, every value converged, at the checkpoints before, at and after the
+              test-loss minimum (<out>/steps/<step>/results.json, the layout of `python -m train llm`); the Krylov
+              state of the measurement under way is kept in <work>/lanczos/, so that a kill loses a minute, not
+              the spectrum.
+3. draws      two more Hessian-sample draws (independent samples of the same size) at those three checkpoints
+              (<out>/draws/draw-<d>/steps/<step>/): the error bars of the turn at the minimum come early.
+4. spectra    the same at every other checkpoint step.
+5. sizes      the Hessian sample at half and twice its size, before and after the minimum
               (<out>/sensitivity/sample-<tokens>/steps/<step>/).
-5. paper      the paper's literal procedure before and after the minimum: 3 Lanczos runs of 1000 steps, their
+6. paper      the paper's literal procedure before and after the minimum: 3 Lanczos runs of 1000 steps, their
               Ritz values pooled, top 1000 of the 3000, unconverged values kept
               (<out>/sensitivity/paper-literal/steps/<step>/results.json).
 After each piece: <out>/tracking.json (rows, draws' mean and sd, correlations with the test loss and the
@@ -54,7 +56,7 @@ K_PREFIXES = (100, 200, 300, 500, 1000)
 PAPER_LITERAL = {"num_starts": 3, "lanczos_steps": 1000, "combine": "pool",
                  "procedure": "3 Lanczos runs of 1000 steps from independent starts, their 3000 Ritz values pooled, "
                               "the top 1000 fitted as they are (unconverged values and repeats kept)"}
-PIECES = ("train", "spectra", "draws", "sizes", "paper", "tracking")
+PIECES = ("train", "key", "draws", "spectra", "sizes", "paper", "tracking")
 MEASURES = ("d_ks", "s", "lambda_max", "trace")
 TARGETS = ("test_loss", "gap")
 
@@ -330,9 +332,10 @@ def _spectrum_order(p: Plan) -> list[int]:
     return first + [s for s in sorted(p.cfg.checkpoint_steps) if s not in first]
 
 
-def spectra_piece(p: Plan, progress: bool = False) -> None:
-    """K = 1000 at every checkpoint (draw 0)."""
-    todo = [s for s in _spectrum_order(p) if not (p.out / "steps" / str(s) / "results.json").is_file()]
+def spectra_piece(p: Plan, progress: bool = False, key_only: bool = False) -> None:
+    """K = 1000 at every checkpoint (draw 0); with key_only, at the checkpoints before, at and after the minimum."""
+    order = _spectrum_order(p)[:len(set(key_steps(_checkpoint_losses(p)).values()))] if key_only else _spectrum_order(p)
+    todo = [s for s in order if not (p.out / "steps" / str(s) / "results.json").is_file()]
     if todo:
         r = _build(p)
         for s in todo:
@@ -691,7 +694,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.status:
         print(status(p))
         return 0
-    pieces = {"train": train_piece, "spectra": spectra_piece, "draws": draws_piece, "sizes": sizes_piece,
+    pieces = {"train": train_piece, "key": lambda q, progress=False: spectra_piece(q, progress, key_only=True),
+              "spectra": spectra_piece, "draws": draws_piece, "sizes": sizes_piece,
               "paper": paper_piece, "tracking": lambda q, progress=False: analyse(q)}
     for name in PIECES:
         if args.only and name not in args.only:
