@@ -346,14 +346,14 @@ def spectra_piece(p: Plan, progress: bool = False, key_only: bool = False) -> No
 def draws_piece(p: Plan, progress: bool = False) -> None:
     """Two more Hessian-sample draws at the checkpoints before, at and after the minimum."""
     key = key_steps(_checkpoint_losses(p))
-    for d in DRAWS:
-        todo = [s for s in dict.fromkeys((key["before"], key["at"], key["after"]))
-                if not (p.out / "draws" / f"draw-{d}" / "steps" / str(s) / "results.json").is_file()]
-        if todo:
-            r = _build(p, hessian_draw=d)
-            for s in todo:
-                _try_measure(p, r, s, p.out / "draws" / f"draw-{d}" / "steps" / str(s) / "results.json",
-                             f"draw-{d}-{s}", progress)
+    runs = {}
+    # At the minimum and after it first: the error bars of the turn come before those of the earlier checkpoint.
+    for s in dict.fromkeys((key["at"], key["after"], key["before"])):
+        for d in DRAWS:
+            path = p.out / "draws" / f"draw-{d}" / "steps" / str(s) / "results.json"
+            if not path.is_file():
+                r = runs.setdefault(d, _build(p, hessian_draw=d))
+                _try_measure(p, r, s, path, f"draw-{d}-{s}", progress)
                 analyse(p)
 
 
