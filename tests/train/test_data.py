@@ -312,7 +312,7 @@ def test_subset_is_deterministic_and_traceable():
     np.testing.assert_array_equal(a.x_train[:, 0], a.train_indices)  # rows are the original rows
     np.testing.assert_array_equal(a.y_train, ds.y_train[a.train_indices])
     assert a.y_train_clean is None
-    with pytest.raises(ValueError, match="between 1 and 20000"):
+    with pytest.raises(data.DataError, match="train_size=20001 exceeds the 20000 training examples of toy"):
         data.apply_options(ds, train_size=20001, key=jax.random.key(0))
 
 
