@@ -197,8 +197,12 @@ def reduction_text(folder: Path) -> str:
              f"{c['relative_to_lambda_k']:.2g} λ_K, {'within' if c['accepted'] else 'above'} the tolerance "
              f"{doc['tolerance']:g} λ_K" for c in doc["cuts"]]
     accepted = [c for c in doc["cuts"] if c["accepted"]]
-    verdict = (f"The largest cut the certificate accepts drops {max(c['dropped'] for c in accepted)} of "
-               f"{doc['hessian_samples']} examples." if accepted else
+    best = max((c["dropped"] for c in accepted), default=0)
+    verdict = (f"The largest cut the certificate accepts drops {best} of {doc['hessian_samples']} examples, "
+               f"{100 * best / doc['hessian_samples']:.0f}% of each product's cost: "
+               + ("the long spectra are computed exactly instead, their Krylov state kept across sessions."
+                  if best < doc["hessian_samples"] / 2 else "the reduced operator is worth its certificate here.")
+               if accepted else
                "No cut is accepted: at K = 1000 the examples that the network fits with confidence still move the "
                "K-th eigenvalue by more than the tolerance, so the certified operator saves nothing here, and the "
                "long spectra are computed exactly, their Krylov state kept across sessions instead.")
