@@ -394,6 +394,9 @@ class Study:
             raise RuntimeError(f"no finished {label} spectrum to scale the drop budget by: run a smaller size first")
         return float(np.asarray(done[best.name]["eigenvalues"])[k - 1])
 
+    def _pending(self, done: dict) -> list[str]:
+        return _pending_of(self, done)
+
     def write(self, done: dict) -> Path:
         """results/hessian-sample/<name>/series.json: every finished piece with its sample's curvature carriers."""
         from train import record
@@ -413,10 +416,18 @@ class Study:
                               "certify_tolerance": CERTIFY_TOLERANCE, "drop_budget": DROP_BUDGET},
                "whole_set": {label: None if (t := self.traces(label, compute=False)) is None else carriers(t)
                              for label in STATES},
-               "pieces": entries, "pending": [p.name for p in self.pieces if p.name not in done]}
+               "pieces": entries, "pending": self._pending(done)}
         self.out.mkdir(parents=True, exist_ok=True)
         record.write_json(self.out / "series.json", doc)
         return self.out / "series.json"
+
+
+def _pending_of(study: "Study", done: dict) -> list[str]:
+    """The pieces not finished yet: this invocation's plan and what the series already listed as pending (another
+    queue, e.g. the other state on the other core, shares the file), in the study's order."""
+    old = (_read_json(study.out / "series.json") or {}).get("pending", [])
+    names = {p.name for p in study.pieces} | set(old)
+    return sorted((n for n in names if n not in done), key=_piece_order)
 
 
 def _parse_name(name: str) -> tuple[str, int, int, bool]:
