@@ -24,17 +24,7 @@ import jax
 import numpy as np
 
 import hspec
-
-
-def median_seconds(fn, repeats: int) -> float:
-    """Median wall time of ``fn()`` (blocked until ready) over ``repeats`` calls after one warm-up call."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from whole_set_hvp_cpu import median_seconds  # the same timing (benchmarks/ is on the path)
 
 
 def time_size(width: int, block: int, tokens: int, basis_rows: int, repeats: int) -> dict:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 
@@ -31,17 +30,7 @@ import numpy as np
 
 import hspec
 from hspec.hvp import micro_batched, scanned_mean_loss
-
-
-def cpu_model() -> str:
-    """The CPU's model name (Linux), else the platform's processor string."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from train import measure
 
 
 def median_seconds(fn, repeats: int) -> float:
@@ -102,7 +91,7 @@ def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     C = args.micro_batch
-    print(f"machine: {cpu_model()}, {os.cpu_count()} cores; jax {jax.__version__}; micro-batch {C}")
+    print(f"machine: {measure.cpu_model()}, {os.cpu_count()} cores; jax {jax.__version__}; micro-batch {C}")
     loss_fn, params, x, y = lenet_problem()
     peak = matmul_peak_gflops()
     print(f"matmul peak (float32, 2048^3, precision highest): {peak:.1f} GFLOP/s")

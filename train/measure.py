@@ -24,8 +24,9 @@ __all__ = ["SpectrumSpec", "Measurement", "measure", "TOL"]
 
 # Relative residual tolerance of a converged Ritz value: |β_m y_{m,i}| <= TOL * λ_1.
 TOL = 1e-4
-# The largest Hessian sample whose gradient is linearised once (memory: every micro-batch's residuals, ~215 kB per
-# LeNet-5 example measured: 3.4 GB at 16,000); $HSPEC_LINEARIZE_MAX_EXAMPLES overrides it.
+# The largest Hessian sample whose gradient is linearised once (memory: every micro-batch's residuals, about 215 kB
+# per LeNet-5 example by the process's peak RSS at 8,000 examples, so ~3.4 GB expected at 16,000);
+# $HSPEC_LINEARIZE_MAX_EXAMPLES overrides it.
 LINEARIZE_MAX_EXAMPLES = 16000
 ENV_LINEARIZE_MAX = "HSPEC_LINEARIZE_MAX_EXAMPLES"
 

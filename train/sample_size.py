@@ -36,6 +36,7 @@ import numpy as np
 
 from train import config as config_lib
 from train import rundir
+from train.measure import TOL, device_description
 
 STUDY = "hessian-sample"
 SIZES = ("1000", "2000", "4000", "8000", "16000", "all")
@@ -49,8 +50,6 @@ CERTIFY_TOLERANCE = 1e-3
 # the tolerance, since the residual part of the dropped Hessian is not bounded by its trace.
 DROP_BUDGET = 1e-4
 CERTIFY_STEPS = 80
-ENV_WORK_DIR = rundir.ENV_WORK_DIR
-default_work_dir = rundir.default_work_dir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,7 +149,7 @@ def krylov_identity(exp: Any, state: Any, piece: Piece, idx: np.ndarray, keep: n
     """What a piece's Krylov state belongs to: the network, the sample (and the kept part), the settings."""
     identity = {"study": STUDY, "network": state_fingerprint(state.params), "piece": piece.name,
                 "sample": hashlib.sha256(np.asarray(idx, np.int64).tobytes()).hexdigest(), "k": exp.cfg.k,
-                "tol": _tol(), "micro_batch": exp.cfg.hessian_batch_size, "start": "lanczos_start",
+                "tol": TOL, "micro_batch": exp.cfg.hessian_batch_size, "start": "lanczos_start",
                 "method": _method(int(np.sum(keep)) if keep is not None else idx.size)}
     if keep is not None:
         identity["kept"] = hashlib.sha256(np.packbits(keep).tobytes()).hexdigest()
@@ -162,12 +161,6 @@ def _method(n: int) -> str:
     from train.measure import linearize_max_examples
 
     return "linearize" if n <= linearize_max_examples() else "jvp"
-
-
-def _tol() -> float:
-    from train.measure import TOL
-
-    return TOL
 
 
 def _operator(exp: Any, state: Any, idx: np.ndarray) -> Any:
@@ -187,7 +180,7 @@ def converged_top(op: Any, exp: Any, state_dir: Path, identity: dict, progress: 
     steps = exp.cfg.lanczos_steps or hspec.default_num_steps(exp.cfg.k, op.dim)
     max_steps = exp.cfg.max_lanczos_steps or hspec.default_max_steps(steps, op.dim)
     return hspec.top_eigenvalues(op, k=exp.cfg.k, key=exp.keys.lanczos_start, num_steps=steps, max_steps=max_steps,
-                                 tol=_tol(), strict=True, progress=progress, checkpoint_dir=state_dir,
+                                 tol=TOL, strict=True, progress=progress, checkpoint_dir=state_dir,
                                  checkpoint_identity=identity)
 
 
@@ -379,20 +372,17 @@ class Study:
         else:
             entry = exact_piece(self.exp, st, piece, idx, self.work, progress)
         entry["source"] = "computed"
-        entry["device"] = machine_description()
+        entry["device"] = device_description()
         record.write_json(self.piece_path(piece), {"network": state_fingerprint(st.params), "entry": entry})
         return json.loads(self.piece_path(piece).read_text())["entry"]
 
     def _lambda_k_guess(self, label: str, done: dict) -> float:
         """λ_K of the largest sample of this state finished so far (the drop budget's scale)."""
         k = self.exp.cfg.k
-        best = max((p for p in self.pieces if p.state == label and p.name in done), key=lambda p: p.size, default=None)
-        if best is None:
-            best = max((Piece(label, int(n.split("-n")[1].split("-")[0]), 0) for n in done if n.startswith(label)),
-                       key=lambda p: p.size, default=None)
-        if best is None:
+        sizes = {name: _parse_name(name)[1] for name in done if _parse_name(name)[0] == label}
+        if not sizes:
             raise RuntimeError(f"no finished {label} spectrum to scale the drop budget by: run a smaller size first")
-        return float(np.asarray(done[best.name]["eigenvalues"])[k - 1])
+        return float(np.asarray(done[max(sizes, key=sizes.get)]["eigenvalues"])[k - 1])
 
     def _pending(self, done: dict) -> list[str]:
         return _pending_of(self, done)
@@ -441,13 +431,6 @@ def _piece_order(name: str) -> tuple:
     return (STATES.index(state) if state in STATES else 9, size, draw, reduced)
 
 
-def machine_description() -> str:
-    """The device that measured, with its CPU model (train.measure.device_description)."""
-    from train.measure import device_description
-
-    return device_description()
-
-
 def run_study(study: Study, progress: bool = True) -> Path:
     """Compute every pending piece in order, writing series.json after each."""
     done = study.finished()
@@ -465,13 +448,6 @@ def run_study(study: Study, progress: bool = True) -> Path:
     return path
 
 
-def krylov_progress(directory: Path, k: int, tol: float) -> dict[str, int] | None:
-    """Steps saved in a Krylov state folder and how many of the top k have converged there (None: no state)."""
-    from hspec.krylov import saved_progress
-
-    return saved_progress(directory, k=k, tol=tol)
-
-
 def listing(study: Study) -> str:
     """One line per piece: finished (d_KS, s), in progress (steps saved, converged so far) or pending."""
     done, lines = study.finished(), []
@@ -485,7 +461,9 @@ def listing(study: Study) -> str:
             lines.append(f"{piece.name:28s} done     d_KS {fit['d_ks']:.4f} (d_c {fit['d_crit']:.4f}) s {fit['s']:.3f}"
                          f"{'' if src == 'computed' else '  [' + src + ']'}")
             continue
-        progress = krylov_progress(study.work / f"{piece.name}.lanczos", k=study.exp.cfg.k, tol=_tol())
+        from hspec.krylov import saved_progress
+
+        progress = saved_progress(study.work / f"{piece.name}.lanczos", k=study.exp.cfg.k, tol=TOL)
         if progress is None:
             lines.append(f"{piece.name:28s} pending")
         else:
@@ -526,7 +504,7 @@ def reduction_check(study: Study, size: int, steps: int = 60) -> dict[str, Any]:
                      "norm": norm.to_dict(), "relative_to_lambda_k": norm.norm / lam_k,
                      "accepted": norm.norm <= CERTIFY_TOLERANCE * lam_k, "seconds": time.perf_counter() - t0})
     doc = {"hessian_samples": size, "draw": 0, "lambda_k": lam_k, "tolerance": CERTIFY_TOLERANCE, "cuts": cuts,
-           "device": machine_description()}
+           "device": device_description()}
     study.out.mkdir(parents=True, exist_ok=True)
     record.write_json(study.out / "reduction_check.json", doc)
     return doc
@@ -556,7 +534,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--validate-reduction-at", type=int,
                    help="also compute the reduced spectrum at this size, beside the exact one (the check of the method)")
     p.add_argument("--work", default=None, help=f"work folder for Krylov states and finished pieces (default: "
-                                                f"${ENV_WORK_DIR}, else ~/.cache/hspec/work)")
+                                                f"${rundir.ENV_WORK_DIR}, else ~/.cache/hspec/work)")
     p.add_argument("--results", default="results", help="published results root (default: results/)")
     p.add_argument("--data-dir", help="data directory (default: env HSPEC_DATA_DIR, else ~/.cache/hspec/data)")
     p.add_argument("--list", action="store_true", help="show each piece's progress and exit")
@@ -601,7 +579,8 @@ def main(argv: list[str]) -> int:
     reduce_from = None if args.reduce_from is None else _size(args.reduce_from)
     # 'all' resolves against the training set once the run is loaded.
     probe = Study(Path(args.run), args.epoch, StudySpec(sizes=()), Path(args.results),
-                  Path(args.work) if args.work else default_work_dir(), args.name, lanczos_steps=args.lanczos_steps)
+                  Path(args.work) if args.work else rundir.default_work_dir(), args.name,
+                  lanczos_steps=args.lanczos_steps)
     n = probe.n_train
     resolve = lambda v: n if v == config_lib.ALL_SAMPLES else v  # noqa: E731
     spec = StudySpec(sizes=tuple(sorted({resolve(s) for s in sizes})), draws=args.draws, draws_up_to=args.draws_up_to,

@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 from train import progress_wanted
 from train import config as config_lib
-from train import rundir
+from train import record, rundir
 from train.config import Config, ConfigError
 from train.sweep import RESULTS_ROOT, SENSITIVITY, WORK_ROOT, SweepError, _common_args, _use_data_dir
 
@@ -48,13 +48,6 @@ class SensitivitySpec:
     draws: int = SENSITIVITY_DRAWS
     multipliers: tuple[float, ...] = PAPER_MULTIPLIERS
     studies: tuple[str, ...] = STUDIES
-
-
-def record_refit(values: Any, k: int) -> dict[str, Any]:
-    """record.refit at α = 0.05 (imported late: train.record loads hspec)."""
-    from train import record
-
-    return record.refit(values, k)
 
 
 def _converged(op: Any, k: int, key: Any, num_steps: int, max_steps: int | None, progress: bool,
@@ -94,7 +87,7 @@ def _base_spectrum(op: Any, cfg: Config, spec: SensitivitySpec, key: Any, progre
 def k_prefix_study(base: dict[str, Any], spec: SensitivitySpec) -> list[dict[str, Any]]:
     """The verdict and s of the top-K prefixes of one converged spectrum, K in spec.ks (<= the spectrum's K)."""
     ks = sorted({k for k in spec.ks if 2 <= k <= base["k"]} | {base["k"]})
-    return [record_refit(base["eigenvalues"][:k], k) for k in ks]
+    return [record.refit(base["eigenvalues"][:k], k) for k in ks]
 
 
 def paper_procedure_study(base: dict[str, Any], spec: SensitivitySpec) -> list[dict[str, Any]]:
@@ -121,10 +114,10 @@ def paper_procedure_study(base: dict[str, Any], spec: SensitivitySpec) -> list[d
         if top.size < k:
             entry.update(verdict=f"undefined: only {top.size} Ritz values for K = {k}", fit=None)
         else:
-            entry.update(record_refit(top, k))
+            entry.update(record.refit(top, k))
             positive = top[top > 0]
             if positive.size < k and positive.size >= 2:
-                entry["positive_only"] = record_refit(positive, positive.size)
+                entry["positive_only"] = record.refit(positive, positive.size)
             err = np.abs(top - conv) / abs(conv[0])
             entry.update(max_rel_error=float(err.max()), num_within_1e3=int(np.sum(err <= 1e-3)))
         out.append(entry)
@@ -145,8 +138,6 @@ def piece_cache(parts: Path, provenance: dict[str, Any]) -> Cached:
     that a study killed after hours loses only the spectrum in progress. A piece is reused only when it was
     computed with the same provenance (run, epoch, K, sample, spec, overrides); it is returned in its JSON
     form either way, so a resumed study writes the same file as an uninterrupted one."""
-    from train import record
-
     stamp = json.dumps(provenance, sort_keys=True, default=str)
 
     def cached(piece: str, compute: Callable[[Path | None], dict]) -> dict:
@@ -166,16 +157,16 @@ def _sample_operator(exp: Any, state: Any, size: int, draw: int = 0) -> Any:
     stream (draw 0, the run's own sample at its size) or from fold_in(that stream, draw)."""
     import jax
 
-    import hspec
-
     from train import data
-    from train.hessian import hessian_batches, hessian_loss
+    from train.hessian import hessian_loss
+    from train.measure import sample_operator
 
     key = exp.keys.hessian_sample if draw == 0 else jax.random.fold_in(exp.keys.hessian_sample, draw)
     own = size == exp.cfg.hessian_samples and draw == 0
     sample = exp.hessian if own else data.hessian_sample(exp.ds, size, key)
-    batches = hessian_batches(sample.x, sample.y, exp.cfg.hessian_batch_size)
-    return hspec.hessian_operator(hessian_loss(exp.fm.eval_def, state.rest), state.params, batches=batches)
+    # The runs' own operator (train.measure), so that the study tests the procedure the runs use.
+    return sample_operator(hessian_loss(exp.fm.eval_def, state.rest), state.params, (sample.x, sample.y),
+                           exp.cfg.hessian_batch_size)
 
 
 def hessian_samples_study(exp: Any, state: Any, base: dict[str, Any], spec: SensitivitySpec, progress: bool,
@@ -191,13 +182,13 @@ def hessian_samples_study(exp: Any, state: Any, base: dict[str, Any], spec: Sens
             entry["skipped"] = (f"{n} samples: more than the {len(exp.ds.y_train)} training examples, or a "
                                 f"Gauss-Newton rank below 2K = {2 * cfg.k}")
         elif n == cfg.hessian_samples:
-            entry.update(record_refit(base["eigenvalues"], cfg.k), num_converged=base["num_converged"],
+            entry.update(record.refit(base["eigenvalues"], cfg.k), num_converged=base["num_converged"],
                          lanczos_steps=base["lanczos_steps"])
         else:
             def compute(state_dir: Path | None, n: int = n) -> dict[str, Any]:
                 top = _converged(_sample_operator(exp, state, n), cfg.k, exp.keys.lanczos_start, cfg.lanczos_steps,
                                  cfg.max_lanczos_steps, progress, state_dir)
-                return dict(record_refit(top.eigenvalues, cfg.k), num_converged=top.num_converged,
+                return dict(record.refit(top.eigenvalues, cfg.k), num_converged=top.num_converged,
                             lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
             entry.update(cached(f"samples{n}", compute))
         out.append(entry)
@@ -211,7 +202,7 @@ def _variants_study(count: int, field: str, stream: str, base: dict[str, Any], k
     out = []
     for i in range(count):
         if i == 0:
-            entry = dict(record_refit(base["eigenvalues"], k), num_converged=base["num_converged"])
+            entry = dict(record.refit(base["eigenvalues"], k), num_converged=base["num_converged"])
         else:
             entry = cached(f"{field}{i}", lambda state_dir, i=i: spectrum(i, state_dir))
         out.append({field: i, "key": stream if i == 0 else f"fold_in({stream}, {i})", **entry})
@@ -227,7 +218,7 @@ def hessian_draws_study(exp: Any, state: Any, base: dict[str, Any], spec: Sensit
     def spectrum(i: int, state_dir: Path | None) -> dict[str, Any]:
         top = _converged(_sample_operator(exp, state, cfg.hessian_samples, i), cfg.k, exp.keys.lanczos_start,
                          cfg.lanczos_steps, cfg.max_lanczos_steps, progress, state_dir)
-        return dict(record_refit(top.eigenvalues, cfg.k), num_converged=top.num_converged,
+        return dict(record.refit(top.eigenvalues, cfg.k), num_converged=top.num_converged,
                     lanczos_steps=top.num_steps, eigenvalues=top.eigenvalues)
 
     return _variants_study(spec.draws, "draw", "hessian_sample", base, cfg.k, cached, spectrum)
@@ -243,7 +234,7 @@ def lanczos_starts_study(exp: Any, op: Any, base: dict[str, Any], spec: Sensitiv
     def spectrum(i: int, state_dir: Path | None) -> dict[str, Any]:
         key = jax.random.fold_in(exp.keys.lanczos_start, i)
         top = _converged(op, cfg.k, key, cfg.lanczos_steps, cfg.max_lanczos_steps, progress, state_dir)
-        return dict(record_refit(top.eigenvalues, cfg.k), num_converged=top.num_converged, eigenvalues=top.eigenvalues)
+        return dict(record.refit(top.eigenvalues, cfg.k), num_converged=top.num_converged, eigenvalues=top.eigenvalues)
 
     return _variants_study(spec.starts, "start", "lanczos_start", base, cfg.k, cached, spectrum)
 
@@ -299,8 +290,6 @@ def sensitivity(run: str | os.PathLike, *, results: str | os.PathLike = RESULTS_
     Returns:
         The output directory.
     """
-    from train import record
-
     exp, meta, trained, where = _sensitivity_setup(Path(run), epoch, dict(overrides or {}))
     e = meta["epoch"]
     out = Path(results) / SENSITIVITY / (name or f"{Path(run).resolve().name}-epoch{e}")
@@ -329,8 +318,6 @@ def _load_or_compute_base(out: Path, exp: Any, ops: dict, spec: SensitivitySpec,
                           progress: bool, echo: Callable, work: Path | None = None) -> dict[str, Any]:
     """base.json: the converged top-K run of each state, computed once (reused when the study resumes); with
     `work`, a killed base spectrum resumes its Lanczos run from `work/base-<state>.lanczos`."""
-    from train import record
-
     path = out / "base.json"
     if path.exists():
         return json.loads(path.read_text())
