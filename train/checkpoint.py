@@ -194,13 +194,34 @@ def _drop_closed_loop_callbacks(hook):
     return unraisablehook
 
 
+class _DropOrphanedTensorstoreErrors(logging.Filter):
+    """asyncio's reports of what orbax leaves behind when one read fails: tasks whose tensorstore error nobody
+    retrieved (orbax raised the first one, and restore reports it) and callbacks into its closed event loop. They
+    are logged when the garbage collector finds them, possibly long after the call: the filter stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" {record.exc_info[1]!r}"
+        return "Event loop is closed" not in text and "tensorstore_spec" not in text
+
+
+def _drop_orphaned_tensorstore_errors() -> None:
+    """Install the asyncio filter above once."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _DropOrphanedTensorstoreErrors) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_DropOrphanedTensorstoreErrors())
+
+
 @contextlib.contextmanager
 def _quiet_orbax() -> Iterator[None]:
     """Around an orbax save or restore: its worker threads' error logs (a traceback per failed write) are not
     shown, since the error is raised here and reported once; late tensorstore callbacks into orbax's closed event
-    loop print nothing (they go through sys.unraisablehook, filtered from here on: they may come after the call)."""
+    loop and its orphaned tasks print nothing (they go through sys.unraisablehook and the asyncio logger, filtered
+    from here on: they may come after the call)."""
     if not getattr(sys.unraisablehook, "drops_closed_loop_callbacks", False):
         sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+    _drop_orphaned_tensorstore_errors()
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(logging.CRITICAL)
