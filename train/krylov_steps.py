@@ -44,6 +44,8 @@ def steps_table(alphas: np.ndarray, betas: np.ndarray, steps: Sequence[int], k: 
     steps = sorted(int(m) for m in steps)
     if steps[-1] > len(alphas):
         raise ValueError(f"the run has {len(alphas)} steps, fewer than m = {steps[-1]}")
+    if steps[0] < k:
+        raise ValueError(f"m = {steps[0]} steps give {steps[0]} Ritz values, fewer than K = {k}")
     final, _ = _top_k_at(alphas, betas, steps[-1], k)
     rows = []
     for m in steps:
