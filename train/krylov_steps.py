@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["steps_table", "measure_steps", "main"]
+__all__ = ["steps_table", "rule_stops", "measure_steps", "main"]
 
 
 def _top_k_at(alphas: np.ndarray, betas: np.ndarray, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,6 +63,36 @@ def steps_table(alphas: np.ndarray, betas: np.ndarray, steps: Sequence[int], k: 
     return rows
 
 
+def rule_stops(alphas: np.ndarray, betas: np.ndarray, k: int, tol: float, first: int, every: int,
+               settle: Sequence[float] = (1e-2, 1e-3)) -> list[dict[str, Any]]:
+    """Where stop rules would have ended this run, checked at m = first, first + every, ... (as hspec grows a
+    Krylov space), and what they would have reported there, against the run's longest m:
+
+    - "residual": the top k meet |β_m y_{m,i}| <= tol · λ_1 (the rule of every spectrum in the report);
+    - "settled <ε>": that, and no rank of the top k moved by more than ε (relative) since the previous check.
+
+    A rule that never fires within the run is reported with m None."""
+    checks = list(range(first, len(alphas) + 1, every))
+    final, _ = _top_k_at(alphas, betas, len(alphas), k)
+    rules = {"residual": None, **{f"settled {e:g}": e for e in settle}}
+    out, prev = {}, None
+    for m in checks:
+        top, res = _top_k_at(alphas, betas, m, k)
+        meets = bool(np.all(res <= tol * abs(float(top[0]))))
+        moved = np.inf if prev is None else float(np.max(np.abs(top - prev) / np.abs(top)))
+        for name, eps in rules.items():
+            if name not in out and meets and (eps is None or moved <= eps):
+                row = {"rule": name, "m": m, "lambda_k": float(top[-1]),
+                       "max_relative_change_to_last": float(np.max(np.abs(top - final) / np.abs(final)))}
+                if np.all(top > 0):
+                    from train import record
+
+                    row["d_ks"] = record.refit(top, k)["fit"]["d_ks"]
+                out[name] = row
+        prev = top
+    return [out.get(name, {"rule": name, "m": None}) for name in rules]
+
+
 def measure_steps(study: Any, piece_name: str, steps: Sequence[int], progress: bool) -> dict[str, Any]:
     """Extend `piece_name`'s Krylov run to max(steps) (resumable) and tabulate it."""
     import hspec
@@ -79,9 +109,13 @@ def measure_steps(study: Any, piece_name: str, steps: Sequence[int], progress: b
                         checkpoint_dir=study.work / f"{piece.name}.lanczos",
                         checkpoint_identity=ss.krylov_identity(study.exp, st, piece, idx, None))
     k = study.exp.cfg.k
+    first = study.exp.cfg.lanczos_steps or hspec.default_num_steps(k, op.dim)  # the run's rule, checked as it grows
+    every = max(first // 10, 10)
     return {"what": "the top K of one Krylov run at growing m (train/krylov_steps.py)", "piece": piece.name,
             "network": ss.state_fingerprint(st.params), "k": k, "tol": ss.TOL, "dim": int(op.dim),
             "rows": steps_table(run.alphas[0], run.betas[0], steps, k, ss.TOL),
+            "stops": {"first": first, "every": every,
+                      "rules": rule_stops(run.alphas[0], run.betas[0], k, ss.TOL, first, every)},
             "seconds": run.resumed_s + time.perf_counter() - t0, "device": ss.device_description()}
 
 

@@ -53,3 +53,26 @@ def test_a_step_beyond_the_run_is_refused(x64):
         steps_table(alphas, betas, [10, 31], 5, tol=1e-6)
     with pytest.raises(ValueError, match="fewer than K = 5"):
         steps_table(alphas, betas, [4, 30], 5, tol=1e-6)
+
+
+def test_rule_stops_the_residual_rule_fires_first_the_settled_rule_when_no_rank_moves(x64):
+    """On a dense tail the residual rule stops at the first check with ranks still wrong; "settled ε" stops at the
+    first check whose top K moved by at most ε since the previous one, each checked with dense eigvalsh."""
+    from train.krylov_steps import rule_stops
+
+    eigs = np.concatenate([[10.0, 5.0], np.linspace(1.0, 0.99, 200)])
+    alphas, betas = _lanczos_of(eigs, 202)
+    k = 30
+
+    def top(m):
+        t = np.diag(alphas[:m]) + np.diag(betas[:m - 1], 1) + np.diag(betas[:m - 1], -1)
+        return np.sort(np.linalg.eigvalsh(t))[::-1][:k]
+
+    residual, settled = rule_stops(alphas, betas, k, 1e-3, first=40, every=20, settle=(1e-4,))
+    assert residual["m"] == 40 and residual["max_relative_change_to_last"] > 1e-3
+    checks = range(40, 203, 20)
+    moved = {m: np.max(np.abs(top(m) - top(m - 20)) / top(m)) for m in checks if m > 40}
+    expected = min(m for m, d in moved.items() if d <= 1e-4)
+    assert settled["m"] == expected and settled["lambda_k"] == pytest.approx(top(expected)[-1], rel=1e-9)
+    assert settled["max_relative_change_to_last"] == pytest.approx(np.max(np.abs(top(expected) - top(202)) / top(202)),
+                                                                   rel=1e-6, abs=1e-12)
