@@ -466,7 +466,7 @@ def listing(study: Study) -> str:
             lines.append(f"{piece.name:28s} done     d_KS {fit['d_ks']:.4f} (d_c {fit['d_crit']:.4f}) s {fit['s']:.3f}"
                          f"{'' if src == 'computed' else '  [' + src + ']'}")
             continue
-        from hspec.krylov import saved_progress
+        from hspec.krylov_store import saved_progress
 
         progress = saved_progress(study.work / f"{piece.name}.lanczos", k=study.exp.cfg.k, tol=TOL)
         if progress is None:
