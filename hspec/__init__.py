@@ -23,7 +23,14 @@ from hspec.eigenvalues import (
 )
 from hspec.errors import KrylovStateError, NonFiniteError
 from hspec.hvp import HessianFactory, HessianOperator, hessian_operator, hoist_constants, hvp, select_parameters
-from hspec.krylov import LanczosResult, MatvecOperator, SymmetricOperator, lanczos, tridiagonal_eigh
+from hspec.krylov import (
+    LanczosExecution,
+    LanczosResult,
+    MatvecOperator,
+    SymmetricOperator,
+    lanczos,
+    tridiagonal_eigh,
+)
 from hspec.powerlaw import (
     CRITICAL_COEFFICIENTS,
     EnsembleFit,
@@ -45,7 +52,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "plot", "certify", "curvature", "COMBINES", "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianFactory",
-    "HessianOperator", "KrylovStateError", "LanczosResult", "MatvecOperator",
+    "HessianOperator", "KrylovStateError", "LanczosExecution", "LanczosResult", "MatvecOperator",
     "NonFiniteError", "NotConvergedError", "NotConvergedWarning", "PowerIterationResult", "PowerLawFit",
     "PowerLawVerdict", "SpectralDensity", "SymmetricOperator", "TopEigenvalues", "TraceEstimate",
     "critical_value", "default_max_steps", "default_num_steps", "distinct_order",
