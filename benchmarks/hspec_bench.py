@@ -78,7 +78,9 @@ def user_loss(model_name, x, y, seed=0):
 
 def per_step_seconds(loss, params, m_small=30, m_large=80, repeats=3, **kw):
     """Seconds per Lanczos step: (T(m_large) - T(m_small)) / (m_large - m_small), removing fixed costs."""
-    run = lambda m: hspec.top_eigenvalues(loss, params, 5, key=jax.random.key(0), num_steps=m, **kw)  # noqa: E731
+    hessian = hspec.HessianFactory()  # compiled at the warm-up call, as a run compiles at its first checkpoint
+    run = lambda m: hspec.top_eigenvalues(hessian(loss, params), k=5, key=jax.random.key(0),  # noqa: E731
+                                          num_steps=m, **kw)
     t_small = median_time(lambda: run(m_small), repeats)
     t_large = median_time(lambda: run(m_large), repeats)
     return (t_large - t_small) / (m_large - m_small), t_small
@@ -121,8 +123,9 @@ def section_eigsh(data_dir, k=20, tol=1e-6):
         op = hspec.hessian_operator(loss, params)
         # Lanczos grows until the top k converge (a truncated run is an exact shorter run). Timed on a
         # second call (compiled, as eigsh's HVP is); convergence is checked every 10 steps.
-        run = lambda: hspec.top_eigenvalues(loss, params, k, key=jax.random.key(1), num_steps=k + 10,  # noqa: E731
-                                            max_steps=600, tol=tol)
+        hessian = hspec.HessianFactory()
+        run = lambda: hspec.top_eigenvalues(hessian(loss, params), k=k, key=jax.random.key(1),  # noqa: E731
+                                            num_steps=k + 10, max_steps=600, tol=tol)
         run()
         t = time.perf_counter()
         top = run()
@@ -148,7 +151,8 @@ def section_eigsh(data_dir, k=20, tol=1e-6):
 def section_compile(data_dir):
     x, y = mnist_sample(data_dir)
     loss, params = user_loss("lenet5", x, y)
-    run = lambda: hspec.top_eigenvalues(loss, params, 10, key=jax.random.key(0), num_steps=40)  # noqa: E731
+    hessian = hspec.HessianFactory()  # kept across the calls, as a run keeps it across checkpoints
+    run = lambda: hspec.top_eigenvalues(hessian(loss, params), k=10, key=jax.random.key(0), num_steps=40)  # noqa: E731
     t = time.perf_counter()
     run()
     first = time.perf_counter() - t
@@ -271,21 +275,22 @@ def section_reorth(data_dir, k=1000):
     """Top 1000 of LeNet-5 (3000 steps, host basis) with the DGKS orthogonalisation and with the
     always-twice baseline, in one process on the same network; times and the largest difference of
     the converged eigenvalues."""
-    from hspec import krylov
+    from hspec import lanczos_steps
 
     loss, params = trained_lenet_loss(data_dir, "reorth")
-    run = lambda: hspec.top_eigenvalues(loss, params, k, key=jax.random.key(0), num_steps=3 * k)  # noqa: E731
-    hspec.top_eigenvalues(loss, params, 5, key=jax.random.key(0), num_steps=30)  # compile outside the timings
+    op = hspec.hessian_operator(loss, params)
+    run = lambda: hspec.top_eigenvalues(op, k=k, key=jax.random.key(0), num_steps=3 * k)  # noqa: E731
+    hspec.top_eigenvalues(op, k=5, key=jax.random.key(0), num_steps=30)  # compile outside the timings
     results, seconds = {}, {}
-    dgks = krylov._host_orthogonalize
+    dgks = lanczos_steps._host_orthogonalize
     for name, orthogonalize in (("twice", gram_schmidt_twice), ("dgks", dgks)):
-        krylov._host_orthogonalize = orthogonalize
+        lanczos_steps._host_orthogonalize = orthogonalize
         try:
             t = time.perf_counter()
             results[name] = run()
             seconds[name] = time.perf_counter() - t
         finally:
-            krylov._host_orthogonalize = dgks
+            lanczos_steps._host_orthogonalize = dgks
         res = results[name]
         print(f"[reorth] {name}: {res.num_steps} steps in {seconds[name]:.0f} s, {res.num_converged}/{k} converged")
     a, b = results["twice"], results["dgks"]

@@ -4,7 +4,8 @@ Pure functions of a loss ``loss_fn(params) -> scalar`` (or ``loss_fn(params, bat
 Hessian-vector products, Lanczos eigenvalues, spectral density, trace, λ_max, and the power-law fit
 with its KS test (Tang et al., ICML 2025; METHOD.md). Every driver also accepts a
 :class:`HessianOperator` built once by :func:`hessian_operator`, so that one linearisation of the
-gradient serves them all. Knows nothing of Flax, optax or training code.
+gradient serves them all; a :class:`HessianFactory` kept across checkpoints compiles its programs once.
+Knows nothing of Flax, optax or training code.
 
 ``hspec.lanczos`` is the function; its module is ``hspec.krylov``.
 """
@@ -21,8 +22,15 @@ from hspec.eigenvalues import (
     top_eigenvalues,
 )
 from hspec.errors import KrylovStateError, NonFiniteError
-from hspec.hvp import HessianOperator, hessian_operator, hoist_constants, hvp, select_parameters
-from hspec.krylov import LanczosResult, MatvecOperator, SymmetricOperator, lanczos, tridiagonal_eigh
+from hspec.hvp import HessianFactory, HessianOperator, hessian_operator, hoist_constants, hvp, select_parameters
+from hspec.krylov import (
+    LanczosExecution,
+    LanczosResult,
+    MatvecOperator,
+    SymmetricOperator,
+    lanczos,
+    tridiagonal_eigh,
+)
 from hspec.powerlaw import (
     CRITICAL_COEFFICIENTS,
     EnsembleFit,
@@ -43,8 +51,8 @@ from hspec.trace import TraceEstimate, hutchinson_trace
 __version__ = "0.1.0"
 
 __all__ = [
-    "plot", "certify", "curvature", "COMBINES", "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianOperator",
-    "KrylovStateError", "LanczosResult", "MatvecOperator",
+    "plot", "certify", "curvature", "COMBINES", "CRITICAL_COEFFICIENTS", "EnsembleFit", "HessianFactory",
+    "HessianOperator", "KrylovStateError", "LanczosExecution", "LanczosResult", "MatvecOperator",
     "NonFiniteError", "NotConvergedError", "NotConvergedWarning", "PowerIterationResult", "PowerLawFit",
     "PowerLawVerdict", "SpectralDensity", "SymmetricOperator", "TopEigenvalues", "TraceEstimate",
     "critical_value", "default_max_steps", "default_num_steps", "distinct_order",

@@ -19,7 +19,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from hspec.krylov import as_operator, lanczos
+from hspec.krylov import lanczos
+from hspec.operators import as_operator
 
 __all__ = ["NormEstimate", "spectral_norm", "weyl_certificate"]
 

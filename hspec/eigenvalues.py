@@ -11,7 +11,9 @@ import jax
 import numpy as np
 
 from hspec._checks import resolve_finite_operator
-from hspec.krylov import KrylovStore, LanczosResult, lanczos, ritz_decomposition
+from hspec.krylov import LanczosResult, lanczos
+from hspec.krylov_store import KrylovStore
+from hspec.ritz import ritz_decomposition
 
 __all__ = [
     "MAX_STEPS_FACTOR",

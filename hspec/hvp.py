@@ -19,15 +19,15 @@ Two layers:
      micro-batches of ``micro_batch`` examples in one ``lax.scan``: one compiled program per product, the data
      on the device once, one micro-batch's activations in memory (with ``method="jvp"``).
 
-Compiled programs are cached per (loss function, parameter shapes, options), so a second call with the
-same loss function and shapes does not recompile.
+The operator owns its compiled programs: a :class:`HessianFactory` builds operators and keeps the programs it
+compiled, so that a caller who keeps one factory (a training run measured at many checkpoints) compiles once.
+:func:`hessian_operator` is a factory used once. Nothing is cached at module level.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-import weakref
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -49,6 +49,7 @@ PyTree = Any
 
 __all__ = [
     "hvp",
+    "HessianFactory",
     "HessianOperator",
     "hessian_operator",
     "select_parameters",
@@ -90,12 +91,12 @@ def hoist_constants(fn: Callable[..., Any], *example_args: Any) -> tuple[Callabl
     Returns:
       ``pure_fn`` and the list of constant arrays it expects as its first argument.
     """
-    pure_fn, consts, _ = _hoist(fn, *example_args)
+    pure_fn, consts, _, _ = _hoist(fn, *example_args)
     return pure_fn, consts
 
 
 def _hoist(fn, *example_args):
-    """:func:`hoist_constants`, also returning the output's shape (ShapeDtypeStruct pytree)."""
+    """:func:`hoist_constants`, also returning the output's shape (ShapeDtypeStruct pytree) and the jaxpr."""
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
     out_tree = jax.tree.structure(out_shape)
     jaxpr = closed.jaxpr
@@ -105,7 +106,7 @@ def _hoist(fn, *example_args):
         out = jax.core.eval_jaxpr(jaxpr, list(consts), *flat_args)
         return jax.tree.unflatten(out_tree, out)
 
-    return pure_fn, list(closed.consts), out_shape
+    return pure_fn, list(closed.consts), out_shape, jaxpr
 
 
 # --------------------------------------------------------------------------------------------------
@@ -244,16 +245,12 @@ def _avals(tree) -> tuple:
 
 @dataclasses.dataclass(frozen=True)
 class _Programs:
-    """The compiled programs of one (loss function, shapes, options): cached across calls."""
+    """The compiled programs of one traced loss and its shapes, kept by the :class:`HessianFactory` that built them."""
 
     loss: Callable  # (consts, sel, fixed, batch) -> scalar, jitted
     linearize: Callable  # (consts, sel, fixed, batch) -> linear map Partial, jitted
     apply_linear: Callable  # (f_jvp, v_flat[S, n]) -> Hv_flat[S, n], jitted
     apply_jvp: Callable  # (consts, sel, fixed, batch, v_flat[S, n]) -> Hv_flat[S, n], jitted
-
-
-_PROGRAM_CACHE: dict = {}
-_PROGRAM_CACHE_SIZE = 32
 
 
 def _loss_of_parts(loss_fn, merge, has_batches):
@@ -297,35 +294,6 @@ def _build_programs(pure_loss, selected) -> _Programs:
         apply_linear=jax.jit(apply_linear),
         apply_jvp=jax.jit(apply_jvp),
     )
-
-
-def _programs_for(loss_fn, params, wrt, batch, has_batches, selected, fixed, merge):
-    """Compiled programs and hoisted constants for one batch shape (cached per loss function + shapes).
-
-    A jaxpr has fixed shapes, so an unequal last batch gets programs of its own: one compile per
-    distinct batch shape, never one per batch.
-    """
-    loss_of_parts = _loss_of_parts(loss_fn, merge, has_batches)
-    pure_loss, consts, out_shape = _hoist(loss_of_parts, selected, fixed, batch)
-    check_scalar_loss(out_shape)  # before jax.grad turns a non-scalar loss into a reshape error
-    try:
-        # A weak reference, so that the cache does not keep the user's closed-over data alive.
-        fn_ref = weakref.ref(loss_fn)
-    except TypeError:
-        fn_ref = loss_fn
-    key = (fn_ref, _avals(params), _selection_mask(params, wrt), _avals(batch), has_batches)
-    try:
-        hash(key)
-    except TypeError:  # an unhashable loss (e.g. a partial over arrays): correct, just not cached
-        return _build_programs(pure_loss, selected), consts
-    programs = _PROGRAM_CACHE.get(key)
-    if programs is None:
-        # Same function and shapes on a later call: the retrace above only refreshes the constants.
-        programs = _build_programs(pure_loss, selected)
-        if len(_PROGRAM_CACHE) >= _PROGRAM_CACHE_SIZE:
-            _PROGRAM_CACHE.pop(next(iter(_PROGRAM_CACHE)))
-        _PROGRAM_CACHE[key] = programs
-    return programs, consts
 
 
 class HessianOperator:
@@ -400,6 +368,88 @@ class HessianOperator:
         return self._unravel(flat)
 
 
+def _batched_form(loss_fn, batches, data, micro_batch) -> tuple:
+    """``(loss_fn, batch list, sample counts, has_batches)``: ``data`` as one micro-batched scan, or the batches."""
+    if data is not None:
+        if batches is not None:
+            raise ValueError("give batches or data, not both: data is one dataset accumulated over micro-batches")
+        n = _batch_size(data)
+        micro_batch = n if micro_batch is None else int(micro_batch)
+        parts = micro_batched(data, micro_batch)  # checks micro_batch >= 1
+        return scanned_mean_loss(loss_fn, micro_batch, n), [parts], [n], True
+    if micro_batch is not None:
+        raise ValueError("micro_batch needs data= (one dataset); with batches= each batch is one product already")
+    if batches is None:
+        return loss_fn, [()], [1], False
+    batch_list = list(batches)
+    if not batch_list:
+        raise ValueError("batches is empty: give at least one batch, or batches=None for a loss of params only")
+    return loss_fn, batch_list, [_batch_size(b) for b in batch_list], True
+
+
+class HessianFactory:
+    """Builds Hessian operators and owns their compiled programs: keep one to measure many points, compile once.
+
+    A training run measures the same loss at many checkpoints; the programs (loss, linearisation, products)
+    depend on the traced loss and its shapes, not on the parameter values or the data. Keep one factory for the
+    run and call it at each checkpoint, as matfree's factories are built once and applied to new arguments::
+
+        hessian = hspec.HessianFactory()
+        for params in checkpoints:
+            op = hessian(loss_fn, params, batches=batches)   # compiles at the first checkpoint only
+
+    A loss is recognised by the program it traces to (its jaxpr, with the parameter selection and shapes), not by
+    the Python function: a new closure over other arrays of the same shapes (a checkpoint's BatchNorm
+    statistics, another Hessian sample) reuses the programs, its arrays passed to them as arguments (FINDINGS.md,
+    trap 2). The factory keeps programs only, no parameters or data. :func:`hessian_operator` is a factory used
+    once.
+    """
+
+    def __init__(self):
+        self._programs: dict = {}  # (jaxpr text, shapes, selection) -> _Programs, owned by this factory
+
+    def __call__(self, loss_fn: Callable, params: PyTree, *, batches: Sequence | None = None, wrt=None,
+                 method: str = "linearize", data=None, micro_batch: int | None = None) -> HessianOperator:
+        """The Hessian operator of ``loss_fn`` at ``params`` on this factory's programs; arguments as
+        :func:`hessian_operator`."""
+        if method not in ("linearize", "jvp"):
+            raise ValueError(f"method must be 'linearize' or 'jvp', got {method!r}")
+        if not callable(loss_fn):
+            raise TypeError(f"loss_fn must be a function of the parameters; got a {type(loss_fn).__name__}")
+        if not jax.tree.leaves(params):
+            raise ValueError("params has no arrays: give the parameter pytree the loss is a function of")
+        loss_fn, batch_list, sizes, has_batches = _batched_form(loss_fn, batches, data, micro_batch)
+        weights = [s / float(sum(sizes)) for s in sizes]
+        selected, fixed, merge = select_parameters(params, wrt)
+        mask = _selection_mask(params, wrt)
+        check_floating_parameters([named for named, m in zip(_named_leaves(params), mask) if m])
+        by_shape: dict = {}
+        parts = []
+        for batch in batch_list:
+            shape_key = _avals(batch)
+            if shape_key not in by_shape:
+                by_shape[shape_key] = self._programs_for(loss_fn, params, wrt, batch, has_batches, selected, fixed,
+                                                         merge)
+            programs, consts = by_shape[shape_key]
+            parts.append((programs, consts, batch))
+        num_samples = int(sum(sizes)) if has_batches else None
+        return HessianOperator(parts, selected, fixed, weights, method, num_samples)
+
+    def _programs_for(self, loss_fn, params, wrt, batch, has_batches, selected, fixed, merge):
+        """Programs and hoisted constants for one batch shape: compiled here when their traced loss is new.
+
+        The loss is traced on every call (cheap), which refreshes its constants. A jaxpr has fixed shapes, so an
+        unequal last batch gets programs of its own: one compile per distinct batch shape, never one per batch.
+        """
+        pure_loss, consts, out_shape, jaxpr = _hoist(_loss_of_parts(loss_fn, merge, has_batches), selected, fixed,
+                                                     batch)
+        check_scalar_loss(out_shape)  # before jax.grad turns a non-scalar loss into a reshape error
+        key = (str(jaxpr), _avals(params), _selection_mask(params, wrt), _avals(batch), has_batches)
+        if key not in self._programs:
+            self._programs[key] = _build_programs(pure_loss, selected)
+        return self._programs[key], consts
+
+
 def hessian_operator(
     loss_fn: Callable,
     params: PyTree,
@@ -433,43 +483,8 @@ def hessian_operator(
     Returns:
       A :class:`HessianOperator`.
     """
-    if method not in ("linearize", "jvp"):
-        raise ValueError(f"method must be 'linearize' or 'jvp', got {method!r}")
-    if not callable(loss_fn):
-        raise TypeError(f"loss_fn must be a function of the parameters; got a {type(loss_fn).__name__}")
-    if not jax.tree.leaves(params):
-        raise ValueError("params has no arrays: give the parameter pytree the loss is a function of")
-    if data is not None:
-        if batches is not None:
-            raise ValueError("give batches or data, not both: data is one dataset accumulated over micro-batches")
-        n = _batch_size(data)
-        micro_batch = n if micro_batch is None else int(micro_batch)
-        batches = [micro_batched(data, micro_batch)]  # checks micro_batch >= 1
-        loss_fn = scanned_mean_loss(loss_fn, micro_batch, n)
-        sizes_override = [n]
-    elif micro_batch is not None:
-        raise ValueError("micro_batch needs data= (one dataset); with batches= each batch is one product already")
-    else:
-        sizes_override = None
-    has_batches = batches is not None
-    batch_list = list(batches) if has_batches else [()]
-    if not batch_list:
-        raise ValueError("batches is empty: give at least one batch, or batches=None for a loss of params only")
-    sizes = sizes_override or ([_batch_size(b) for b in batch_list] if has_batches else [1])
-    weights = [s / float(sum(sizes)) for s in sizes]
-    selected, fixed, merge = select_parameters(params, wrt)
-    mask = _selection_mask(params, wrt)
-    check_floating_parameters([named for named, m in zip(_named_leaves(params), mask) if m])
-    by_shape: dict = {}
-    parts = []
-    for batch in batch_list:
-        shape_key = _avals(batch)
-        if shape_key not in by_shape:
-            by_shape[shape_key] = _programs_for(loss_fn, params, wrt, batch, has_batches, selected, fixed, merge)
-        programs, consts = by_shape[shape_key]
-        parts.append((programs, consts, batch))
-    num_samples = int(sum(sizes)) if has_batches else None
-    return HessianOperator(parts, selected, fixed, weights, method, num_samples)
+    return HessianFactory()(loss_fn, params, batches=batches, wrt=wrt, method=method, data=data,
+                            micro_batch=micro_batch)
 
 
 _GIVEN_BY_OPERATOR = ("params", "batches", "wrt", "method")

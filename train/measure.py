@@ -2,8 +2,9 @@
 
 One Hessian operator is built per measurement (one linearisation of the gradient at the measured
 parameters) and serves every quantity: the top K by Lanczos, the Hutchinson trace, the density and the
-loss, all inside hspec's compiled programs. The Hessian is that of the mean loss over a fixed Hessian
-sample, in evaluation mode and without weight decay (METHOD.md §1). Lanczos runs strict: a verdict never
+loss, all inside hspec's compiled programs. A run keeps one hspec.HessianFactory for all its measurements, so
+that those programs are compiled once, at its first checkpoint. The Hessian is that of the mean loss over a fixed
+Hessian sample, in evaluation mode and without weight decay (METHOD.md §1). Lanczos runs strict: a verdict never
 rests on unconverged Ritz values.
 """
 
@@ -142,23 +143,25 @@ def linearize_max_examples() -> int:
     return int(os.environ.get(ENV_LINEARIZE_MAX) or LINEARIZE_MAX_EXAMPLES)
 
 
-def sample_operator(loss_fn: Callable, params: Any, data: tuple, micro_batch: int, wrt: Any = None
-                    ) -> hspec.HessianOperator:
+def sample_operator(loss_fn: Callable, params: Any, data: tuple, micro_batch: int, wrt: Any = None,
+                    factory: hspec.HessianFactory | None = None) -> hspec.HessianOperator:
     """The Hessian operator of a sample (x, y), its mean loss accumulated over micro-batches in one compiled scan.
 
     Up to LINEARIZE_MAX_EXAMPLES examples the gradient is linearised once (1.2-1.6 gradients per product, but
     every micro-batch's residuals are kept: ~215 kB per LeNet-5 example); above, each product is
     forward-over-reverse inside the scan (one micro-batch's activations in memory), so that the whole training
-    set fits (benchmarks/whole_set_hvp_cpu.py)."""
+    set fits (benchmarks/whole_set_hvp_cpu.py). `factory`: the caller's, kept across its measurements (its programs
+    compiled once); None: a new one."""
     n = len(data[1])
     method = "linearize" if n <= linearize_max_examples() else "jvp"
-    return hspec.hessian_operator(loss_fn, params, data=data, micro_batch=min(micro_batch, n), wrt=wrt, method=method)
+    factory = factory or hspec.HessianFactory()
+    return factory(loss_fn, params, data=data, micro_batch=min(micro_batch, n), wrt=wrt, method=method)
 
 
 def measure(loss_fn: Callable, params: Any, batches: list | None, spec: SpectrumSpec, *, lanczos_key: jax.Array,
             trace_key: jax.Array, density_key: jax.Array | None = None, wrt: Any = None,
             progress: bool = True, lanczos_state: Any = None, data: tuple | None = None,
-            micro_batch: int | None = None) -> Measurement:
+            micro_batch: int | None = None, factory: hspec.HessianFactory | None = None) -> Measurement:
     """Measure the Hessian of `loss_fn` at `params` over `batches`: spectrum, fit, sharpness, density.
 
     Args:
@@ -175,6 +178,8 @@ def measure(loss_fn: Callable, params: Any, batches: list | None, spec: Spectrum
         progress: tqdm bar over the Lanczos steps.
         lanczos_state: a directory for the Lanczos state, so that a killed measurement resumes its Krylov space
             (CPU, where the basis is on the host; ignored elsewhere). None: not kept.
+        factory: the hspec.HessianFactory the run keeps across its checkpoints, so that the Hessian programs are
+            compiled once; None: a new one (compiled here).
 
     Returns:
         The Measurement.
@@ -184,11 +189,12 @@ def measure(loss_fn: Callable, params: Any, batches: list | None, spec: Spectrum
         hspec.NonFiniteError: the loss or a Hessian-vector product is not finite.
     """
     t0 = time.perf_counter()
+    factory = factory or hspec.HessianFactory()
     if data is not None:
-        op = sample_operator(loss_fn, params, data, micro_batch or len(data[1]), wrt)
+        op = sample_operator(loss_fn, params, data, micro_batch or len(data[1]), wrt, factory)
         num_samples = len(data[1])
     else:
-        op = hspec.hessian_operator(loss_fn, params, batches=batches, wrt=wrt)
+        op = factory(loss_fn, params, batches=batches, wrt=wrt)
         num_samples = int(sum(len(b[0]) for b in batches))
     on_host = jax.default_backend() == "cpu"  # where top_eigenvalues keeps the basis on the host
     top, max_steps = _top_k(op, spec, lanczos_key, progress, lanczos_state if on_host else None)

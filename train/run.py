@@ -46,8 +46,8 @@ def setting(cfg: Config, *, epoch: int, step: int, trained: bool, lanczos_steps:
 
 
 def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epoch: int, step: int,
-                  checkpoint: str | None, progress: bool = True,
-                  lanczos_state: Path | None = None) -> record.SpectrumResult:
+                  checkpoint: str | None, progress: bool = True, lanczos_state: Path | None = None,
+                  factory: Any = None) -> record.SpectrumResult:
     """Measure one training state and assemble its record (the one place a results.json is built).
 
     Args:
@@ -58,6 +58,7 @@ def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epo
         checkpoint: the checkpoint the state came from (relative to the results file), recorded.
         progress: show the Lanczos progress bar.
         lanczos_state: where the Lanczos state is kept so that a killed measurement resumes (None: not kept).
+        factory: the hspec.HessianFactory kept across the run's checkpoints (its programs compiled once); None: new.
     """
     from train.hessian import curvature_record, hessian_loss
 
@@ -67,7 +68,7 @@ def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epo
     m = measure.measure(hessian_loss(exp.fm.eval_def, state.rest), state.params, None,
                         measure.SpectrumSpec.from_config(cfg), lanczos_key=exp.keys.lanczos_start,
                         trace_key=exp.keys.trace_probes, progress=progress, lanczos_state=lanczos_state,
-                        data=(exp.hessian.x, exp.hessian.y), micro_batch=cfg.hessian_batch_size)
+                        data=(exp.hessian.x, exp.hessian.y), micro_batch=cfg.hessian_batch_size, factory=factory)
     return record.SpectrumResult(
         setting=setting(cfg, epoch=epoch, step=step, trained=epoch > 0, lanczos_steps=m.spectrum["lanczos_steps"]),
         fit=m.fit, verdict=m.verdict, spectrum=m.spectrum, sharpness=m.sharpness, eigengap_fit=m.eigengap_fit,
@@ -77,15 +78,16 @@ def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epo
         hspec_version=hspec.__version__, keys=keys.derivation(exp.keys), curvature=curvature_record(exp, state))
 
 
-def measure_checkpoint(exp: Experiment, path: Path, out_dir: Path, title: str,
-                       progress: bool = True) -> record.SpectrumResult:
-    """Measure a saved checkpoint and write its results.json and rank-eigenvalue plot into `out_dir`."""
+def measure_checkpoint(exp: Experiment, path: Path, out_dir: Path, title: str, progress: bool = True,
+                       factory: Any = None) -> record.SpectrumResult:
+    """Measure a saved checkpoint and write its results.json and rank-eigenvalue plot into `out_dir` (`factory`: as
+    in `measure_state`)."""
     state, meta = ckpt.restore(path, exp.template)
     # Relative to the results file: committed results carry no machine paths.
     where = os.path.relpath(Path(path).absolute(), Path(out_dir).absolute())
     result = measure_state(exp, loop.TrainState(*state), meta["metrics"][-1], epoch=meta["epoch"],
                            step=meta["step"], checkpoint=where, progress=progress,
-                           lanczos_state=Path(out_dir) / rundir.LANCZOS_STATE)
+                           lanczos_state=Path(out_dir) / rundir.LANCZOS_STATE, factory=factory)
     record.save(result, out_dir / rundir.RESULTS)
     record.plot(result, out_dir / rundir.PLOT, title)
     return result
@@ -116,8 +118,11 @@ def _resume_hint(exp: Experiment, err: Exception) -> str:
 
 def run_spectra(exp: Experiment, run: Path, *, progress: bool = True,
                 echo: Callable = print) -> list[tuple[str, record.SpectrumResult]]:
-    """Compute each missing spectrum of a run from its checkpoints (existing results.json are kept)."""
-    rows = []
+    """Compute each missing spectrum of a run from its checkpoints (existing results.json are kept), through one
+    Hessian operator factory, so that its programs are compiled at the first checkpoint only."""
+    import hspec
+
+    rows, factory = [], hspec.HessianFactory()
     for label, epoch in _targets(exp):
         where = rundir.spectrum_dir(run, epoch, exp.num_epochs)
         if not (where / rundir.RESULTS).exists():
@@ -125,7 +130,7 @@ def run_spectra(exp: Experiment, run: Path, *, progress: bool = True,
             echo(f"spectrum at epoch {epoch} ({label}): top {exp.cfg.k} of >= {exp.cfg.lanczos_steps} Lanczos "
                  f"steps on {exp.cfg.hessian_samples} samples, {exp.num_params} parameters")
             try:
-                result = measure_checkpoint(exp, path, where, f"{exp.cfg.preset}: {label}", progress)
+                result = measure_checkpoint(exp, path, where, f"{exp.cfg.preset}: {label}", progress, factory)
             except Exception as err:
                 raise SpectrumError(f"the spectrum of {label} (epoch {epoch}) failed: {str(err).rstrip('.')}. "
                                     f"The checkpoints are kept: finish with --resume{_resume_hint(exp, err)}") \

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+import hspec
 from train import config as config_lib
 from train import rundir
 from train.measure import TOL, device_description
@@ -163,13 +164,14 @@ def _method(n: int) -> str:
     return "linearize" if n <= linearize_max_examples() else "jvp"
 
 
-def _operator(exp: Any, state: Any, idx: np.ndarray) -> Any:
-    """The Hessian operator of `state` on the training rows `idx` (mean loss, micro-batched in one scan)."""
+def _operator(exp: Any, state: Any, idx: np.ndarray, factory: Any = None) -> Any:
+    """The Hessian operator of `state` on the training rows `idx` (mean loss, micro-batched in one scan), through
+    the study's hspec.HessianFactory (samples of one size share its programs; None: a new one)."""
     from train.hessian import hessian_loss
     from train.measure import sample_operator
 
     return sample_operator(hessian_loss(exp.fm.eval_def, state.rest), state.params,
-                           (exp.ds.x_train[idx], exp.ds.y_train[idx]), exp.cfg.hessian_batch_size)
+                           (exp.ds.x_train[idx], exp.ds.y_train[idx]), exp.cfg.hessian_batch_size, factory=factory)
 
 
 def converged_top(op: Any, exp: Any, state_dir: Path, identity: dict, progress: bool) -> Any:
@@ -192,16 +194,17 @@ def spectrum_entry(values: np.ndarray, k: int, top: Any, seconds: float) -> dict
                 eigenvalues=np.asarray(values), seconds=seconds)
 
 
-def exact_piece(exp: Any, state: Any, piece: Piece, idx: np.ndarray, work: Path, progress: bool) -> dict[str, Any]:
+def exact_piece(exp: Any, state: Any, piece: Piece, idx: np.ndarray, work: Path, progress: bool,
+                factory: Any = None) -> dict[str, Any]:
     """A spectrum on the whole sample."""
     t0 = time.perf_counter()
-    top = converged_top(_operator(exp, state, idx), exp, work / f"{piece.name}.lanczos",
+    top = converged_top(_operator(exp, state, idx, factory), exp, work / f"{piece.name}.lanczos",
                         krylov_identity(exp, state, piece, idx, None), progress)
     return spectrum_entry(top.eigenvalues, exp.cfg.k, top, top.lanczos.resumed_s + time.perf_counter() - t0)
 
 
 def reduced_piece(exp: Any, state: Any, piece: Piece, idx: np.ndarray, t_sample: np.ndarray, lambda_k_guess: float,
-                  work: Path, progress: bool) -> dict[str, Any]:
+                  work: Path, progress: bool, factory: Any = None) -> dict[str, Any]:
     """A spectrum of the examples that carry the curvature, certified against the dropped ones (Weyl).
 
     The kept operator is the mean over the kept examples scaled by n_kept / N, the dropped part's norm that of the
@@ -213,12 +216,13 @@ def reduced_piece(exp: Any, state: Any, piece: Piece, idx: np.ndarray, t_sample:
     t0 = time.perf_counter()
     keep = split_by_curvature(t_sample, DROP_BUDGET * lambda_k_guess)
     n, n_kept = idx.size, int(keep.sum())
-    top = converged_top(_operator(exp, state, idx[keep]), exp, work / f"{piece.name}.lanczos",
+    top = converged_top(_operator(exp, state, idx[keep], factory), exp, work / f"{piece.name}.lanczos",
                         krylov_identity(exp, state, piece, idx, keep), progress)
     values = np.asarray(top.eigenvalues, np.float64) * (n_kept / n)
     t1 = time.perf_counter()
     if n_kept < n:
-        norm = spectral_norm(_operator(exp, state, idx[~keep]), key=jax.random.fold_in(exp.keys.lanczos_start, 1),
+        norm = spectral_norm(_operator(exp, state, idx[~keep], factory),
+                             key=jax.random.fold_in(exp.keys.lanczos_start, 1),
                              num_steps=CERTIFY_STEPS, scale=(n - n_kept) / n)
     else:  # nothing dropped: the operator is the sample's
         norm = NormEstimate(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0)
@@ -342,6 +346,7 @@ class Study:
         self.states = {"trained": trained, "init": self.exp.template}
         self.n_train = len(self.exp.ds.y_train)
         self.pieces = pieces_of(spec, self.n_train)
+        self.factory = hspec.HessianFactory()  # one for the study: pieces of one sample size compile once
 
     def traces(self, label: str, compute: bool = True) -> np.ndarray | None:
         """The whole training set's per-example Gauss-Newton traces of a state (computed once, then cached)."""
@@ -368,9 +373,9 @@ class Study:
         st, idx = self.states[piece.state], sample_indices(self.exp, piece.size, piece.draw)
         if piece.reduced:
             entry = reduced_piece(self.exp, st, piece, idx, self.traces(piece.state)[idx],
-                                  self._lambda_k_guess(piece.state, done), self.work, progress)
+                                  self._lambda_k_guess(piece.state, done), self.work, progress, self.factory)
         else:
-            entry = exact_piece(self.exp, st, piece, idx, self.work, progress)
+            entry = exact_piece(self.exp, st, piece, idx, self.work, progress, self.factory)
         entry["source"] = "computed"
         entry["device"] = device_description()
         record.write_json(self.piece_path(piece), {"network": state_fingerprint(st.params), "entry": entry})
@@ -461,7 +466,7 @@ def listing(study: Study) -> str:
             lines.append(f"{piece.name:28s} done     d_KS {fit['d_ks']:.4f} (d_c {fit['d_crit']:.4f}) s {fit['s']:.3f}"
                          f"{'' if src == 'computed' else '  [' + src + ']'}")
             continue
-        from hspec.krylov import saved_progress
+        from hspec.krylov_store import saved_progress
 
         progress = saved_progress(study.work / f"{piece.name}.lanczos", k=study.exp.cfg.k, tol=TOL)
         if progress is None:
@@ -498,7 +503,8 @@ def reduction_check(study: Study, size: int, steps: int = 60) -> dict[str, Any]:
     for q in REDUCTION_QUANTILES:
         drop = t < np.quantile(t, q)
         t0 = time.perf_counter()
-        norm = spectral_norm(_operator(study.exp, st, idx[drop]), key=jax.random.fold_in(study.exp.keys.lanczos_start, 1),
+        norm = spectral_norm(_operator(study.exp, st, idx[drop], study.factory),
+                             key=jax.random.fold_in(study.exp.keys.lanczos_start, 1),
                              num_steps=steps, scale=float(drop.sum()) / idx.size)
         cuts.append({"quantile": q, "dropped": int(drop.sum()), "dropped_gn_trace": float(t[drop].sum() / idx.size),
                      "norm": norm.to_dict(), "relative_to_lambda_k": norm.norm / lam_k,

@@ -117,19 +117,37 @@ def compile_events():
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
-def test_second_call_does_not_recompile(tiny_problem, compile_events):
-    params, batch, dense, unravel = tiny_problem
+def test_a_factory_kept_across_checkpoints_compiles_once(tiny_problem, compile_events):
+    """Two checkpoints (other parameters, a new closure over other data of the same shapes) through one
+    HessianFactory: the second compiles nothing and gives its own Hessian."""
+    params, (x, y), dense, unravel = tiny_problem
+    hessian = hspec.HessianFactory()
 
-    def loss(p):
-        return mlp_loss(p, batch)
+    def checkpoint_loss(xs):
+        return lambda p: mlp_loss(p, (xs, y))  # a new function at each checkpoint, as train's losses are
 
-    hspec.top_eigenvalues(loss, params, 5, key=jax.random.key(0), num_steps=30)
-    assert len(compile_events) > 0  # a new loss function: its programs were compiled
+    first = hspec.top_eigenvalues(hessian(checkpoint_loss(x), params), k=5, key=jax.random.key(0), num_steps=30)
+    assert len(compile_events) > 0  # a new loss: its programs were compiled
+    np.testing.assert_allclose(first.eigenvalues, np.linalg.eigvalsh(dense)[::-1][:5], rtol=1e-8)
+    later, x2, key = jax.tree.map(lambda a: 1.5 * a, params), 2 * x, jax.random.key(1)
     compile_events.clear()
-    # Same function and shapes, another key: the cached programs run, nothing is compiled.
-    second = hspec.top_eigenvalues(loss, params, 5, key=jax.random.key(1), num_steps=30)
+    second = hspec.top_eigenvalues(hessian(checkpoint_loss(x2), later), k=5, key=key, num_steps=30)
     assert compile_events == []
-    np.testing.assert_allclose(second.eigenvalues, np.linalg.eigvalsh(dense)[::-1][:5], rtol=1e-8)
+    flat, unr = ravel_pytree(later)
+    dense2 = jax.hessian(lambda f: mlp_loss(unr(f), (2 * x, y)))(flat)
+    np.testing.assert_allclose(second.eigenvalues, np.linalg.eigvalsh(dense2)[::-1][:5], rtol=1e-6)
+
+
+def test_a_factory_compiles_a_different_loss_anew(tiny_problem, compile_events):
+    """Programs are shared by the traced loss, not by shapes alone: another loss of the same shapes is its own."""
+    params, batch, dense, unravel = tiny_problem
+    hessian = hspec.HessianFactory()
+    v = jnp.ones(dense.shape[0])
+    np.testing.assert_allclose(hessian(lambda p: mlp_loss(p, batch), params).matvec(v), dense @ v, atol=1e-10)
+    compile_events.clear()
+    doubled = hessian(lambda p: 2 * mlp_loss(p, batch), params).matvec(v)
+    assert len(compile_events) > 0
+    np.testing.assert_allclose(doubled, 2 * dense @ v, atol=1e-10)
 
 
 def test_new_data_same_function_gives_new_hessian(tiny_problem):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import hspec
-from hspec.krylov import KrylovStore
+from hspec.krylov_store import KrylovStore
 from tests.hspec.conftest import prescribed_matrix
 
 N, S = 120, 2
@@ -233,7 +233,8 @@ def test_top_eigenvalues_passes_the_identity_on(x64, tmp_path):
 
 
 def test_saved_progress_counts_the_converged_top_k_of_the_kept_state(saved, tmp_path):
-    from hspec.krylov import ritz_decomposition, saved_progress
+    from hspec.krylov_store import saved_progress
+    from hspec.ritz import ritz_decomposition
 
     store, _ = saved
     partial = run(tmp_path / "again", max_steps=40)  # the same 40 steps, taken here

@@ -92,6 +92,22 @@ def test_host_basis_matches_device_basis(x64):
     np.testing.assert_allclose(host.ritz_values, dev.ritz_values, atol=1e-11)
 
 
+def test_execution_options_as_one_value_or_as_keywords(x64, tmp_path):
+    """LanczosExecution carries the same options as the keywords (bit for bit); a keyword given overrides it."""
+    a = prescribed_matrix(np.random.default_rng(6).standard_normal(40))
+    kw = dict(key=jax.random.key(4), dim=40, dtype=jnp.float64, num_starts=2)
+    by_keywords = hspec.lanczos(matrix_operator(a), 25, loop="python", basis="device", check_every=5, **kw)
+    execution = hspec.LanczosExecution(loop="python", basis="device", check_every=5)
+    by_value = hspec.lanczos(matrix_operator(a), 25, execution=execution, **kw)
+    np.testing.assert_array_equal(by_value.alphas, by_keywords.alphas)
+    np.testing.assert_array_equal(by_value.betas, by_keywords.betas)
+    assert by_value.loop == "python"
+    overridden = hspec.lanczos(matrix_operator(a), 25, execution=execution, loop="fori", **kw)
+    assert overridden.loop == "fori"
+    with pytest.raises(ValueError, match="checkpoint_dir needs basis='host'"):
+        hspec.lanczos(matrix_operator(a), 25, execution=execution, checkpoint_dir=tmp_path / "k", **kw)
+
+
 def test_top20_of_real_network_against_dense(x64):
     """Top 20 of a 5-16-16-3 MLP (n=419) within 1e-8 relative of its dense eigenvalues."""
     key = jax.random.key(7)
@@ -230,7 +246,7 @@ def test_orthogonalize_repeats_the_pass_only_where_cancellation_needs_it(x64, wh
     orthogonal (rounding of the removed part), the second pass makes it orthogonal at working
     precision. Start 1 is a random vector: one pass already suffices and the answer is its exact
     perpendicular part."""
-    from hspec import krylov
+    from hspec import lanczos_steps
 
     rng = np.random.default_rng(11)
     n, r = 300, 60
@@ -240,9 +256,9 @@ def test_orthogonalize_repeats_the_pass_only_where_cancellation_needs_it(x64, wh
     perp = np.stack([1e-9 * u, g - basis.T @ (basis @ g)])  # the exact answers, from the orthonormal q
     stacked = np.stack([basis, basis])
     if where == "host":
-        out = krylov._host_orthogonalize(stacked, w)
+        out = lanczos_steps._host_orthogonalize(stacked, w)
     else:
-        out = np.asarray(krylov._orthogonalize(jnp.asarray(stacked), jnp.asarray(w)))
+        out = np.asarray(lanczos_steps._orthogonalize(jnp.asarray(stacked), jnp.asarray(w)))
 
     def tilt(x):  # how far from orthogonal to the basis, relative to the vector's length
         return np.linalg.norm(stacked @ x[..., None], axis=(1, 2)) / np.linalg.norm(x, axis=1)

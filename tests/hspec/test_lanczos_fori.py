@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import hspec
-from hspec import krylov
+from hspec import krylov, lanczos_steps
 from tests.hspec.conftest import prescribed_matrix
 
 
@@ -19,9 +19,10 @@ def matrix_operator(a):
 
 def _whole_buffer_step(V, alphas, betas, v, w, j, key):
     """The step as it was before: every step orthogonalised against all m rows of the buffer."""
-    V, alphas, w = krylov._three_term(V, alphas, betas, v, w, j)
-    w = krylov._orthogonalize(V, w)
-    beta, v_next = krylov._next_vector(krylov._DEVICE, V, w, krylov._scale(alphas, betas, jnp), key, j)
+    V, alphas, w = lanczos_steps._three_term(V, alphas, betas, v, w, j)
+    w = lanczos_steps._orthogonalize(V, w)
+    scale = lanczos_steps._scale(alphas, betas, jnp)
+    beta, v_next = lanczos_steps._next_vector(lanczos_steps._DEVICE, V, w, scale, key, j)
     return V, alphas, jax.lax.dynamic_update_slice_in_dim(betas, beta[:, None], j, axis=1), v_next
 
 
@@ -43,12 +44,12 @@ def test_orthogonalize_filled_reads_only_the_filled_rows(x64, filled):
     block loop's every case (one block, a block boundary, the last block overlapping the one before)."""
     rng = np.random.default_rng(filled)
     m, n = 100, 300  # blocks of 16 rows: 7 blocks, the last one starting at row 84
-    assert krylov._block_rows(m) == 16
+    assert lanczos_steps._block_rows(m) == 16
     prefix = np.linalg.qr(rng.standard_normal((n, filled)))[0].T
     V = np.stack([np.concatenate([prefix, 1e3 * rng.standard_normal((m - filled, n))])] * 2)
     w = rng.standard_normal((2, n))
-    got = np.asarray(krylov._orthogonalize_filled(jnp.asarray(V), jnp.asarray(w), jnp.int32(filled)))
-    expected = np.asarray(krylov._orthogonalize(jnp.asarray(V[:, :filled]), jnp.asarray(w)))
+    got = np.asarray(lanczos_steps._orthogonalize_filled(jnp.asarray(V), jnp.asarray(w), jnp.int32(filled)))
+    expected = np.asarray(lanczos_steps._orthogonalize(jnp.asarray(V[:, :filled]), jnp.asarray(w)))
     np.testing.assert_allclose(got, expected, atol=1e-12)
     np.testing.assert_allclose(np.einsum("srn,sn->sr", V[:, :filled], got), 0.0, atol=1e-12)
 
@@ -87,7 +88,7 @@ def test_fori_run_in_chunks_equals_one_program(x64):
     op = hspec.MatvecOperator(lambda v: v @ a, 120, jnp.float64)
     k_start, key = jax.random.split(jax.random.key(10))
     v0 = krylov.start_vectors(k_start, 2, 120, jnp.float64)
-    run = partial(krylov._run_steps, op.pure_matvec, op.args)
+    run = partial(lanczos_steps._run_steps, op.pure_matvec, op.args)
 
     def fresh():
         return jnp.zeros((2, 90, 120)), jnp.zeros((2, 90)), jnp.zeros((2, 90)), v0

@@ -212,12 +212,12 @@ def evaluate(eval_step: Callable, trained: Any, fixed: Any, batches: list) -> fl
     return total / max(weight, 1.0)
 
 
-@functools.lru_cache(maxsize=16)
 def hessian_loss(eval_def: Any) -> Callable:
     """The Hessian loss `loss(params, (x, y, w))`: mean token cross-entropy in evaluation mode, no decay.
 
     `params` is the full parameter state (`full_params`), so that hspec's `wrt` regexes see the model's
-    paths. Cached per graph definition, so that hspec reuses its compiled programs across checkpoints.
+    paths. A run measures every checkpoint through one hspec.HessianFactory, which recognises this loss by its
+    traced program, so that its programs are compiled once.
     """
 
     def loss(params, batch):

@@ -387,8 +387,7 @@ def paper_literal(p: Plan, r, step: int, progress: bool = False) -> dict[str, An
     pattern = train.subset_pattern(r.cfg, r.model_info["arch_config"])
     t0 = time.perf_counter()
     with jax.default_matmul_precision("highest"):
-        op = hspec.hessian_operator(loop.hessian_loss(r.split.eval_def), params, batches=r.hessian_batches,
-                                    wrt=pattern)
+        op = r.hessian_factory(loop.hessian_loss(r.split.eval_def), params, batches=r.hessian_batches, wrt=pattern)
         top = hspec.top_eigenvalues(op, k=r.cfg.k, key=r.keys.lanczos_start, num_steps=PAPER_LITERAL["lanczos_steps"],
                                     max_steps=PAPER_LITERAL["lanczos_steps"], num_starts=PAPER_LITERAL["num_starts"],
                                     combine=PAPER_LITERAL["combine"], strict=False, progress=progress,

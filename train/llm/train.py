@@ -33,6 +33,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+import hspec
 from train import checkpoint as ckpt
 from train import keys as keys_lib
 from train import measure, record, rundir
@@ -71,6 +72,8 @@ class Run:
     eval_batches: list
     mesh: Any
     optim: loop.OptimSpec
+    # Kept across the run's checkpoints, so that the Hessian programs are compiled once.
+    hessian_factory: hspec.HessianFactory = dataclasses.field(default_factory=hspec.HessianFactory)
 
 
 # -------------------------------------------------------------------------------------------------- assembling
@@ -314,7 +317,7 @@ def measure_state(r: Run, trained: Any, step: int, *, train_loss: float | None, 
     with jax.default_matmul_precision("highest"):
         m = measure.measure(loop.hessian_loss(r.split.eval_def), params, r.hessian_batches, spec,
                             lanczos_key=r.keys.lanczos_start, trace_key=r.keys.trace_probes, wrt=pattern,
-                            progress=progress, lanczos_state=lanczos_state)
+                            progress=progress, lanczos_state=lanczos_state, factory=r.hessian_factory)
         test_loss = loop.evaluate(loop.make_eval_step(r.split.eval_def), trained, r.fixed, r.eval_batches)
     setting = dict(run_setting(r), step=step, tokens_seen=step * cfg.tokens_per_step, k=k, k_requested=cfg.k,
                    k_capped=k < cfg.k, subset_pattern=pattern, subset_size=n, lanczos_steps=m.spectrum["lanczos_steps"],
