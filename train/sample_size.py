@@ -37,7 +37,7 @@ import numpy as np
 import hspec
 from train import config as config_lib
 from train import rundir
-from train.measure import TOL, device_description
+from train.measure import SETTLE, TOL, device_description
 
 STUDY = "hessian-sample"
 SIZES = ("1000", "2000", "4000", "8000", "16000", "all")
@@ -183,7 +183,7 @@ def converged_top(op: Any, exp: Any, state_dir: Path, identity: dict, progress: 
     max_steps = exp.cfg.max_lanczos_steps or hspec.default_max_steps(steps, op.dim)
     return hspec.top_eigenvalues(op, k=exp.cfg.k, key=exp.keys.lanczos_start, num_steps=steps, max_steps=max_steps,
                                  tol=TOL, strict=True, progress=progress, checkpoint_dir=state_dir,
-                                 checkpoint_identity=identity)
+                                 checkpoint_identity=identity, settle=SETTLE)
 
 
 def spectrum_entry(values: np.ndarray, k: int, top: Any, seconds: float) -> dict[str, Any]:
@@ -191,7 +191,7 @@ def spectrum_entry(values: np.ndarray, k: int, top: Any, seconds: float) -> dict
     from train import record
 
     return dict(record.refit(values, k), num_converged=int(top.num_converged), lanczos_steps=int(top.num_steps),
-                eigenvalues=np.asarray(values), seconds=seconds)
+                moved=top.moved, settle=top.settle, eigenvalues=np.asarray(values), seconds=seconds)
 
 
 def exact_piece(exp: Any, state: Any, piece: Piece, idx: np.ndarray, work: Path, progress: bool,
