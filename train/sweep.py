@@ -15,3 +15,6 @@ from train.study.plan import (CIFAR_LR1_STUCK, CIFAR_LR1_WHY, CONTROL_FIELDS, CO
 from train.study.sweep import (add_common_args, compute_control, ensure_control, failure_hint,  # noqa: F401
                                listed_control, listing, main, parse_shard, shard, sweep, sweep_controls, sweep_run,
                                use_data_dir)
+# The old private spellings, for modules written against the single-file train.sweep (e.g. a CLI's --data-dir).
+from train.study.sweep import add_common_args as _common_args  # noqa: E402,F401
+from train.study.sweep import use_data_dir as _use_data_dir  # noqa: E402,F401

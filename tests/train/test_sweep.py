@@ -20,7 +20,8 @@ from train import presets, record, run, rundir
 from train.__main__ import main
 from train.catalog import OPTIMIZERS
 from train.hessian import hessian_batches, loss_fn_from_model
-from train.study import layout, lock, plan, sweep
+from train.study import layout, plan, sweep
+from train.study.lock import RunLock
 
 # --- the groups -----------------------------------------------------------------------------------------------
 
@@ -193,21 +194,21 @@ def test_list_shows_every_group(capsys, tmp_path):
 
 def test_lock_is_exclusive_refreshed_and_taken_over_when_stale(tmp_path):
     path = tmp_path / "locks" / "x.lock"
-    a = lock.RunLock(path, heartbeat=0.05)
-    assert a.acquire() and not lock.RunLock(path).acquire()
+    a = RunLock(path, heartbeat=0.05)
+    assert a.acquire() and not RunLock(path).acquire()
     old = time.time() - 100
     os.utime(path, (old, old))
     time.sleep(0.3)
     assert path.stat().st_mtime > old + 50  # the heartbeat touched it
     a.release()
     assert not path.exists()
-    again = lock.RunLock(path)
+    again = RunLock(path)
     assert again.acquire()
     again.release()
     # Stale: not refreshed for longer than stale_after (a dead process on another machine).
     path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "t"}))
     os.utime(path, (old, old))
-    b = lock.RunLock(path, stale_after=60)
+    b = RunLock(path, stale_after=60)
     assert b.acquire() and b.owner()["token"] == b.token
     b.release()
     # Stale: a process of this host that is gone, however fresh its file.
@@ -215,7 +216,7 @@ def test_lock_is_exclusive_refreshed_and_taken_over_when_stale(tmp_path):
     child.wait()
     dead = child.pid
     path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "token": "t"}))
-    c = lock.RunLock(path)
+    c = RunLock(path)
     assert c.is_stale() and c.acquire()
     c.release()
 
@@ -225,7 +226,7 @@ def test_a_held_lock_names_its_host_pid_age_and_the_rule_that_frees_it(tmp_path)
     path = tmp_path / "run" / rundir.LOCK
     path.parent.mkdir()
     path.write_text(json.dumps({"host": "gpu7", "pid": 4242, "token": "t", "since": time.time() - 3 * 3600 - 720}))
-    lock = lock.RunLock(path)
+    lock = RunLock(path)
     assert not lock.acquire()
     text = lock.describe()
     assert "held by pid 4242 on host gpu7 for 3 h 12 min, refreshed 0 s ago" in text and str(path) in text

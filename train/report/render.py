@@ -15,9 +15,8 @@ from train.report.sensitivity import sensitivity_section
 from train.report.tables import claims_table, correlation_table, data_section, group_table, seeds_table
 from train.study import layout, plan
 
-
 CLAIMS_AT_K_FIGURE = "power-laws-against-k.png"
-
+# What a group's section says beyond its description: where it departs from the paper, or what it stands for.
 _NOTES = {
     "linear": "docs/method.md §5 lists linear networks among the models without a claim of their own; the general "
               "claim is tested.",
