@@ -171,11 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         if argv and argv[0] == "spectrum":
             return _main_spectrum(argv[1:])
         if argv and argv[0] == "sweep":
-            from train import sweep
+            from train.study import sweep
 
             return sweep.main(argv[1:])
         if argv and argv[0] == "sensitivity":
-            from train import sensitivity
+            from train.study import sensitivity
 
             return sensitivity.main_sensitivity(argv[1:])
         if argv and argv[0] == "hessian-sample":

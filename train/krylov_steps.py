@@ -122,7 +122,7 @@ def measure_steps(study: Any, piece_name: str, steps: Sequence[int], progress: b
 def main(argv: list[str] | None = None) -> int:
     from train import progress_wanted, record, rundir
     from train import sample_size as ss
-    from train.sweep import _use_data_dir
+    from train.study.sweep import use_data_dir
 
     p = argparse.ArgumentParser(prog="python -m train.krylov_steps", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a run directory with checkpoints")
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", help="data directory (default: env HSPEC_DATA_DIR, else ~/.cache/hspec/data)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    _use_data_dir(args.data_dir)
+    use_data_dir(args.data_dir)
     steps = sorted({int(s) for s in args.steps.split(",") if s.strip()})
     if not steps or steps[0] < 1:
         raise SystemExit("--steps: give positive Krylov dimensions, e.g. 2000,3000,4000")

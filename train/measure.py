@@ -21,7 +21,7 @@ import numpy as np
 import hspec
 from train import record
 
-__all__ = ["SpectrumSpec", "Measurement", "measure", "TOL", "SETTLE"]
+__all__ = ["SpectrumSpec", "Measurement", "measure", "top_k", "TOL", "SETTLE"]
 
 # Relative residual tolerance of a converged Ritz value: |β_m y_{m,i}| <= TOL * λ_1.
 TOL = 1e-4
@@ -50,6 +50,8 @@ class SpectrumSpec:
             hspec.top_eigenvalues).
         significance: α of the KS test. tol: relative residual tolerance of a converged Ritz value.
         density_points: grid points of the spectral density (0: no density).
+        settle: also require that no rank of the top K moved by more than this (relative) over the last tenth of
+            the steps (hspec.top_eigenvalues); None: the residual rule alone, as every published CNN run.
     """
 
     k: int
@@ -61,6 +63,7 @@ class SpectrumSpec:
     significance: float = 0.05
     tol: float = TOL
     density_points: int = 0
+    settle: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Any) -> SpectrumSpec:
@@ -123,15 +126,19 @@ def _eigengap_fit(eigenvalues: np.ndarray) -> dict | None:
         return {"error": str(err)}
 
 
-def _top_k(op: hspec.HessianOperator, spec: SpectrumSpec, key: jax.Array, progress: bool, state_dir=None):
+def top_k(op: hspec.HessianOperator, spec: SpectrumSpec, key: jax.Array, progress: bool, state_dir=None,
+          identity: dict | None = None):
     """The strict top-K eigenvalues of the operator, the Krylov space grown until they converge; and the
     step budget used (the rule's value when the spec leaves it open). With ``state_dir`` (host basis only) a
-    killed Lanczos run resumes from its last save."""
+    killed Lanczos run resumes from its last save, refused if it was saved under another ``identity``.
+
+    The one measurement rule: every run's spectrum (`measure`), every spectrum of the sensitivity study
+    (train.study.sensitivity) and of the Hessian-sample study (train.sample_size) comes from here."""
     steps = spec.lanczos_steps or hspec.default_num_steps(spec.k, op.dim)
     max_steps = spec.max_lanczos_steps or hspec.default_max_steps(steps, op.dim)
     top = hspec.top_eigenvalues(op, k=spec.k, key=key, num_steps=steps, max_steps=max_steps, tol=spec.tol,
                                 strict=True, num_starts=spec.num_starts, combine=spec.combine, progress=progress,
-                                checkpoint_dir=state_dir)
+                                checkpoint_dir=state_dir, checkpoint_identity=identity, settle=spec.settle)
     return top, max_steps
 
 
@@ -202,7 +209,7 @@ def measure(loss_fn: Callable, params: Any, batches: list | None, spec: Spectrum
         op = factory(loss_fn, params, batches=batches, wrt=wrt)
         num_samples = int(sum(len(b[0]) for b in batches))
     on_host = jax.default_backend() == "cpu"  # where top_eigenvalues keeps the basis on the host
-    top, max_steps = _top_k(op, spec, lanczos_key, progress, lanczos_state if on_host else None)
+    top, max_steps = top_k(op, spec, lanczos_key, progress, lanczos_state if on_host else None)
     t1 = time.perf_counter()
     trace = hspec.hutchinson_trace(op, key=trace_key, num_samples=spec.trace_samples)
     t2 = time.perf_counter()

@@ -7,7 +7,8 @@
 
 Spectra are computed after training from the kept checkpoints, each only if its results.json is missing,
 so `--resume` finishes a run killed at any point. `spectrum_of_checkpoint` does the same for any saved
-checkpoint; `load_model` gives back a trained network. The directory layout is in train.rundir.
+checkpoint; `experiment_at_checkpoint` loads one back and `load_model` gives back a trained network. The
+directory layout is in train.rundir.
 """
 
 from __future__ import annotations
@@ -188,6 +189,38 @@ def _train_claimed(exp: Experiment, run: Path, *, resume: bool, progress: bool,
     return rows
 
 
+def checkpoint_config(meta: dict[str, Any], overrides: dict[str, Any] | None = None) -> Config:
+    """The configuration a checkpoint was trained with (its meta's), with spectrum fields overridden; a new k
+    without lanczos_steps re-applies the rule for the new K. The caller refuses overrides of training fields."""
+    overrides = dict(overrides or {})
+    if "k" in overrides and "lanczos_steps" not in overrides:
+        overrides["lanczos_steps"] = None  # re-apply the rule for the new K
+    return config_lib.apply_overrides(config_lib.from_dict(meta["config"]), overrides)
+
+
+def experiment_at_checkpoint(path: str | os.PathLike, *, epoch: int | None = None,
+                             overrides: dict[str, Any] | None = None,
+                             progress: bool = True) -> tuple[Experiment, loop.TrainState, dict[str, Any], Path]:
+    """A saved run's experiment and its training state at one checkpoint: the one way a checkpoint is loaded
+    back (load_model, the sensitivity study, the Hessian-sample study).
+
+    Args:
+        path: a run directory (its newest checkpoint, or `epoch`) or a `checkpoints/epoch_N` directory.
+        epoch: which epoch of a run directory.
+        overrides: spectrum fields to change (checkpoint_config).
+        progress: show the download progress bars.
+
+    Returns:
+        (exp, state, meta, where): the experiment of the checkpoint's configuration, the restored state, the
+        checkpoint's meta (epoch, step, metrics, config) and its directory.
+    """
+    where = rundir.find_checkpoint(Path(path), epoch)
+    meta = ckpt.read_meta(where)
+    exp = build_experiment(checkpoint_config(meta, overrides), progress)
+    state, _ = ckpt.restore(where, exp.template)
+    return exp, loop.TrainState(*state), meta, where
+
+
 def load_model(path: str | os.PathLike, *, epoch: int | None = None) -> tuple[Any, Experiment]:
     """The trained network of a saved run, in evaluation mode, and its experiment.
 
@@ -199,10 +232,7 @@ def load_model(path: str | os.PathLike, *, epoch: int | None = None) -> tuple[An
         (model, exp): an NNX model with the checkpoint's parameters and BatchNorm statistics, and the
         Experiment (config, data, the recorded Hessian sample `exp.hessian`).
     """
-    where = rundir.find_checkpoint(Path(path), epoch)
-    exp = build_experiment(config_lib.from_dict(ckpt.read_meta(where)["config"]))
-    state, _ = ckpt.restore(where, exp.template)
-    state = loop.TrainState(*state)
+    exp, state, _, _ = experiment_at_checkpoint(path, epoch=epoch)
     model = loop.merge(exp.fm.eval_def, state.params, state.rest)
     model.eval()
     return model, exp
@@ -236,9 +266,7 @@ def spectrum_of_checkpoint(path: str | os.PathLike, *, epoch: int | None = None,
     if bad:
         raise ConfigError(f"the spectrum of a checkpoint can change only {', '.join(config_lib.SPECTRUM_FIELDS)}; "
                           f"not {', '.join(bad)}")
-    if "k" in overrides and "lanczos_steps" not in overrides:
-        overrides["lanczos_steps"] = None  # re-apply the rule for the new K
-    cfg = config_lib.apply_overrides(config_lib.from_dict(meta["config"]), overrides)
+    cfg = checkpoint_config(meta, overrides)
     e = meta["epoch"]
     out_dir = Path(out) if out is not None else where.parent.parent / "spectra" / f"epoch_{e}"
     if (out_dir / rundir.RESULTS).exists():

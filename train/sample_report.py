@@ -106,9 +106,9 @@ def series_table(doc: dict[str, Any]) -> str:
 
 def series_figure(doc: dict[str, Any], path: Path, title: str) -> None:
     """d_KS (with d_c) and s against N on a log axis, trained and init, error bars over the draws."""
-    from train.report import _figure, save_figure
+    from train.report.figures import agg_figure, save_figure
 
-    fig = _figure(10.0, 3.8)
+    fig = agg_figure(10.0, 3.8)
     for i, (field, label) in enumerate((("d_ks", "d_KS"), ("s", "s"))):
         ax = fig.add_subplot(1, 2, i + 1)
         for state, marker in zip(STATES, ("o", "s")):

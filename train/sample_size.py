@@ -175,15 +175,13 @@ def _operator(exp: Any, state: Any, idx: np.ndarray, factory: Any = None) -> Any
 
 
 def converged_top(op: Any, exp: Any, state_dir: Path, identity: dict, progress: bool) -> Any:
-    """The strict top K of an operator (the run's step rule, grown until they converge), its Krylov state kept in
-    `state_dir` under `identity`."""
-    import hspec
+    """The strict top K of an operator (the run's step rule, grown until they converge and settle), its Krylov
+    state kept in `state_dir` under `identity`."""
+    from train.measure import SpectrumSpec, top_k
 
-    steps = exp.cfg.lanczos_steps or hspec.default_num_steps(exp.cfg.k, op.dim)
-    max_steps = exp.cfg.max_lanczos_steps or hspec.default_max_steps(steps, op.dim)
-    return hspec.top_eigenvalues(op, k=exp.cfg.k, key=exp.keys.lanczos_start, num_steps=steps, max_steps=max_steps,
-                                 tol=TOL, strict=True, progress=progress, checkpoint_dir=state_dir,
-                                 checkpoint_identity=identity, settle=SETTLE)
+    spec = SpectrumSpec(k=exp.cfg.k, lanczos_steps=exp.cfg.lanczos_steps, max_lanczos_steps=exp.cfg.max_lanczos_steps,
+                        tol=TOL, settle=SETTLE)
+    return top_k(op, spec, exp.keys.lanczos_start, progress, state_dir, identity)[0]
 
 
 def spectrum_entry(values: np.ndarray, k: int, top: Any, seconds: float) -> dict[str, Any]:
@@ -333,12 +331,12 @@ class Study:
 
     def __init__(self, run: Path, epoch: int | None, spec: StudySpec, results: Path, work: Path, name: str | None,
                  echo: Callable = print, lanczos_steps: int | None = None):
-        from train.sensitivity import _sensitivity_setup
+        from train.run import experiment_at_checkpoint
 
         # The Krylov space starts at `lanczos_steps` (default: the run's rule, 3K) and grows until the top K have
         # converged; a state saved under one start continues under another (the Lanczos run is the same).
         overrides = {} if lanczos_steps is None else {"lanczos_steps": lanczos_steps, "max_lanczos_steps": None}
-        self.exp, self.meta, trained, _ = _sensitivity_setup(Path(run), epoch, overrides)
+        self.exp, trained, self.meta, _ = experiment_at_checkpoint(Path(run), epoch=epoch, overrides=overrides)
         self.spec, self.results, self.echo = spec, Path(results), echo
         self.name = name or f"{Path(run).resolve().name}-epoch{self.meta['epoch']}"
         self.out = self.results / STUDY / self.name
@@ -573,10 +571,10 @@ def _size(text: str, n_train: int | None = None) -> int | str:
 def main(argv: list[str]) -> int:
     """`python -m train hessian-sample`."""
     from train import progress_wanted
-    from train.sweep import _use_data_dir
+    from train.study.sweep import use_data_dir
 
     args = _parser().parse_args(argv)
-    _use_data_dir(args.data_dir)
+    use_data_dir(args.data_dir)
     states = tuple(s.strip() for s in args.states.split(",") if s.strip())
     bad = [s for s in states if s not in STATES]
     if bad:

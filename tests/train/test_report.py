@@ -14,9 +14,11 @@ from scipy import stats
 
 import hspec
 from train import config as config_lib
-from train import claims, record, report, sweep
+from train import record, report
 from train.__main__ import main
-from train.claims import AGREE, DISAGREE, UNDECIDED, Row
+from train.report import claims
+from train.report.claims import AGREE, DISAGREE, UNDECIDED, Row
+from train.study import plan
 
 K = 100
 RANKS = np.arange(1, K + 1, dtype=np.float64)
@@ -175,23 +177,23 @@ def test_s_tracks_test_error_across_checkpoints_is_pearson_r():
 
 
 def test_reductions_name_every_departure():
-    nominal = sweep.nominal_config(sweep.find_run("optimizers/adam")[1])
+    nominal = plan.nominal_config(plan.find_run("optimizers/adam")[1])
     cfg = config_lib.to_dict(config_lib.resolve(nominal))
     data = {"num_train": 60000}
     assert report.reductions(cfg, nominal, data, {}) == []
     short = dict(cfg, epochs=5, k=20)
     assert report.reductions(short, nominal, data, {"epochs": 5, "k": 20}) == [
         "5 of 50 epochs", "k=20 (paper 1000)", "sweep overrides: epochs=5, k=20"]
-    cifar = sweep.nominal_config(sweep.find_run("cifar10-lenet/sgd")[1])
+    cifar = plan.nominal_config(plan.find_run("cifar10-lenet/sgd")[1])
     cifar_cfg = config_lib.to_dict(config_lib.resolve(cifar))
     assert report.reductions(cifar_cfg, cifar, {"num_train": 4000}, None) == ["data: 4000 of 50000 training examples"]
     # Micro-batches give the same gradient: not a departure, but the row says how it trained.
-    micro = sweep.nominal_config(sweep.find_run("batch-size-iters1000/batch60000")[1])
+    micro = plan.nominal_config(plan.find_run("batch-size-iters1000/batch60000")[1])
     micro_cfg = config_lib.to_dict(config_lib.resolve(micro))
     assert micro_cfg["micro_batch"] == 2000
     assert report.reductions(micro_cfg, micro, data, None) == []
-    assert report._micro_batch_note(micro_cfg) == ("gradient summed over micro-batches of 2000",)
-    assert report._micro_batch_note(cfg) == () and report._micro_batch_note({}) == ()
+    assert report.rows.micro_batch_note(micro_cfg) == ("gradient summed over micro-batches of 2000",)
+    assert report.rows.micro_batch_note(cfg) == () and report.rows.micro_batch_note({}) == ()
 
 
 # --- the whole report on a synthetic results tree ---------------------------------------------------------
@@ -201,7 +203,7 @@ def _write_run(results: Path, group: str, name: str, result, *, control_key: str
                config_changes: dict | None = None) -> None:
     where = results / group / name
     record.save(result, where / "results.json")
-    cfg = config_lib.to_dict(sweep.nominal_config(sweep.find_run(f"{group}/{name}")[1]))
+    cfg = config_lib.to_dict(plan.nominal_config(plan.find_run(f"{group}/{name}")[1]))
     record.write_json(where / "config.json", {**cfg, **(config_changes or {})})
     record.write_json(where / "overrides.json", dict(config_changes or {}))
     if control_key:
@@ -217,7 +219,7 @@ def synthetic_results(tmp_path) -> tuple[Path, dict]:
     results = tmp_path / "results"
     ctl = "mnist-lenet5-seed0-0123456789"
     record.save(synth(exponential(), test_acc=0.1, trained=False), results / "controls" / ctl / "results.json")
-    fields = sweep.control_fields(sweep.nominal_config(sweep.find_run("checkpoints/lenet-mnist-sgd")[1]))
+    fields = plan.control_fields(plan.nominal_config(plan.find_run("checkpoints/lenet-mnist-sgd")[1]))
     record.write_json(results / "controls" / ctl / "key.json", {"key": ctl, "fields": {**fields, "k": K}})
     s = {"sgd": 1.0, "vanilla-sgd": 1.1, "adam": 1.3, "radam": 1.25}
     acc = {"sgd": 0.991, "vanilla-sgd": 0.989, "adam": 0.985, "radam": 0.987}
@@ -345,7 +347,7 @@ def test_a_run_without_metrics_is_named_in_the_claims_and_a_stray_folder_uses_no
 def test_report_without_results_says_not_run_yet(tmp_path):
     out = tmp_path / "R.md"
     text = report.render(tmp_path / "empty", out)
-    assert text.count("Not run yet.") == len(sweep.GROUPS) and "## Sensitivity" in text
+    assert text.count("Not run yet.") == len(plan.GROUPS) and "## Sensitivity" in text
     assert not (tmp_path / "reproduction").exists() or not list((tmp_path / "reproduction").glob("*.png"))
 
 
@@ -392,11 +394,11 @@ def test_the_hessian_sample_line_gives_the_spread_over_draws_and_sizes():
     sizes = {"provenance": {"hessian_samples": 1000},
              "trained": [entry("exp", hessian_samples=500), entry("pl", hessian_samples=2000)]}
     lo, hi = sorted((fits["pl"].d_ks, fits["exp"].d_ks))
-    line = report._sample_dependence(draws, sizes, "trained")
+    line = report.disagreements.sample_dependence(draws, sizes, "trained")
     assert line == (f"3 draws of 1000 examples give d_KS {lo:.4f} – {hi:.4f} (a power law in 1 of 3); 500, 2000 "
                     f"examples give d_KS {fits['exp'].d_ks:.4f}, {fits['pl'].d_ks:.4f} (a power law at 2000), "
                     f"against d_c = {fits['pl'].d_crit:.4f}")
-    assert report._sample_dependence(None, None, "trained") is None
+    assert report.disagreements.sample_dependence(None, None, "trained") is None
 
 
 def report_fit(values, k):
@@ -440,12 +442,12 @@ def test_method_choice_summary_ranges_and_reach(tmp_path):
 
 def test_planned_control_users_group_runs_by_their_control():
     planned = report.planned_control_users()
-    ref = sweep.control_key(sweep.run_config(sweep.find_run("checkpoints/lenet-mnist-sgd")[1], {}))
+    ref = plan.control_key(plan.run_config(plan.find_run("checkpoints/lenet-mnist-sgd")[1], {}))
     assert {"checkpoints/lenet-mnist-sgd", "optimizers/adam", "batch-size/batch512"} <= set(planned[ref])
     assert "optimizers/sgd" not in planned[ref]  # a same_as run is its source's
-    noise = sweep.control_key(sweep.run_config(sweep.find_run("label-noise/noise40")[1], {}))
+    noise = plan.control_key(plan.run_config(plan.find_run("label-noise/noise40")[1], {}))
     assert planned[noise] == ["label-noise/noise40"]  # noisy labels change the Hessian sample
-    assert sum(map(len, planned.values())) == sum(s.same_as is None for g in sweep.iter_groups() for s in g.runs)
+    assert sum(map(len, planned.values())) == sum(s.same_as is None for g in plan.iter_groups() for s in g.runs)
 
 
 def _with_fit(result, **fit):
@@ -464,7 +466,7 @@ def test_disagreements_name_near_threshold_verdicts_the_resolution_of_s_and_the_
     text = report.s_resolution([row("a", a), row("b", b)])
     assert "s spans 0.500 – 1.000 across these 2 networks" in text
     assert "±0.040" in text  # median of 0.03 and 0.2/4 = 0.05
-    all_rows = {name: [] for name in sweep.GROUPS}
+    all_rows = {name: [] for name in plan.GROUPS}
     assert report.disagreements_section(all_rows, {}) == "No claim measured so far disagrees with ours."
     all_rows["label-noise"] = rows  # noise80 is a power law: the claim "breaks down under noise" disagrees
     k_doc = {"trained": [{"k": 100, "fit": {"is_power_law": True}}, {"k": 1000, "fit": {"is_power_law": False}}],
@@ -483,7 +485,7 @@ def test_a_claim_on_networks_that_groups_share_is_listed_once_under_all_of_them(
     trained, init = synth(exponential()), synth(exponential())  # neither is a power law: "trained vs init" disagrees
     shared = [row("reference", trained, control=init)]
     other = [row("paper-form", synth(exponential(2.0)), control=init)]  # the same d_KS (scale-free), another λ_max
-    all_rows = {name: [] for name in sweep.GROUPS}
+    all_rows = {name: [] for name in plan.GROUPS}
     all_rows.update(checkpoints=shared, optimizers=shared, **{"lenet-variants": other})
     text = report.disagreements_section(all_rows, {})
     assert "- **checkpoints, optimizers** (the same networks): Trained networks show a power law" in text
@@ -503,7 +505,7 @@ def test_a_control_that_passes_at_a_small_k_is_named_as_a_reason():
     assert text.endswith(f"the control of resnet (K = {K}: d_KS {d['d_ks']:.4f} < d_c {1.36 / np.sqrt(K):.4f})")
     assert "0.0430 at K = 1000" in text and "other" not in text
     assert report.controls_passing_at_small_k(rows[1:]) is None
-    all_rows = {name: [] for name in sweep.GROUPS}
+    all_rows = {name: [] for name in plan.GROUPS}
     all_rows["resnet18"] = rows[:1]
     assert "random initialisations that pass at a small K" in report.disagreements_section(all_rows, {})
 
@@ -586,8 +588,8 @@ def test_the_report_says_which_device_measured_each_record():
     rows = {"a": [row("x", gpu, control=old), row("y", cpu, control=old)], "b": [row("z", on("gpu: NVIDIA H200 x1"))]}
     assert report.machines(rows) == ("Measured on: cpu (2 cores): 1 spectra; "
                                      f"{report.UNRECORDED_DEVICE}: 1 spectra; gpu: NVIDIA H200 x1: 2 spectra.")
-    assert report._device_note(gpu) == ("measured on gpu: NVIDIA H200 x1",)
-    assert report._device_note(cpu) == () and report._device_note(old) == ()
+    assert report.rows.device_note(gpu) == ("measured on gpu: NVIDIA H200 x1",)
+    assert report.rows.device_note(cpu) == () and report.rows.device_note(old) == ()
 
 
 def _measured_at(values: np.ndarray, **setting) -> record.SpectrumResult:
@@ -655,3 +657,30 @@ def test_a_large_networks_cost_is_read_from_its_records():
     assert f"its initialisation's top {K} after 200 steps" in text
     # 4 bytes a parameter a step: 10 MB; the longer of the two runs, 200 steps, holds 2.0 GB.
     assert text.endswith("10 MB a step for its 2.5 million parameters (2.0 GB at 200 steps).")
+
+
+def test_the_report_reads_the_plan_and_the_layout_never_a_runner():
+    """Importing the report loads train.study.plan and train.study.layout, and none of the runners."""
+    import subprocess
+    import sys
+
+    code = ("import sys, train.report; print(sorted(m for m in ('train.study.sweep', 'train.study.sensitivity', "
+            "'train.run', 'train.driver', 'train.sweep', 'train.sensitivity') if m in sys.modules)); "
+            "print('train.study.plan' in sys.modules and 'train.study.layout' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[:2] == ["[]", "True"]
+
+
+def test_the_old_module_paths_stay_importable():
+    """train.claims, train.sweep, train.sensitivity and train.lock re-export the moved names (the same objects)."""
+    import train.claims
+    import train.lock
+    import train.sensitivity
+    import train.sweep
+    from train.study import layout, lock, sensitivity, sweep
+
+    assert train.claims.CLAIMS is claims.CLAIMS and train.claims.rule_width is claims.rule_width
+    assert train.sweep.GROUPS is plan.GROUPS and train.sweep.sweep is sweep.sweep and train.sweep.Roots is layout.Roots
+    assert train.sweep.RunLock is lock.RunLock is train.lock.RunLock
+    assert train.sensitivity.sensitivity is sensitivity.sensitivity
+    assert train.sensitivity.SensitivitySpec is plan.SensitivitySpec

@@ -16,93 +16,95 @@ import pytest
 
 import hspec
 from train import config as config_lib
-from train import presets, record, run, rundir, sweep
+from train import presets, record, run, rundir
 from train.__main__ import main
 from train.catalog import OPTIMIZERS
 from train.hessian import hessian_batches, loss_fn_from_model
+from train.study import layout, plan, sweep
+from train.study.lock import RunLock
 
 # --- the groups -----------------------------------------------------------------------------------------------
 
 
 def test_groups_hold_the_papers_settings():
-    g = sweep.GROUPS
+    g = plan.GROUPS
     assert [s.preset for s in g["optimizers"].runs] == [f"lenet-mnist-{o.replace('_', '-')}" for o in OPTIMIZERS]
     assert [s.preset for s in g["batch-size"].runs] == [f"lenet-mnist-batch{b}" for b in presets.BATCH_SIZES]
     assert [s.preset for s in g["batch-size-iters1000"].runs] == [
         f"lenet-mnist-iters1000-batch{b}" for b in presets.BATCH_SIZES]
     assert [s.preset for s in g["train-size"].runs] == [f"lenet-mnist-n{n}" for n in presets.TRAIN_SIZES]
     assert [s.name for s in g["label-noise"].runs] == ["noise40", "noise80", "random-labels"]
-    assert [sweep.nominal_config(s).depth for s in g["fcn-depth"].runs] == [1, 2, 4]
-    assert [sweep.nominal_config(s).width for s in g["fcn-width"].runs] == list(range(10, 101, 10))
-    ref = sweep.nominal_config(g["checkpoints"].runs[0])
+    assert [plan.nominal_config(s).depth for s in g["fcn-depth"].runs] == [1, 2, 4]
+    assert [plan.nominal_config(s).width for s in g["fcn-width"].runs] == list(range(10, 101, 10))
+    ref = plan.nominal_config(g["checkpoints"].runs[0])
     assert (ref.preset, ref.epochs, ref.spectrum_epochs, ref.k) == ("lenet-mnist-sgd", 50, (1, 2, 3, 10, 20, 30), 1000)
-    assert {(sweep.nominal_config(s).preset, sweep.nominal_config(s).seed) for s in g["seeds"].runs} == {
+    assert {(plan.nominal_config(s).preset, plan.nominal_config(s).seed) for s in g["seeds"].runs} == {
         (p, seed) for p in ("lenet-mnist-sgd", "lenet-mnist-batch640", "lenet-mnist-batch768") for seed in (0, 1, 2)}
-    assert [sweep.nominal_config(s).k for s in g["avila"].runs + g["resnet18"].runs] == [50, 50]
-    assert {sweep.nominal_config(s).dataset for s in g["cifar10-lenet"].runs} == {"cifar10"}
+    assert [plan.nominal_config(s).k for s in g["avila"].runs + g["resnet18"].runs] == [50, 50]
+    assert {plan.nominal_config(s).dataset for s in g["cifar10-lenet"].runs} == {"cifar10"}
     linear = g["linear"].runs[0]  # diverges at the paper's lr 0.1 (results/failed/linear/linear.json)
-    assert sweep.applied_overrides(linear, sweep.run_config(linear, {})) == {"learning_rate": 0.01}
+    assert plan.applied_overrides(linear, plan.run_config(linear, {})) == {"learning_rate": 0.01}
     assert "diverges" in linear.why
     # The CIFAR optimizers that do not learn at the paper's lr 1 run there and, beside it, at lr 0.1.
     cifar = {s.name: s for s in g["cifar10-lenet"].runs}
     for name in ("vanilla-sgd", "adai"):
         paper, lower = cifar[name], cifar[f"{name}-lr0.1"]
-        assert config_lib.resolve(sweep.nominal_config(paper)).learning_rate == 1.0 and not paper.departures
-        assert sweep.applied_overrides(lower, sweep.run_config(lower, {})) == {"learning_rate": 0.1}
-        assert sweep.nominal_config(lower).optimizer == sweep.nominal_config(paper).optimizer
+        assert config_lib.resolve(plan.nominal_config(paper)).learning_rate == 1.0 and not paper.departures
+        assert plan.applied_overrides(lower, plan.run_config(lower, {})) == {"learning_rate": 0.1}
+        assert plan.nominal_config(lower).optimizer == plan.nominal_config(paper).optimizer
     for group in g.values():
         assert len({s.name for s in group.runs}) == len(group.runs)
-        assert all(not sweep.nominal_config(s).init_control for s in group.runs)  # controls are computed apart
+        assert all(not plan.nominal_config(s).init_control for s in group.runs)  # controls are computed apart
 
 
 def test_same_as_runs_are_the_same_training():
-    aliases = [(group, spec) for group in sweep.GROUPS.values() for spec in group.runs if spec.same_as]
+    aliases = [(group, spec) for group in plan.GROUPS.values() for spec in group.runs if spec.same_as]
     # optimizers/sgd, batch128, n60000, width100, three seed-0 runs, lenet-variants/paper-form
     assert len(aliases) == 8
     for group, spec in aliases:
-        _, src = sweep.source_of(group, spec)
+        _, src = plan.source_of(group, spec)
         assert src.same_as is None
-        diff = config_lib.differences(sweep.nominal_config(spec), sweep.nominal_config(src),
+        diff = config_lib.differences(plan.nominal_config(spec), plan.nominal_config(src),
                                       ignore=("preset", "train_size") + config_lib.SPECTRUM_FIELDS)
         assert diff == {}, (spec.name, diff)
-        assert sweep.same_training(sweep.nominal_config(spec), sweep.nominal_config(src)), spec.name
+        assert plan.same_training(plan.nominal_config(spec), plan.nominal_config(src)), spec.name
 
 
 def test_no_network_is_trained_twice():
     """Every pair of runs that would train the same network is declared same_as (n60000 once trained the
     reference run again: 50 epochs, bit for bit)."""
     # run_config: as trained, departures included (vanilla-sgd-lr0.1 is vanilla-sgd at another rate).
-    trained = [(f"{g.name}/{s.name}", sweep.run_config(s, {})) for g in sweep.iter_groups() for s in g.runs
+    trained = [(f"{g.name}/{s.name}", plan.run_config(s, {})) for g in plan.iter_groups() for s in g.runs
                if s.same_as is None]
     for i, (name, cfg) in enumerate(trained):
-        twins = [other for other, c in trained[i + 1:] if sweep.same_training(cfg, c)]
+        twins = [other for other, c in trained[i + 1:] if plan.same_training(cfg, c)]
         assert not twins, (name, twins)
-    ref = sweep.nominal_config(sweep.find_run(sweep.REFERENCE)[1])
-    assert sweep.same_training(ref, dataclasses.replace(ref, train_size=60000, k=10, preset="x"))
-    assert not sweep.same_training(ref, dataclasses.replace(ref, train_size=59999))
+    ref = plan.nominal_config(plan.find_run(plan.REFERENCE)[1])
+    assert plan.same_training(ref, dataclasses.replace(ref, train_size=60000, k=10, preset="x"))
+    assert not plan.same_training(ref, dataclasses.replace(ref, train_size=59999))
 
 
 def test_overrides_apply_to_every_run_and_are_recorded():
     overrides = config_lib.parse_assignments(["epochs=2", "k=20"])
-    for group in sweep.iter_groups():
+    for group in plan.iter_groups():
         for spec in group.runs:
-            cfg = sweep.run_config(spec, overrides)
+            cfg = plan.run_config(spec, overrides)
             assert cfg.k == 20 and (cfg.epochs == 2 or spec.preset.startswith("lenet-mnist-iters1000"))
-    ref = sweep.GROUPS["checkpoints"].runs[0]
-    cfg = sweep.run_config(ref, overrides)
+    ref = plan.GROUPS["checkpoints"].runs[0]
+    cfg = plan.run_config(ref, overrides)
     # Spectrum epochs beyond the shorter run are dropped, and that is recorded with the overrides.
     assert cfg.spectrum_epochs == (1, 2)
-    assert sweep.applied_overrides(ref, cfg) == {"epochs": 2, "k": 20, "spectrum_epochs": [1, 2]}
-    assert sweep.applied_overrides(ref, sweep.run_config(ref, {})) == {}
+    assert plan.applied_overrides(ref, cfg) == {"epochs": 2, "k": 20, "spectrum_epochs": [1, 2]}
+    assert plan.applied_overrides(ref, plan.run_config(ref, {})) == {}
     with pytest.raises(config_lib.ConfigError, match="unknown config field 'epoch'"):
-        sweep.run_config(ref, {"epoch": "2"})
+        plan.run_config(ref, {"epoch": "2"})
 
 
 def test_control_key_depends_only_on_network_and_hessian_sample():
-    key = lambda ref, **o: sweep.control_key(sweep.run_config(sweep.find_run(ref)[1], o))  # noqa: E731
+    key = lambda ref, **o: plan.control_key(plan.run_config(plan.find_run(ref)[1], o))  # noqa: E731
     ref = key("checkpoints/lenet-mnist-sgd")
     # Optimizer, learning rate, batch size and length of training do not change the initial network.
-    assert {key(f"optimizers/{s.name}") for s in sweep.GROUPS["optimizers"].runs} == {ref}
+    assert {key(f"optimizers/{s.name}") for s in plan.GROUPS["optimizers"].runs} == {ref}
     assert key("batch-size/batch8192") == key("batch-size-iters1000/batch512") == ref
     assert key("checkpoints/lenet-mnist-sgd", epochs="3") == ref
     # The seed, the data options, the Hessian sample and the spectrum settings do.
@@ -111,17 +113,17 @@ def test_control_key_depends_only_on_network_and_hessian_sample():
               key("checkpoints/lenet-mnist-sgd", hessian_samples="500"), key("fcn-width/width10"),
               key("fashion-mnist/sgd")]
     assert len(set(others) | {ref}) == len(others) + 1
-    keys = [k for k, _ in sweep.distinct_controls(sweep.GROUPS, {})]
+    keys = [k for k, _ in plan.distinct_controls(plan.GROUPS, {})]
     assert len(keys) == len(set(keys)) and ref in keys and all(o in keys for o in others[:4])
 
 
 def test_a_controls_lanczos_state_is_shared_across_step_budgets_only():
-    resnet = sweep.find_run("resnet18/resnet18-cifar10-sgd")[1]
-    state = lambda **o: sweep.control_state_key(sweep.run_config(resnet, o))  # noqa: E731
+    resnet = plan.find_run("resnet18/resnet18-cifar10-sgd")[1]
+    state = lambda **o: plan.control_state_key(plan.run_config(resnet, o))  # noqa: E731
     # A control that ran out of steps continues under a larger budget: the budget is not in the state's name...
     assert state(max_lanczos_steps="300") == state(max_lanczos_steps="450") == state(lanczos_steps="200") == state()
     # ...while the key it is published under, and everything the Krylov space depends on, still separates.
-    key = lambda **o: sweep.control_key(sweep.run_config(resnet, o))  # noqa: E731
+    key = lambda **o: plan.control_key(plan.run_config(resnet, o))  # noqa: E731
     assert key(max_lanczos_steps="300") != key(max_lanczos_steps="450")
     assert len({state(), state(hessian_samples="128"), state(k="20"), state(seed="1")}) == 4
 
@@ -136,34 +138,34 @@ def test_a_failed_spectrum_that_did_not_converge_says_how_the_sweep_continues_it
     except SpectrumError as err:
         chained = err
     for err in (direct, chained):
-        assert "run the sweep again with --set max_lanczos_steps=N" in sweep._failure_hint(err)
-    assert sweep._failure_hint(SpectrumError("x")) == sweep._failure_hint(ValueError("x")) == ""
+        assert "run the sweep again with --set max_lanczos_steps=N" in sweep.failure_hint(err)
+    assert sweep.failure_hint(SpectrumError("x")) == sweep.failure_hint(ValueError("x")) == ""
 
 
 def test_control_config_keeps_the_control_fields_and_nothing_of_training():
-    spec = sweep.find_run("optimizers/adam")[1]
-    cfg = sweep.run_config(spec, {"epochs": "7", "train_size": "300", "hessian_samples": "200"})
-    ccfg = sweep.control_config(cfg)
-    assert sweep.control_fields(ccfg) == sweep.control_fields(cfg)
+    spec = plan.find_run("optimizers/adam")[1]
+    cfg = plan.run_config(spec, {"epochs": "7", "train_size": "300", "hessian_samples": "200"})
+    ccfg = plan.control_config(cfg)
+    assert plan.control_fields(ccfg) == plan.control_fields(cfg)
     assert (ccfg.optimizer, ccfg.learning_rate, ccfg.batch_size, ccfg.preset) == ("sgd", None, 128, "init-control")
     assert ccfg.init_control and config_lib.validate(ccfg)
     # Every control of every group is a valid configuration whose own key is the key it is filed under.
-    for key, run_cfg in sweep.distinct_controls(sweep.GROUPS, {}):
-        control = config_lib.validate(sweep.control_config(run_cfg))
-        assert sweep.control_key(control) == key
-    assert sweep.control_config(sweep.run_config(spec, {"train_size": "100", "hessian_samples": "50",
+    for key, run_cfg in plan.distinct_controls(plan.GROUPS, {}):
+        control = config_lib.validate(plan.control_config(run_cfg))
+        assert plan.control_key(control) == key
+    assert plan.control_config(plan.run_config(spec, {"train_size": "100", "hessian_samples": "50",
                                                          "batch_size": "32"})).batch_size == 100
 
 
 def test_shards_partition_the_group_in_a_fixed_order():
-    runs = list(sweep.GROUPS["fcn-width"].runs)
+    runs = list(plan.GROUPS["fcn-width"].runs)
     for n in range(1, 6):
         parts = [sweep.shard(runs, *sweep.parse_shard(f"{i}/{n}")) for i in range(n)]
         assert sorted(r.name for p in parts for r in p) == sorted(r.name for r in runs)
         assert all(p == sorted(p, key=runs.index) for p in parts)
     assert sweep.parse_shard(None) == (0, 1)
     for bad in ("3/3", "-1/2", "a/b", "1", "0/0"):
-        with pytest.raises(sweep.SweepError, match="give I/N"):
+        with pytest.raises(plan.SweepError, match="give I/N"):
             sweep.parse_shard(bad)
 
 
@@ -183,7 +185,7 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
 def test_list_shows_every_group(capsys, tmp_path):
     assert main(["sweep", "--list", "--results", str(tmp_path / "r"), "--work", str(tmp_path / "w")]) == 0
     out = capsys.readouterr().out
-    assert [line.split()[0] for line in out.splitlines()] == list(sweep.GROUPS)
+    assert [line.split()[0] for line in out.splitlines()] == list(plan.GROUPS)
     assert "11 runs: 11 missing" in out.splitlines()[1]
 
 
@@ -192,21 +194,21 @@ def test_list_shows_every_group(capsys, tmp_path):
 
 def test_lock_is_exclusive_refreshed_and_taken_over_when_stale(tmp_path):
     path = tmp_path / "locks" / "x.lock"
-    a = sweep.RunLock(path, heartbeat=0.05)
-    assert a.acquire() and not sweep.RunLock(path).acquire()
+    a = RunLock(path, heartbeat=0.05)
+    assert a.acquire() and not RunLock(path).acquire()
     old = time.time() - 100
     os.utime(path, (old, old))
     time.sleep(0.3)
     assert path.stat().st_mtime > old + 50  # the heartbeat touched it
     a.release()
     assert not path.exists()
-    again = sweep.RunLock(path)
+    again = RunLock(path)
     assert again.acquire()
     again.release()
     # Stale: not refreshed for longer than stale_after (a dead process on another machine).
     path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "t"}))
     os.utime(path, (old, old))
-    b = sweep.RunLock(path, stale_after=60)
+    b = RunLock(path, stale_after=60)
     assert b.acquire() and b.owner()["token"] == b.token
     b.release()
     # Stale: a process of this host that is gone, however fresh its file.
@@ -214,7 +216,7 @@ def test_lock_is_exclusive_refreshed_and_taken_over_when_stale(tmp_path):
     child.wait()
     dead = child.pid
     path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead, "token": "t"}))
-    c = sweep.RunLock(path)
+    c = RunLock(path)
     assert c.is_stale() and c.acquire()
     c.release()
 
@@ -224,7 +226,7 @@ def test_a_held_lock_names_its_host_pid_age_and_the_rule_that_frees_it(tmp_path)
     path = tmp_path / "run" / rundir.LOCK
     path.parent.mkdir()
     path.write_text(json.dumps({"host": "gpu7", "pid": 4242, "token": "t", "since": time.time() - 3 * 3600 - 720}))
-    lock = sweep.RunLock(path)
+    lock = RunLock(path)
     assert not lock.acquire()
     text = lock.describe()
     assert "held by pid 4242 on host gpu7 for 3 h 12 min, refreshed 0 s ago" in text and str(path) in text
@@ -252,33 +254,33 @@ def test_publish_is_all_or_nothing_and_never_places_checkpoints(tmp_path):
     (src / "results.json").write_text("{}")
     (src / "checkpoints" / "x").write_text("weights")
     dest = tmp_path / "results" / "g" / "run"
-    with pytest.raises(sweep.SweepError, match="refusing to publish checkpoints"):
-        sweep.publish({"checkpoints/x": src / "checkpoints" / "x"}, {}, dest)
+    with pytest.raises(plan.SweepError, match="refusing to publish checkpoints"):
+        layout.publish({"checkpoints/x": src / "checkpoints" / "x"}, {}, dest)
     with pytest.raises(FileNotFoundError):
-        sweep.publish({"results.json": src / "results.json", "zz.json": src / "missing.json"}, {}, dest)
+        layout.publish({"results.json": src / "results.json", "zz.json": src / "missing.json"}, {}, dest)
     assert not dest.exists() and list(dest.parent.iterdir()) == []  # no staging directory left behind
     (dest.parent / ".staging-run-dead").mkdir()  # left by a killed process
-    sweep.publish({"results.json": src / "results.json"}, {"control.json": {"key": "k"}}, dest)
+    layout.publish({"results.json": src / "results.json"}, {"control.json": {"key": "k"}}, dest)
     assert sorted(p.name for p in dest.parent.iterdir()) == ["run"]
     assert json.loads((dest / "control.json").read_text()) == {"key": "k"}
     assert (dest / "results.json").read_text() == "{}"
-    with pytest.raises(sweep.SweepError, match="exists already"):
-        sweep.publish({}, {}, dest)
+    with pytest.raises(plan.SweepError, match="exists already"):
+        layout.publish({}, {}, dest)
 
 
 # --- a tiny group, swept for real ------------------------------------------------------------------------
 
-TINY = sweep.Group("tiny", "tests", "optimizer", (
-    sweep.SweepRun("a", "tiny-fcn-mnist"),
-    sweep.SweepRun("b", "tiny-fcn-mnist", (("optimizer", "adam"),)),
-    sweep.SweepRun("c", "tiny-fcn-mnist-2epochs"),
-    sweep.SweepRun("d", "tiny-fcn-mnist", same_as="tiny/a"),
+TINY = plan.Group("tiny", "tests", "optimizer", (
+    plan.SweepRun("a", "tiny-fcn-mnist"),
+    plan.SweepRun("b", "tiny-fcn-mnist", (("optimizer", "adam"),)),
+    plan.SweepRun("c", "tiny-fcn-mnist-2epochs"),
+    plan.SweepRun("d", "tiny-fcn-mnist", same_as="tiny/a"),
     # Fails when its data are loaded (batch larger than MNIST): the others must still finish.
-    sweep.SweepRun("e", "tiny-fcn-mnist", (("train_size", None), ("batch_size", 100000))),
+    plan.SweepRun("e", "tiny-fcn-mnist", (("train_size", None), ("batch_size", 100000))),
     # Diverges (NaN at step 2): its attempt is recorded under results/failed/ and the report shows it.
-    sweep.SweepRun("f", "tiny-fcn-mnist", departures=(("learning_rate", 1e8),), why="a divergence to record"),
+    plan.SweepRun("f", "tiny-fcn-mnist", departures=(("learning_rate", 1e8),), why="a divergence to record"),
     # Departs from its preset's setting on purpose: trained with the departure, which is recorded.
-    sweep.SweepRun("g", "tiny-fcn-mnist", departures=(("learning_rate", 0.05),), why="the paper's rate diverges"),
+    plan.SweepRun("g", "tiny-fcn-mnist", departures=(("learning_rate", 0.05),), why="the paper's rate diverges"),
 ))
 OVERRIDES = ["--set", "trace_samples=3"]
 
@@ -297,21 +299,21 @@ def swept(data_dir, tmp_path_factory):
     """The tiny group swept twice: first with run b locked by a live process elsewhere and run c killed after
     training (before its spectra), then again after b's lock went stale."""
     root = tmp_path_factory.mktemp("sweep")
-    roots = sweep.Roots.checked(root / "results", root / "work")
+    roots = layout.Roots.checked(root / "results", root / "work")
     args = ["sweep", "tiny", "--results", str(roots.results), "--work", str(roots.work), "--data-dir", str(data_dir),
             "--no-progress"] + OVERRIDES
     logs = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(sweep.GROUPS, "tiny", TINY)
+        mp.setitem(plan.GROUPS, "tiny", TINY)
         mp.setenv("HSPEC_DATA_DIR", str(data_dir))
-        c_cfg = sweep.run_config(TINY.runs[2], config_lib.parse_assignments(OVERRIDES[1:]))
+        c_cfg = plan.run_config(TINY.runs[2], config_lib.parse_assignments(OVERRIDES[1:]))
         with pytest.raises(_Killed):
             run.train_run(c_cfg, roots.workdir("tiny", "c"), progress=False, echo=_kill_before_spectra)
         lock = roots.lock("tiny--b")
         lock.path.parent.mkdir(parents=True)
         lock.path.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "t"}))
-        states = {"b_locked": sweep.run_state(roots, TINY, TINY.runs[1]),
-                  "c_killed": sweep.run_state(roots, TINY, TINY.runs[2])}
+        states = {"b_locked": layout.run_state(roots, TINY, TINY.runs[1]),
+                  "c_killed": layout.run_state(roots, TINY, TINY.runs[2])}
         mp.setattr("builtins.print", lambda *a, **k: logs.append(" ".join(map(str, a))))
         rc1 = main(args)
         first = list(logs)
@@ -320,7 +322,7 @@ def swept(data_dir, tmp_path_factory):
         mtime_a = (roots.published("tiny", "a") / "results.json").stat().st_mtime_ns
         rc2 = main(args)
         failures = sweep.sweep("controls", roots=roots, overrides={"trace_samples": "3"}, progress=False,
-                               echo=logs.append, groups={"tiny": TINY, "controls": sweep.GROUPS["controls"]})
+                               echo=logs.append, groups={"tiny": TINY, "controls": plan.GROUPS["controls"]})
     return {"roots": roots, "rc": (rc1, rc2), "first": "\n".join(first), "logs": "\n".join(logs),
             "states": states, "mtime_a": mtime_a, "control_failures": failures}
 
@@ -347,14 +349,14 @@ def test_sweep_publishes_finished_runs_and_reports_failures(swept):
         assert json.loads((where / "overrides.json").read_text()) == {"trace_samples": 3, **departs}
         assert (cfg["learning_rate"] == 0.05) == (name == "g")
     assert not [p for p in roots.results.rglob("*") if "checkpoints" in p.name or p.name.startswith(".staging")]
-    listing = sweep.listing(roots, "tiny", {"trace_samples": "3"}, groups={"tiny": TINY, **sweep.GROUPS})
+    listing = sweep.listing(roots, "tiny", {"trace_samples": "3"}, groups={"tiny": TINY, **plan.GROUPS})
     assert 'done (overrides {"trace_samples": 3}) (= tiny/a)' in listing
 
 
 def test_list_reports_published_controls_as_published_whatever_the_set(swept):
     """Issue 27, case 8: a published run's control is the one its control.json names, whatever --set is given (as
     the run itself is listed as done); --set changes only the controls of runs still to be done."""
-    roots, groups = swept["roots"], {"tiny": TINY, "controls": sweep.GROUPS["controls"]}
+    roots, groups = swept["roots"], {"tiny": TINY, "controls": plan.GROUPS["controls"]}
     pointed = {json.loads((roots.published("tiny", run) / "control.json").read_text())["key"] for run in "abcg"}
     for overrides in ({"trace_samples": "3"}, {}, {"k": "5", "seed": "7"}):
         runs = sweep.listing(roots, "tiny", overrides, groups=groups).splitlines()[1:]
@@ -370,22 +372,22 @@ def test_a_diverged_run_is_recorded_once_per_overrides_and_reported(swept):
     roots = swept["roots"]
     path = roots.failure("tiny", "f")
     assert sorted(p.name for p in path.parent.iterdir()) == ["f.json"]  # one file, no temporary left
-    (attempt,) = sweep.read_failures(path)  # the second sweep's attempt replaced the first's
+    (attempt,) = layout.read_failures(path)  # the second sweep's attempt replaced the first's
     assert attempt["overrides"] == {"learning_rate": 1e8, "trace_samples": 3}
     assert (attempt["error"], attempt["epoch"], attempt["step"], attempt["loss"]) == ("NonFiniteLossError", 1, 2, "nan")
     assert attempt["last_finished_epoch"]["epoch"] == 0 and "time_s" not in attempt["last_finished_epoch"]
     assert "/" not in json.dumps(attempt)  # no paths: the report built from it is portable
-    assert f"[1 diverged attempt(s) in {path}]" in sweep.run_state(roots, TINY, TINY.runs[5])
-    sweep.record_failure(path, dict(attempt, overrides={"learning_rate": 10.0}))
-    assert [a["overrides"] for a in sweep.read_failures(path)] == [{"learning_rate": 10.0}, attempt["overrides"]]
+    assert f"[1 diverged attempt(s) in {path}]" in layout.run_state(roots, TINY, TINY.runs[5])
+    layout.record_failure(path, dict(attempt, overrides={"learning_rate": 10.0}))
+    assert [a["overrides"] for a in layout.read_failures(path)] == [{"learning_rate": 10.0}, attempt["overrides"]]
 
     from train import report
-    row, where = report._run_row(roots.results, TINY, TINY.runs[5])
+    row, where = report.rows.run_row(roots.results, TINY, TINY.runs[5])
     assert (row.result, row.failed, where) == (None, True, None)
     assert row.notes[1].startswith('diverged with learning_rate=100000000.0, trace_samples=3: the training loss '
                                    'became nan at epoch 1, step 2; after epoch 0 the training loss was')
     assert report.table_row(row).startswith("| f | failed |")
-    done, _ = report._run_row(roots.results, TINY, TINY.runs[6])
+    done, _ = report.rows.run_row(roots.results, TINY, TINY.runs[6])
     assert not done.failed and "the paper's rate diverges" in done.notes
     assert 'sweep overrides: learning_rate=0.05, trace_samples=3' in done.notes[0]
 
@@ -394,8 +396,8 @@ def test_a_run_published_with_other_overrides_is_kept_and_reported(swept):
     roots, spec = swept["roots"], TINY.runs[0]
     before = (roots.published("tiny", "a") / "results.json").read_bytes()
     message = r"published with overrides \{'trace_samples': 3\}, this sweep asks \{\}"
-    with pytest.raises(sweep.SweepError, match=message):
-        sweep.sweep_run(roots, TINY, spec, sweep.run_config(spec, {}), progress=False, echo=lambda s: None)
+    with pytest.raises(plan.SweepError, match=message):
+        sweep.sweep_run(roots, TINY, spec, plan.run_config(spec, {}), progress=False, echo=lambda s: None)
     assert (roots.published("tiny", "a") / "results.json").read_bytes() == before
 
 
@@ -535,20 +537,20 @@ def test_sensitivity_hessian_draws_are_other_samples_of_the_same_size(sensitivit
 
 def test_a_killed_sensitivity_study_resumes_losing_only_the_spectrum_in_progress(swept, data_dir, monkeypatch,
                                                                                   tmp_path):
-    from train import sensitivity as sens
+    from train.study import sensitivity as sens
 
     monkeypatch.setenv("HSPEC_DATA_DIR", str(data_dir))
     run_dir = swept["roots"].workdir("tiny", "a")
     spec = sens.SensitivitySpec(ks=(10,), samples=(128,), starts=2, multipliers=(1.0,), studies=("lanczos_starts",))
-    real, calls = sens._converged, []
+    real, calls = sens.converged_top, []
 
     def killed_at_the_fourth(*args, **kwargs):  # base trained, base init, start 1 trained, start 1 init: killed
-        calls.append(args[6] if len(args) > 6 else None)  # where its Lanczos state is kept
+        calls.append(kwargs["state_dir"])  # where its Lanczos state is kept
         if len(calls) == 4:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sens, "_converged", killed_at_the_fourth)
+    monkeypatch.setattr(sens, "converged_top", killed_at_the_fourth)
     kw = dict(results=tmp_path / "results", work=tmp_path / "work", name="t", spec=spec, progress=False,
               echo=lambda line: None)
     with pytest.raises(KeyboardInterrupt):
@@ -561,7 +563,7 @@ def test_a_killed_sensitivity_study_resumes_losing_only_the_spectrum_in_progress
     calls.clear()
     sens.sensitivity(run_dir, **kw)
     assert calls == [parts / "lanczos_starts-init" / "start1.lanczos"]  # only the spectrum in progress, again
-    monkeypatch.setattr(sens, "_converged", real)
+    monkeypatch.setattr(sens, "converged_top", real)
     sens.sensitivity(run_dir, **dict(kw, results=tmp_path / "r2", work=tmp_path / "w2"))
     uninterrupted = tmp_path / "r2" / "sensitivity" / "t" / "lanczos_starts.json"
     assert (out / "lanczos_starts.json").read_text() == uninterrupted.read_text()
@@ -619,9 +621,9 @@ def test_list_names_the_spectra_in_progress_and_their_saved_lanczos_step(tmp_pat
 
     saved_at(tmp_path / "epochs" / "10", 17)
     saved_at(tmp_path, 33)
-    assert sweep._lanczos_progress(tmp_path) == ("; spectrum of epoch 10 saved at Lanczos step 17"
+    assert layout.lanczos_progress(tmp_path) == ("; spectrum of epoch 10 saved at Lanczos step 17"
                                                  "; final spectrum saved at Lanczos step 33")
-    assert sweep._lanczos_progress(tmp_path / "epochs") == ""
+    assert layout.lanczos_progress(tmp_path / "epochs") == ""
 
 
 def test_a_spectrums_total_time_counts_the_seconds_of_the_steps_it_resumed():
