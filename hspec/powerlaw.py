@@ -22,6 +22,7 @@ __all__ = [
     "fit_power_law",
     "power_law_verdict",
     "fit_power_law_ensemble",
+    "ks_deviations",
     "eigengaps",
     "fit_eigengaps",
     "least_squares_slope",
@@ -124,17 +125,24 @@ def least_squares_slope(eigenvalues, ranks: tuple[int, int] | None = None) -> fl
     return float(-slope)
 
 
-def _ks_distance(top_desc: np.ndarray, beta: float) -> float:
-    """max_j |F*(x_(j)) − (j−1)/K| over the ascending data, F*(x) = 1 − (x/xmin)^(1−β).
+def ks_deviations(top_desc: np.ndarray, beta: float) -> np.ndarray:
+    """|F*(x_(j)) − (j−1)/K| at each of the top K values, F*(x) = 1 − (x/xmin)^(1−β), in the descending order of
+    ``top_desc`` (entry i belongs to rank i + 1): d_KS is their maximum, and its argmax says where the spectrum
+    departs most from the power law.
 
     With ties, (j−1)/K is taken at the first of the tied values (the fraction strictly below x), as the
     ``powerlaw`` package does.
     """
-    x = top_desc[::-1]
+    x = np.asarray(top_desc, np.float64)[::-1]
     k = x.size
     fitted_cdf = 1.0 - (x / x[0]) ** (1.0 - beta)
     empirical = np.searchsorted(x, x, side="left").astype(np.float64) / k
-    return float(np.max(np.abs(fitted_cdf - empirical)))
+    return np.abs(fitted_cdf - empirical)[::-1]
+
+
+def _ks_distance(top_desc: np.ndarray, beta: float) -> float:
+    """max_j |F*(x_(j)) − (j−1)/K| over the ascending data (:func:`ks_deviations`)."""
+    return float(np.max(ks_deviations(top_desc, beta)))
 
 
 def fit_power_law(

@@ -9,7 +9,11 @@ the same run) to `--steps` up to M, and at each m of the list reports the top K 
 at m steps is exactly an m-step run): how many meet the rule, d_KS, s, λ_K, and how far the top K still are from
 those of the longest run (the largest relative change over the ranks, and its rank).
 
-    python -m train.krylov_steps --run RUN --piece trained-n1000-d0 --steps 2000,2500,3000,3500,4000,5000
+    python -m train.krylov_steps --run RUN --piece trained-n1000-d0 --steps 2000,2500,3000,3500 --first 1100,1500
+
+`rule_stops` replays stop rules on the saved coefficients: where the residual rule alone, and the rule that also
+asks the top K to have settled, would have stopped a run grown from `--first` steps, and what it would have
+reported there.
 
 The Krylov state is kept beside the study's (`<work>/hessian-sample/<name>/<piece>.lanczos`, with the study's
 identity), so a killed run resumes, and the study's own piece continues from it. The result is written to
@@ -64,12 +68,13 @@ def steps_table(alphas: np.ndarray, betas: np.ndarray, steps: Sequence[int], k: 
 
 
 def rule_stops(alphas: np.ndarray, betas: np.ndarray, k: int, tol: float, first: int, every: int,
-               settle: Sequence[float] = (1e-2, 1e-3)) -> list[dict[str, Any]]:
+               settle: Sequence[float] = (1e-2, 3e-3, 1e-3)) -> list[dict[str, Any]]:
     """Where stop rules would have ended this run, checked at m = first, first + every, ... (as hspec grows a
     Krylov space), and what they would have reported there, against the run's longest m:
 
     - "residual": the top k meet |β_m y_{m,i}| <= tol · λ_1 (the rule of every spectrum in the report);
-    - "settled <ε>": that, and no rank of the top k moved by more than ε (relative) since the previous check.
+    - "settled <ε>": that, and no rank of the top k moved by more than ε (relative) since the previous check
+      (train.measure.SETTLE = 3e-3 is the rule the Hessian-sample study and the LLM runs use).
 
     A rule that never fires within the run is reported with m None."""
     checks = list(range(first, len(alphas) + 1, every))
@@ -93,8 +98,10 @@ def rule_stops(alphas: np.ndarray, betas: np.ndarray, k: int, tol: float, first:
     return [out.get(name, {"rule": name, "m": None}) for name in rules]
 
 
-def measure_steps(study: Any, piece_name: str, steps: Sequence[int], progress: bool) -> dict[str, Any]:
-    """Extend `piece_name`'s Krylov run to max(steps) (resumable) and tabulate it."""
+def measure_steps(study: Any, piece_name: str, steps: Sequence[int], progress: bool,
+                  firsts: Sequence[int] = ()) -> dict[str, Any]:
+    """Extend `piece_name`'s Krylov run to max(steps) (resumable) and tabulate it; the stop rules are replayed
+    from the run's own first step count (3K) and from each of `firsts` (checked every tenth of it)."""
     import hspec
     from train import sample_size as ss
 
@@ -110,12 +117,12 @@ def measure_steps(study: Any, piece_name: str, steps: Sequence[int], progress: b
                         checkpoint_identity=ss.krylov_identity(study.exp, st, piece, idx, None))
     k = study.exp.cfg.k
     first = study.exp.cfg.lanczos_steps or hspec.default_num_steps(k, op.dim)  # the run's rule, checked as it grows
-    every = max(first // 10, 10)
     return {"what": "the top K of one Krylov run at growing m (train/krylov_steps.py)", "piece": piece.name,
             "network": ss.state_fingerprint(st.params), "k": k, "tol": ss.TOL, "dim": int(op.dim),
             "rows": steps_table(run.alphas[0], run.betas[0], steps, k, ss.TOL),
-            "stops": {"first": first, "every": every,
-                      "rules": rule_stops(run.alphas[0], run.betas[0], k, ss.TOL, first, every)},
+            "stops": [{"first": f, "every": max(f // 10, 10),
+                       "rules": rule_stops(run.alphas[0], run.betas[0], k, ss.TOL, f, max(f // 10, 10))}
+                      for f in sorted({first, *firsts})],
             "seconds": run.resumed_s + time.perf_counter() - t0, "device": ss.device_description()}
 
 
@@ -130,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="the study's folder name (default: <run>-epoch<E>)")
     p.add_argument("--piece", required=True, help="e.g. trained-n1000-d0 (state-n<size>-d<draw>)")
     p.add_argument("--steps", required=True, help="comma-separated Krylov dimensions m, e.g. 2000,3000,4000")
+    p.add_argument("--first", default="", help="also replay the stop rules from these first step counts, e.g. "
+                                               "1100,1500 (the run's own, 3K, always)")
     p.add_argument("--work", help="work folder (default: ~/.cache/hspec/work or $HSPEC_WORK_DIR)")
     p.add_argument("--results", default="results", help="published results root (default: results/)")
     p.add_argument("--data-dir", help="data directory (default: env HSPEC_DATA_DIR, else ~/.cache/hspec/data)")
@@ -141,13 +150,20 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--steps: give positive Krylov dimensions, e.g. 2000,3000,4000")
     study = ss.Study(Path(args.run), args.epoch, ss.StudySpec(sizes=()), Path(args.results),
                      Path(args.work) if args.work else rundir.default_work_dir(), args.name)
-    doc = measure_steps(study, args.piece, steps, progress_wanted(args.no_progress))
+    firsts = [int(f) for f in args.first.split(",") if f.strip()]
+    doc = measure_steps(study, args.piece, steps, progress_wanted(args.no_progress), firsts)
     out = study.out / "krylov-steps" / f"{doc['piece']}.json"
     record.write_json(out, doc)
     for r in doc["rows"]:
         print(f"m {r['m']:5d}: {r['num_converged']:4d} of {doc['k']} meet the rule, d_KS {r.get('d_ks', float('nan')):.4f}, "
               f"λ_K {r['lambda_k']:.4g}, top K differ from m = {steps[-1]} by up to "
               f"{r['max_relative_change_to_last']:.2e} (rank {r['at_rank']}, {r['ranks_changed_over_1e-3']} ranks > 1e-3)")
+    for block in doc["stops"]:
+        for r in block["rules"]:
+            where = "never within the run" if r["m"] is None else (
+                f"at m {r['m']}: d_KS {r.get('d_ks', float('nan')):.4f}, top K off by up to "
+                f"{r['max_relative_change_to_last']:.2e}")
+            print(f"from {block['first']} (every {block['every']}), rule {r['rule']}: stops {where}")
     print(f"written to {out}")
     return 0
 

@@ -211,6 +211,101 @@ def reduction_text(folder: Path) -> str:
             f"\n\n{verdict}")
 
 
+def deviation_rank(piece: dict[str, Any]) -> int | None:
+    """The rank at which a piece's top K departs most from its fitted power law (None: no positive fit)."""
+    from hspec.powerlaw import ks_deviations
+
+    fit = piece.get("fit") or {}
+    top = np.asarray(piece.get("eigenvalues") or [], np.float64)[:fit.get("k") or 0]
+    if top.size == 0 or not fit.get("beta") or np.any(top <= 0):
+        return None
+    return int(np.argmax(ks_deviations(top, fit["beta"]))) + 1
+
+
+def _mean(pieces: list[dict[str, Any]], key: str) -> float:
+    return float(np.mean([p["fit"][key] for p in pieces]))
+
+
+def mechanism_text(doc: dict[str, Any]) -> str:
+    """The paragraph on the mechanism: how the curvature carriers, d_KS and the place of its largest deviation move
+    with N, and whether the verdict does. Every clause is read off the series."""
+    trained, init = by_size(doc, "trained"), by_size(doc, "init")
+    if not trained:
+        return ""
+    d_c = next(iter(trained.values()))[0]["fit"]["d_crit"]
+    carriers = {n: np.mean([p["carriers"]["participation_ratio"] for p in g if p.get("carriers")])
+                for n, g in trained.items() if any(p.get("carriers") for p in g)}
+    parts = ["What the numbers say about the mechanism."]
+    if carriers:
+        parts.append("The trained network's curvature is carried by N_eff = " + ", ".join(
+            f"{v:.0f} ({v / n:.3f} N) at N = {n}" for n, v in carriers.items()) + " examples: the count grows in "
+            f"proportion to N, and the Gauss-Newton part of a sample's Hessian, a sum of terms of rank at most C − 1 "
+            f"= 9 per example, has an effective rank of about 9 N_eff = " + ", ".join(
+                f"{9 * v:.0f}" for v in carriers.values()) + f" against K = {doc['provenance']['k']}.")
+    ranks = {n: [r for r in (deviation_rank(p) for p in g) if r is not None] for n, g in trained.items()}
+    parts.append("Its d_KS is " + ", ".join(f"{_mean(g, 'd_ks'):.4f} at N = {n}" for n, g in trained.items()) +
+                 " (d_c = " + f"{d_c:.4f}), with its largest deviation from the power law at rank " +
+                 ", ".join(f"{'/'.join(str(r) for r in ranks[n])} (N = {n})" for n in trained if ranks[n]) + ".")
+    fails = [n for n, g in trained.items() if _mean(g, "d_ks") >= d_c]
+    passes = [n for n, g in trained.items() if _mean(g, "d_ks") < d_c]
+    if fails and passes and max(fails) < min(passes):
+        parts.append(f"So the trained network's verdict moves with the sample: no power law up to N = {max(fails)} "
+                     f"(the report's rows use N = 1000), a power law from N = {min(passes)} on, by a margin of "
+                     f"{d_c - max(_mean(trained[n], 'd_ks') for n in passes):.4f} or more below d_c.")
+    elif fails and passes:
+        parts.append("The trained network's verdict changes with N, but not monotonically.")
+    else:
+        parts.append("The trained network's verdict is the same at every N measured.")
+    if len(trained.get(1000, [])) >= 2:
+        sd = float(np.std([p["fit"]["d_ks"] for p in trained[1000]], ddof=1))
+        parts.append(f"Draws of 1000 examples move its d_KS by sd {sd:.4f}, {sd / d_c:.0%} of d_c: at the report's "
+                     f"sample a verdict within that distance of d_c is a draw of the sample.")
+    if init:
+        lo = min(_mean(g, "d_ks") for g in init.values())
+        hi = max(_mean(g, "d_ks") for g in init.values())
+        whole = (doc.get("whole_set") or {}).get("init")
+        spread = (f", its curvature spread over N_eff = {whole['participation_ratio'] / whole['num_examples']:.2f} N "
+                  f"examples" if whole else "")
+        verdict = "never passes" if all(_mean(g, "d_ks") >= d_c for g in init.values()) else "passes at some N"
+        parts.append(f"The initialisation{spread}, {verdict}: d_KS {lo:.4f} – {hi:.4f} at every N measured.")
+    return " ".join(parts)
+
+
+def krylov_steps_text(folder: Path) -> str:
+    """krylov-steps/*.json: each extended piece's top K at growing m, and where the stop rules would have ended it."""
+    docs = [json.loads(p.read_text()) for p in sorted((Path(folder) / "krylov-steps").glob("*.json"))]
+    if not docs:
+        return ""
+    out = ["Does a top K that meets the residual rule hold still as the Krylov space grows? Each piece below is one "
+           "Krylov run extended beyond its stop (`python -m train.krylov_steps`, results in `krylov-steps/`); a "
+           "run truncated at m steps is exactly an m-step run, so each row is what a run stopped at m reports, "
+           "against the longest run."]
+    for doc in docs:
+        rows = ["| m | meet the residual rule | d_KS | λ_K | largest change to the longest run | ranks changed > 1e-3 |",
+                "|---|---|---|---|---|---|"]
+        for r in doc["rows"]:
+            d = f"{r['d_ks']:.4f}" if r.get("d_ks") is not None else "–"
+            rows.append(f"| {r['m']} | {r['num_converged']} of {doc['k']} | {d} | {r['lambda_k']:.4g} | "
+                        f"{r['max_relative_change_to_last']:.1e} (rank {r['at_rank']}) | {r['ranks_changed_over_1e-3']} |")
+        stops = []
+        for block in doc["stops"]:
+            for r in block["rules"]:
+                where = ("never within the run" if r["m"] is None else
+                         f"at m = {r['m']} with d_KS {r['d_ks']:.4f}" if r.get("d_ks") is not None else
+                         f"at m = {r['m']}")
+                stops.append(f"from {block['first']} steps, checked every {block['every']}: rule \"{r['rule']}\" "
+                             f"stops {where}")
+        out.append(f"{doc['piece']} ({doc['dim']} parameters, tolerance {doc['tol']:g} λ_1; {doc['device']}):\n\n" +
+                   "\n".join(rows) + "\n\nReplayed on the same coefficients:\n\n" +
+                   "\n".join(f"- {s}" for s in stops))
+    out.append("The residual rule bounds how far each Ritz value is from *some* eigenvalue, not that it is the "
+               "eigenvalue of its rank: grown from fewer than 3K steps it stops while eigenvalues of the dense tail "
+               "are still missing, and every rank below them is shifted. The runs in this report start at 3K steps; "
+               "the Hessian-sample study and the LLM runs also require the top K to have settled (no rank moved by "
+               "more than 3e-3 over the last tenth of the steps, `hspec.top_eigenvalues(settle=...)`).")
+    return "\n\n".join(out)
+
+
 def hessian_sample_section(results: Path, figures: Path, rel: str) -> tuple[str, list[str]]:
     """The section's markdown and the figure file names it wrote."""
     series = load_series(results)
@@ -228,9 +323,15 @@ def hessian_sample_section(results: Path, figures: Path, rel: str) -> tuple[str,
         checks = checks_text(doc)
         if checks:
             out.append("The certified operator against the exact spectrum:\n\n" + checks)
+        mechanism = mechanism_text(doc)
+        if mechanism:
+            out.append(mechanism)
         reduction = reduction_text(Path(results) / STUDY / name)
         if reduction:
             out.append(reduction)
+        steps = krylov_steps_text(Path(results) / STUDY / name)
+        if steps:
+            out.append(steps)
     return "\n\n".join(out), written
 
 

@@ -120,3 +120,16 @@ def test_verdict_with_fewer_than_two_positive_values_is_defined():
         hspec.power_law_verdict(np.array([1.0, np.nan, -0.2]), 3)
     with pytest.raises(ValueError, match="k=1"):
         hspec.power_law_verdict(np.array([1.0, -0.5]), 1)
+
+
+def test_ks_deviations_place_the_largest_one_at_its_rank_and_give_d_ks():
+    """Written out for each rank from the definitions: the empirical CDF below rank r is (K − r)/K (no ties), the
+    fitted one 1 − (λ_r/λ_K)^(1−β)."""
+    from hspec.powerlaw import ks_deviations
+
+    eigs = np.sort(np.random.default_rng(3).pareto(1.5, 50) + 1.0)[::-1]
+    fit = hspec.fit_power_law(eigs, k=50)
+    dev = ks_deviations(eigs, fit.beta)
+    by_hand = [abs((1.0 - (eigs[r] / eigs[-1]) ** (1.0 - fit.beta)) - (49 - r) / 50) for r in range(50)]
+    assert dev == pytest.approx(by_hand, rel=1e-12, abs=1e-15)
+    assert dev.max() == pytest.approx(fit.d_ks, rel=1e-12)
