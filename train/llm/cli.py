@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from train import progress_wanted
+from train.exits import NOT_CONVERGED, exit_status
 from train.llm import presets
 
 EPILOG = """examples:
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         if status is None:
             raise
         print(f"error: {err}", file=sys.stderr)
-        if status == 4:
+        if status == NOT_CONVERGED:
             print("hint: the checkpoint is saved; continue with --resume --set max_lanczos_steps=<larger> "
                   "(or a smaller --set k=...)", file=sys.stderr)
         return status
@@ -130,26 +131,6 @@ def initialize_distributed() -> None:
     kwargs = {name: int(os.environ[env]) for name, env in (("num_processes", "JAX_NUM_PROCESSES"),
                                                             ("process_id", "JAX_PROCESS_ID")) if env in os.environ}
     jax.distributed.initialize(**kwargs)
-
-
-def exit_status(err: Exception) -> int | None:
-    """2 bad input, 3 non-finite loss, 4 not converged; None for anything else (a bug: traceback)."""
-    import hspec
-    from train.checkpoint import CheckpointError
-    from train.data.dataset import DataError
-    from train.llm.weights import CheckpointError as WeightsError
-    from train.llm.weights import NonFiniteWeightsError
-    from train.loop import NonFiniteLossError
-    from train.record import RecordError
-    from train.rundir import OutputDirError
-
-    if isinstance(err, (NonFiniteLossError, NonFiniteWeightsError, hspec.NonFiniteError)):
-        return 3
-    if isinstance(err, hspec.NotConvergedError):
-        return 4
-    bad_input = (presets.LLMConfigError, CheckpointError, WeightsError, DataError, FileNotFoundError, OutputDirError,
-                 RecordError)
-    return 2 if isinstance(err, bad_input) else None
 
 
 if __name__ == "__main__":
