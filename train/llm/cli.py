@@ -108,13 +108,14 @@ def _run(args: argparse.Namespace, cfg: presets.LLMConfig) -> int:
     """Train and measure; print the table."""
     if args.distributed:
         initialize_distributed()
-    from train.llm import track, train
+    from train.llm import track
+    from train.llm.run import run
 
     out = Path(args.out or os.path.join("results", "llm", cfg.preset))
     work = Path(args.work) if args.work else Path("runs") / "llm" / out.name
     data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
-    tracking = train.run(cfg, out, work=work, resume=args.resume, weights=args.weights, data_dir=data_dir,
-                         progress=progress_wanted(args.no_progress))
+    tracking = run(cfg, out, work=work, resume=args.resume, weights=args.weights, data_dir=data_dir,
+                   progress=progress_wanted(args.no_progress))
     print(track.table(tracking))
     print(f"tracking: {out / 'tracking.json'} and {out / 'tracking.png'}; checkpoints in {work / 'checkpoints'}")
     return 0
