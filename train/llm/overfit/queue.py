@@ -30,24 +30,24 @@ def _build(p: Plan, **fields):
     return build(dataclasses.replace(p.cfg, **fields), data_dir=p.data_dir)
 
 
-def _train_sample(r) -> list:
+def _train_sample(run) -> list:
     """The fixed training-loss sample: eval_sequences windows of the (subset) training split, from
     fold_in(data_options, 1) (the held-out sample is fold_in(data_options, 0))."""
     import jax
 
     from train.llm import data as data_lib
 
-    return data_lib.fixed_batches(r.data.train, jax.random.fold_in(r.keys.data_options, 1), r.cfg.eval_sequences,
-                                  r.cfg.eval_batch)
+    return data_lib.fixed_batches(run.data.train, jax.random.fold_in(run.keys.data_options, 1), run.cfg.eval_sequences,
+                                  run.cfg.eval_batch)
 
 
-def _losses(r, trained, train_batches) -> dict[str, float]:
+def _losses(run, trained, train_batches) -> dict[str, float]:
     """Test and training loss (evaluation mode, fixed samples) of trained parameters, and their gap."""
     from train.llm import loop
 
-    step = loop.make_eval_step(r.split.eval_def)
-    test = loop.evaluate(step, trained, r.fixed, r.eval_batches)
-    train_loss = loop.evaluate(step, trained, r.fixed, train_batches)
+    step = loop.make_eval_step(run.split.eval_def)
+    test = loop.evaluate(step, trained, run.fixed, run.eval_batches)
+    train_loss = loop.evaluate(step, trained, run.fixed, train_batches)
     return {"test_loss": test, "train_loss": train_loss, "gap": test - train_loss}
 
 
@@ -63,17 +63,17 @@ def train_piece(p: Plan, progress: bool = False) -> None:
     if done and done[-1] >= cfg.steps and (p.out / "curve.json").is_file():
         return
     p.work.mkdir(parents=True, exist_ok=True)
-    r = _build(p)
+    run = _build(p)
     resume = bool(done)
     if resume and (p.work / rundir.CONFIG).is_file():
         driver.check_resume_config(json.loads((p.work / rundir.CONFIG).read_text()), cfg)
     write_config(p.work, cfg)
-    state, start = driver.restore_or_start(r, ckpt_dir, p.work, resume)
+    state, start = driver.restore_or_start(run, ckpt_dir, p.work, resume)
     curve = read_curve(curve_path, start)
     curve_path.write_text("".join(json.dumps(row) + "\n" for row in curve))
-    sample = _train_sample(r)
+    sample = _train_sample(run)
     if not curve:
-        curve.append({"step": 0, **_losses(r, state.params, sample)})
+        curve.append({"step": 0, **_losses(run, state.params, sample)})
         curve_path.write_text(json.dumps(curve[-1]) + "\n")
     marks = sorted({s for s in range(start + 1, cfg.steps + 1) if s % EVAL_EVERY == 0} |
                    {s for s in cfg.checkpoint_steps if s > start} | {cfg.steps})
@@ -82,13 +82,13 @@ def train_piece(p: Plan, progress: bool = False) -> None:
     t0 = time.perf_counter()
     for mark in marks:
         last = ckpt.list_epochs(ckpt_dir)
-        state, _ = driver.train_steps(r, state, start, mark, work=p.work,
+        state, _ = driver.train_steps(run, state, start, mark, work=p.work,
                                       last_checkpoint=str(ckpt.epoch_path(ckpt_dir, last[-1])) if last else None,
                                       progress=progress)
         start = mark
-        row = {"step": mark, **_losses(r, state.params, sample)}
+        row = {"step": mark, **_losses(run, state.params, sample)}
         if mark in keep or (cfg.save_every and mark % cfg.save_every == 0) or mark == cfg.steps:
-            driver.save_checkpoint(r, state, ckpt_dir, mark)
+            driver.save_checkpoint(run, state, ckpt_dir, mark)
             ckpt.prune(ckpt_dir, keep_last=1, keep=keep)
         with open(curve_path, "a") as f:
             f.write(json.dumps(row) + "\n")
@@ -101,20 +101,20 @@ def train_piece(p: Plan, progress: bool = False) -> None:
                 "(fold_in(data_options, 1)), both in evaluation mode", "curve": read_curve(curve_path)})
 
 
-def _measure_one(p: Plan, r, step: int, results: Path, state_name: str, progress: bool) -> None:
-    """Measure one checkpoint with the run `r` (its Hessian sample) and write results.json + spectrum.png."""
+def _measure_one(p: Plan, run, step: int, results: Path, state_name: str, progress: bool) -> None:
+    """Measure one checkpoint with the assembled `run` (its Hessian sample) and write results.json + spectrum.png."""
     from train import checkpoint as ckpt
     from train import record
     from train.llm import driver, spectrum
 
     ckpt_dir = ckpt.checkpoint_dir(p.work)
-    state, _ = driver.load_params(r, ckpt_dir, step)
+    state, _ = driver.load_params(run, ckpt_dir, step)
     t0 = time.perf_counter()
     result = spectrum.measure_state(
-        r, state.params, step, train_loss=spectrum.recent_train_loss(p.work, step),
+        run, state.params, step, train_loss=spectrum.recent_train_loss(p.work, step),
         checkpoint=f"<work>/checkpoints/{ckpt.epoch_path(ckpt_dir, step).name}", progress=progress,
         lanczos_state=p.work / "lanczos" / state_name)
-    fixed = _losses(r, state.params, _train_sample(r))
+    fixed = _losses(run, state.params, _train_sample(run))
     result = dataclasses.replace(result, metrics=dict(result.metrics, train_loss_fixed=fixed["train_loss"],
                                                       gap=fixed["gap"]))
     record.save(result, results)
@@ -123,7 +123,7 @@ def _measure_one(p: Plan, r, step: int, results: Path, state_name: str, progress
          f"{result.spectrum['lanczos_steps']} Lanczos steps, {time.perf_counter() - t0:.0f} s")
 
 
-def _try_measure(p: Plan, r, step: int, results: Path, state_name: str, progress: bool) -> bool:
+def _try_measure(p: Plan, run, step: int, results: Path, state_name: str, progress: bool) -> bool:
     """_measure_one, except that a spectrum not converged within max_lanczos_steps is logged (and listed in
     <work>/not_converged.json) instead of stopping the queue; its Krylov state is kept, so that a run with a
     larger --set max_lanczos_steps=... continues it."""
@@ -131,7 +131,7 @@ def _try_measure(p: Plan, r, step: int, results: Path, state_name: str, progress
 
     path = p.work / "not_converged.json"
     try:
-        _measure_one(p, r, step, results, state_name, progress)
+        _measure_one(p, run, step, results, state_name, progress)
         if path.is_file():  # measured now, with a larger budget
             failed = json.loads(path.read_text())
             failed.pop(state_name, None)
@@ -157,9 +157,9 @@ def spectra_piece(p: Plan, progress: bool = False, key_only: bool = False) -> No
     order = _spectrum_order(p)[:len(set(key_steps(checkpoint_losses(p)).values()))] if key_only else _spectrum_order(p)
     todo = [s for s in order if not (p.out / "steps" / str(s) / "results.json").is_file()]
     if todo:
-        r = _build(p)
+        run = _build(p)
         for s in todo:
-            _try_measure(p, r, s, p.out / "steps" / str(s) / "results.json", f"steps-{s}", progress)
+            _try_measure(p, run, s, p.out / "steps" / str(s) / "results.json", f"steps-{s}", progress)
             analyse(p)
 
 
@@ -172,8 +172,8 @@ def draws_piece(p: Plan, progress: bool = False) -> None:
         for d in DRAWS:
             path = p.out / "draws" / f"draw-{d}" / "steps" / str(s) / "results.json"
             if not path.is_file():
-                r = runs.setdefault(d, _build(p, hessian_draw=d))
-                _try_measure(p, r, s, path, f"draw-{d}-{s}", progress)
+                run = runs.setdefault(d, _build(p, hessian_draw=d))
+                _try_measure(p, run, s, path, f"draw-{d}-{s}", progress)
                 analyse(p)
 
 
@@ -186,37 +186,39 @@ def sizes_piece(p: Plan, progress: bool = False) -> None:
         todo = [s for s in dict.fromkeys((key["before"], key["after"]))
                 if not (p.out / "sensitivity" / name / "steps" / str(s) / "results.json").is_file()]
         if todo:
-            r = _build(p, hessian_sequences=seqs)
+            run = _build(p, hessian_sequences=seqs)
             for s in todo:
-                _try_measure(p, r, s, p.out / "sensitivity" / name / "steps" / str(s) / "results.json",
+                _try_measure(p, run, s, p.out / "sensitivity" / name / "steps" / str(s) / "results.json",
                              f"{name}-{s}", progress)
                 analyse(p)
 
 
-def paper_literal(p: Plan, r, step: int, progress: bool = False) -> dict[str, Any]:
+def paper_literal(p: Plan, run, step: int, progress: bool = False) -> dict[str, Any]:
     """The paper's literal procedure at one checkpoint (PAPER_LITERAL), its fit beside the converged one's."""
     import jax
 
     import hspec
     from train import checkpoint as ckpt
     from train import record
-    from train.llm import driver, loop, spectrum
+    from train.llm import driver, loop
+    from train.llm.spectrum import subset_pattern
 
-    state, _ = driver.load_params(r, ckpt.checkpoint_dir(p.work), step)
-    params = loop.full_params(state.params, r.fixed)
-    pattern = spectrum.subset_pattern(r.cfg, r.model_info["arch_config"])
+    state, _ = driver.load_params(run, ckpt.checkpoint_dir(p.work), step)
+    params = loop.full_params(state.params, run.fixed)
+    pattern = subset_pattern(run.cfg, run.model_info["arch_config"])
     t0 = time.perf_counter()
     with jax.default_matmul_precision("highest"):
-        op = hspec.hessian_operator(r.hessian_loss, params, batches=r.hessian_batches, wrt=pattern)
-        top = hspec.top_eigenvalues(op, k=r.cfg.k, key=r.keys.lanczos_start, num_steps=PAPER_LITERAL["lanczos_steps"],
-                                    max_steps=PAPER_LITERAL["lanczos_steps"], num_starts=PAPER_LITERAL["num_starts"],
+        op = hspec.hessian_operator(run.hessian_loss, params, batches=run.hessian_batches, wrt=pattern)
+        top = hspec.top_eigenvalues(op, k=run.cfg.k, key=run.keys.lanczos_start,
+                                    num_steps=PAPER_LITERAL["lanczos_steps"], max_steps=PAPER_LITERAL["lanczos_steps"],
+                                    num_starts=PAPER_LITERAL["num_starts"],
                                     combine=PAPER_LITERAL["combine"], strict=False, progress=progress,
                                     checkpoint_dir=p.work / "lanczos" / f"paper-literal-{step}")
-    verdict = hspec.power_law_verdict(top.eigenvalues, r.cfg.k)
+    verdict = hspec.power_law_verdict(top.eigenvalues, run.cfg.k)
     spectrum = {k: v for k, v in top.to_dict().items() if k not in ("std",)}
     return {"step": step, "procedure": PAPER_LITERAL["procedure"], "fit": record.fit_block(verdict, 0.05),
             "verdict": verdict.verdict, "spectrum": dict(spectrum, num_positive=int(np.sum(top.eigenvalues > 0))),
-            "hessian_tokens": int(sum(float(np.sum(b[2])) for b in r.hessian_batches)),
+            "hessian_tokens": int(sum(float(np.sum(b[2])) for b in run.hessian_batches)),
             "seconds": time.perf_counter() - t0 + top.lanczos.resumed_s}
 
 
