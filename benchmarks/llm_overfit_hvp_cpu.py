@@ -39,8 +39,7 @@ def time_size(width: int, block: int, tokens: int, basis_rows: int, repeats: int
     pattern = train.subset_pattern(cfg, r.model_info["arch_config"])
     with jax.default_matmul_precision("highest"):
         t0 = time.perf_counter()
-        op = hspec.hessian_operator(loop.hessian_loss(r.split.eval_def), params, batches=r.hessian_batches,
-                                    wrt=pattern)
+        op = hspec.hessian_operator(r.hessian_loss, params, batches=r.hessian_batches, wrt=pattern)
         v = jax.random.normal(jax.random.key(1), (op.dim,), op.dtype)
         jax.block_until_ready(op.matvec(v))
         build_s = time.perf_counter() - t0
@@ -48,7 +47,7 @@ def time_size(width: int, block: int, tokens: int, basis_rows: int, repeats: int
     basis = np.random.default_rng(0).standard_normal((basis_rows, op.dim)).astype(np.float32)
     w = np.asarray(v)
     reorth_s = median_seconds(lambda: basis.T @ (basis @ w), repeats)
-    step_fn = loop.make_train_step(r.split.train_def, r.optim)
+    step_fn = loop.lm_train_step(r.split.train_def, r.optim)
     from train.llm import data as data_lib
     xs, ys, ws = data_lib.train_batch(r.data.train, r.keys.data_order, 0, cfg.micro_batch, cfg.grad_accum)
     state = r.state

@@ -31,6 +31,7 @@ import sys
 from train import progress_wanted
 from train import config as config_lib
 from train import presets
+from train.exits import exit_status
 
 DATA_DIR_HELP = ("data directory (default: env HSPEC_DATA_DIR, else ~/.cache/hspec/data; missing MNIST, Fashion-MNIST "
                  "and CIFAR files are downloaded there on first use, checked against tensorflow-datasets' "
@@ -192,35 +193,11 @@ def main(argv: list[str] | None = None) -> int:
             return report.main(argv[1:])
         return _main_train(argv)
     except Exception as err:
-        status = _exit_status(err)
+        status = exit_status(err)
         if status is None:
             raise
         print(f"error: {err}", file=sys.stderr)
         return status
-
-
-def _exit_status(err: Exception) -> int | None:
-    """2 for bad input (config, data, output directory, checkpoint, a damaged Krylov state or results.json), 3 for a
-    non-finite loss or Hessian-vector product, 4 for a spectrum whose top K did not converge, else None (a bug: the
-    traceback is shown)."""
-    import hspec
-    from train.checkpoint import CheckpointError
-    from train.data.dataset import DataError
-    from train.loop import NonFiniteLossError
-    from train.record import RecordError
-    from train.run import SpectrumError
-    from train.rundir import OutputDirError
-
-    if isinstance(err, SpectrumError):  # its message says what to do; the status says what failed
-        cause = err.__cause__
-        return 4 if isinstance(cause, hspec.NotConvergedError) else 3 if isinstance(cause, hspec.NonFiniteError) \
-            else _exit_status(cause) if isinstance(cause, Exception) else None
-    if isinstance(err, NonFiniteLossError):
-        return 3
-    if isinstance(err, (config_lib.ConfigError, CheckpointError, DataError, FileNotFoundError, OutputDirError,
-                        hspec.KrylovStateError, RecordError)):
-        return 2
-    return None
 
 
 if __name__ == "__main__":

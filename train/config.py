@@ -23,10 +23,10 @@ import dataclasses
 import difflib
 import json
 import math
-import types
 import typing
 from typing import Any, Mapping
 
+from train import overrides
 from train.catalog import DATASETS, NUM_CLASSES, OPTIMIZERS, PAPER_WEIGHT_DECAY
 
 MODELS = ("lenet5", "fcn", "resnet18", "linear")
@@ -122,37 +122,8 @@ def field_types() -> dict[str, Any]:
     return typing.get_type_hints(Config)
 
 
-def _type_name(tp: Any) -> str:
-    """A short human name for a field type, e.g. 'int or None', 'tuple of float'."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " or ".join("None" if a is type(None) else _type_name(a) for a in args)
-    if typing.get_origin(tp) is tuple:
-        return f"tuple of {_type_name(args[0])} (comma-separated)"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _parse_scalar(text: str, tp: type) -> Any:
-    """Parse one string as an int, float, bool or str; raise ValueError when it is not one."""
-    if tp is bool:
-        low = text.strip().lower()
-        if low in ("true", "1", "yes", "on"):
-            return True
-        if low in ("false", "0", "no", "off"):
-            return False
-        raise ValueError(text)
-    if tp is int:
-        return int(text.strip())  # "1.5" and "1e3" are rejected: an int field takes an integer
-    if tp is float:
-        value = float(text.strip())
-        if not math.isfinite(value):
-            raise ValueError(text)
-        return value
-    return text
-
-
 def parse_value(name: str, text: str) -> Any:
-    """Parse a command-line string into the type of the Config field `name`.
+    """Parse a command-line string into the type of the Config field `name` (train.overrides.parse_typed).
 
     "none"/"null" give None for optional fields; tuples are comma-separated ("" or "()" is empty).
 
@@ -167,59 +138,7 @@ def parse_value(name: str, text: str) -> Any:
         ConfigError: unknown field, or a value that does not parse as the field's type.
     """
     check_known(name)
-    tp = field_types()[name]
-    try:
-        return _parse_typed(text, tp)
-    except ValueError:
-        raise ConfigError(
-            f"config field {name!r} expects {_type_name(tp)}, got {text!r}; "
-            f"e.g. {name}={_example(tp)}") from None
-
-
-def _parse_typed(text: str, tp: Any) -> Any:
-    """Parse `text` as the (possibly optional or tuple) type `tp`."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        if text.strip().lower() in ("none", "null"):
-            return None
-        inner = [a for a in args if a is not type(None)]
-        for tp_inner in inner[:-1]:  # e.g. int | str: "1000" is an int, "all" a str
-            try:
-                return _parse_typed(text, tp_inner)
-            except ValueError:
-                pass
-        return _parse_typed(text, inner[-1])
-    if typing.get_origin(tp) is tuple:
-        body = text.strip().strip("()[]")
-        parts = [p for p in body.split(",") if p.strip()]
-        return tuple(_parse_scalar(p, args[0]) for p in parts)
-    return _parse_scalar(text, tp)
-
-
-def _example(tp: Any) -> str:
-    """An example literal for a field type, used in error messages."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return _example([a for a in args if a is not type(None)][0])
-    if typing.get_origin(tp) is tuple:
-        return "1,2,3" if args[0] is int else "0.4,0.8"
-    return {int: "10", float: "0.1", bool: "true", str: "name"}.get(tp, "value")
-
-
-def _matches_type(value: Any, tp: Any) -> bool:
-    """Whether a Python value is an instance of a field type (bool is not an int here)."""
-    args = typing.get_args(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return any(_matches_type(value, a) for a in args)
-    if tp is type(None):
-        return value is None
-    if typing.get_origin(tp) is tuple:
-        return isinstance(value, tuple) and all(_matches_type(v, args[0]) for v in value)
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, tp)
+    return overrides.typed_changes({name: text}, field_types(), error=ConfigError)[name]
 
 
 def check_known(name: str) -> None:
@@ -234,12 +153,12 @@ def check_known(name: str) -> None:
         raise ConfigError(f"unknown config field {name!r}{hint}; valid fields: {', '.join(FIELD_NAMES)}")
 
 
-def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+def apply_overrides(cfg: Config, changes: Mapping[str, Any]) -> Config:
     """Return `cfg` with fields replaced; string values are parsed with the field's type.
 
     Args:
         cfg: the base configuration.
-        overrides: field name -> value (a string from the command line, or a typed Python value).
+        changes: field name -> value (a string from the command line, or a typed Python value).
 
     Returns:
         The new Config (not yet validated against the other fields; see `validate`).
@@ -247,25 +166,13 @@ def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
     Raises:
         ConfigError: an unknown field or a value of the wrong type.
     """
-    types_ = field_types()
-    changes = {}
-    for name, value in overrides.items():
+    for name in changes:
         check_known(name)
-        if isinstance(value, str) and types_[name] is not str:
-            value = parse_value(name, value)
-        elif isinstance(value, list):
-            value = tuple(value)
-        if isinstance(value, int) and not isinstance(value, bool) and types_[name] in (float, float | None):
-            value = float(value)
-        if not _matches_type(value, types_[name]):
-            raise ConfigError(f"config field {name!r} expects {_type_name(types_[name])}, "
-                              f"got {value!r} ({type(value).__name__})")
-        changes[name] = value
-    return dataclasses.replace(cfg, **changes)
+    return dataclasses.replace(cfg, **overrides.typed_changes(changes, field_types(), error=ConfigError))
 
 
 def parse_assignments(items: list[str]) -> dict[str, str]:
-    """Split command-line `key=value` strings into a dict (values stay strings).
+    """Split command-line `key=value` strings into a dict (values stay strings; train.overrides).
 
     Args:
         items: strings such as "epochs=5".
@@ -277,17 +184,7 @@ def parse_assignments(items: list[str]) -> dict[str, str]:
         ConfigError: an item without "=", with an unknown key, or a key set twice (in any spelling: `--set k=12
             --set k=8`, `k=12 --set k=8`, `--k 12 k=8`), naming both values: no silent "last one wins".
     """
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        key = key.strip().lstrip("-").replace("-", "_")
-        if not sep:
-            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. epochs=5)")
-        check_known(key)
-        if key in out:
-            raise ConfigError(f"config field {key!r} is set twice ({key}={out[key]} and {key}={value}); set it once")
-        out[key] = value
-    return out
+    return overrides.parse_assignments(items, error=ConfigError, check_key=check_known, hint="epochs=5")
 
 
 def _require(cond: bool, message: str) -> None:

@@ -142,11 +142,10 @@ def hessian_record(exp: Experiment) -> dict[str, Any]:
 def data_record(ds: Any, data_dir: str | None = None) -> dict[str, Any]:
     """Where the data came from (the data root written as <data_dir>: no machine paths in committed
     results) and what the options did to it."""
-    from train.data import resolve_data_dir
+    from train.data import without_data_root
 
-    root = str(resolve_data_dir(data_dir).absolute())
     noise = None if ds.y_train_clean is None else float(np.mean(ds.y_train != ds.y_train_clean))
-    return {"source": ds.source.replace(root, "<data_dir>"), "num_train": int(len(ds.y_train)),
+    return {"source": without_data_root(ds.source, data_dir), "num_train": int(len(ds.y_train)),
             "num_test": int(len(ds.y_test)), "realised_label_noise": noise,
             "train_label_entropy": label_entropy(ds.y_train)}
 

@@ -1,8 +1,9 @@
-"""The one adapter from a Flax NNX model to the pure loss function hspec needs (STYLE.md).
+"""The one adapter from a Flax NNX model to the pure loss function hspec needs (STYLE.md), CNNs and LLMs alike.
 
 ``nnx.split`` happens here, at the boundary, and ``nnx.merge`` inside the loss, so that hspec sees only
 ``loss_fn(params, batch) -> scalar`` over a plain parameter pytree and nothing else in the code base
-needs to know both Flax and hspec.
+needs to know both Flax and hspec. The classifiers' loss is `hessian_loss`, the language models'
+`token_hessian_loss`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from flax import nnx
 
 from train.loop import cross_entropy
 
-__all__ = ["hessian_loss", "loss_fn_from_model", "hessian_batches", "output_fn", "jacobian_output_fn", "example_loss",
-           "curvature_record"]
+__all__ = ["hessian_loss", "token_hessian_loss", "loss_fn_from_model", "hessian_batches", "output_fn",
+           "jacobian_output_fn", "example_loss", "curvature_record"]
 
 
 def hessian_loss(eval_def: nnx.GraphDef, rest: nnx.State) -> Callable:
@@ -36,6 +37,30 @@ def hessian_loss(eval_def: nnx.GraphDef, rest: nnx.State) -> Callable:
         x, y = batch
         # Evaluation mode mutates nothing, so merging without a copy is safe under tracing.
         return jnp.mean(cross_entropy(nnx.merge(eval_def, p, rest)(x), y))
+
+    return loss_fn
+
+
+def token_hessian_loss(eval_def: nnx.GraphDef) -> Callable:
+    """The Hessian loss of a split language model: mean token cross-entropy in evaluation mode, no weight decay.
+
+    The LLM pipeline keeps one such function per run (train.llm.build), so that hspec reuses its compiled
+    programs at every checkpoint.
+
+    Args:
+      eval_def: the evaluation-mode graph definition (no dropout).
+
+    Returns:
+      ``loss_fn(params, (x, y, w))``: sum(w * cross-entropy) / sum(w) over the batch's tokens; ``params`` is the
+      full parameter state (train.llm.loop.full_params: trained and fixed merged), so that hspec's ``wrt``
+      regexes see the model's own paths.
+    """
+    from train.llm.loop import token_loss
+
+    def loss_fn(params, batch):
+        x, y, w = batch
+        s, n = token_loss(nnx.merge(eval_def, params)(x), y, w)
+        return s / jnp.maximum(n, 1.0)
 
     return loss_fn
 

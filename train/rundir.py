@@ -180,3 +180,11 @@ def append_metrics(run: Path, record: dict[str, Any]) -> None:
     """Append one epoch's line to metrics.jsonl."""
     with open(run / METRICS, "a") as f:
         f.write(json.dumps(jsonable(record)) + "\n")
+
+
+def read_metrics(run: Path) -> list[dict]:
+    """The records of metrics.jsonl, in order ([] when there is none yet)."""
+    path = run / METRICS
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

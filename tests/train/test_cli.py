@@ -328,10 +328,10 @@ def test_progress_bars_only_on_a_terminal(monkeypatch):
 def test_a_damaged_krylov_state_is_an_error_line_with_status_2():
     """hspec.KrylovStateError, raised alone (spectrum, sensitivity) or as the cause of a run's SpectrumError."""
     import hspec
-    from train.__main__ import _exit_status
+    from train.exits import exit_status
     from train.run import SpectrumError
 
     damaged = hspec.KrylovStateError("the Krylov state in x cannot be used: ...; delete x to start this spectrum afresh")
     wrapped = SpectrumError("the spectrum of final (epoch 1) failed")
     wrapped.__cause__ = damaged
-    assert _exit_status(damaged) == _exit_status(wrapped) == 2
+    assert exit_status(damaged) == exit_status(wrapped) == 2

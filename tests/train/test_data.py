@@ -180,7 +180,7 @@ def test_a_relative_data_directory_is_made_absolute_where_it_is_read(tmp_path, m
     """The README's `HSPEC_DATA_DIR=../shared/data`, as an argument or in the environment: the root is absolute,
     so the data record names its files under <data_dir> and a process started elsewhere finds the same data."""
     from train.experiment import data_record
-    from train.llm.train import _without_root
+    from train.data import without_data_root
 
     (tmp_path / "repo").mkdir()
     monkeypatch.chdir(tmp_path / "repo")
@@ -191,7 +191,7 @@ def test_a_relative_data_directory_is_made_absolute_where_it_is_read(tmp_path, m
     assert data.resolve_data_dir() == SHARED and data.resolve_data_dir("~") == Path.home()
     corpus = data.load_shakespeare(relative, download=False, progress=False)
     assert corpus.source == str(SHARED / "tinyshakespeare" / "input.txt")
-    assert _without_root(corpus.source, relative) == _without_root(corpus.source, None) == \
+    assert without_data_root(corpus.source, relative) == without_data_root(corpus.source, None) == \
         "<data_dir>/tinyshakespeare/input.txt"
     ds = data.load("mnist", relative, download=False, progress=False)
     assert data_record(ds, relative)["source"] == "local IDX files in <data_dir>/mnist"

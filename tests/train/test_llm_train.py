@@ -232,7 +232,7 @@ def test_presets_build_and_state_their_departures():
     with pytest.raises(presets.LLMConfigError, match="did you mean k"):
         presets.apply_overrides(nano, {"kk": "3"})
     assert presets.COMBINES == hspec.COMBINES
-    with pytest.raises(presets.LLMConfigError, match="not a valid int"):
+    with pytest.raises(presets.LLMConfigError, match="'k' expects int"):
         presets.apply_overrides(nano, {"k": "many"})
 
 

@@ -19,6 +19,7 @@ from train.data.dataset import (
     DownloadError,
     default_data_dir,
     resolve_data_dir,
+    without_data_root,
 )
 from train.data.download import ENV_MIRROR, Checksum
 from train.data.options import (
@@ -37,5 +38,5 @@ __all__ = [
     "DownloadError", "DataCorruptError", "Checksum", "HessianSample", "CharCorpus", "default_data_dir",
     "read_cifar_binary", "load", "apply_options", "hessian_sample", "epoch_permutation", "batches", "num_batches", "augment_cifar",
     "augment_draws", "load_shakespeare", "char_corpus", "resolve_data_dir", "read_idx", "subset_indices",
-    "symmetric_label_noise", "draw_random_labels",
+    "symmetric_label_noise", "draw_random_labels", "without_data_root",
 ]

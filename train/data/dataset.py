@@ -11,6 +11,7 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -142,6 +143,22 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
         env = os.environ.get(ENV_DATA_DIR, "")
         chosen = Path(env) if env else default_data_dir()
     return Path(os.path.abspath(chosen.expanduser()))
+
+
+def without_data_root(info: Any, data_dir: str | os.PathLike | None = None) -> Any:
+    """A data record with the data root written as <data_dir>: committed results carry no machine paths.
+
+    Args:
+      info: a string, or a dict of them (nested dicts too; other values pass unchanged).
+      data_dir: the data root as given to the loader (resolved as `resolve_data_dir` does).
+
+    Returns:
+      The same structure, every occurrence of the absolute data root replaced by "<data_dir>".
+    """
+    root = str(resolve_data_dir(data_dir).absolute())
+    if isinstance(info, dict):
+        return {k: without_data_root(v, data_dir) for k, v in info.items()}
+    return info.replace(root, "<data_dir>") if isinstance(info, str) else info
 
 
 def uint8_channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from train import progress_wanted
+from train.exits import NOT_CONVERGED, exit_status
 from train.llm import presets
 
 EPILOG = """examples:
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         if status is None:
             raise
         print(f"error: {err}", file=sys.stderr)
-        if status == 4:
+        if status == NOT_CONVERGED:
             print("hint: the checkpoint is saved; continue with --resume --set max_lanczos_steps=<larger> "
                   "(or a smaller --set k=...)", file=sys.stderr)
         return status
@@ -107,13 +108,14 @@ def _run(args: argparse.Namespace, cfg: presets.LLMConfig) -> int:
     """Train and measure; print the table."""
     if args.distributed:
         initialize_distributed()
-    from train.llm import track, train
+    from train.llm import track
+    from train.llm.run import run
 
     out = Path(args.out or os.path.join("results", "llm", cfg.preset))
     work = Path(args.work) if args.work else Path("runs") / "llm" / out.name
     data_dir = os.path.abspath(args.data_dir) if args.data_dir else None
-    tracking = train.run(cfg, out, work=work, resume=args.resume, weights=args.weights, data_dir=data_dir,
-                         progress=progress_wanted(args.no_progress))
+    tracking = run(cfg, out, work=work, resume=args.resume, weights=args.weights, data_dir=data_dir,
+                   progress=progress_wanted(args.no_progress))
     print(track.table(tracking))
     print(f"tracking: {out / 'tracking.json'} and {out / 'tracking.png'}; checkpoints in {work / 'checkpoints'}")
     return 0
@@ -130,26 +132,6 @@ def initialize_distributed() -> None:
     kwargs = {name: int(os.environ[env]) for name, env in (("num_processes", "JAX_NUM_PROCESSES"),
                                                             ("process_id", "JAX_PROCESS_ID")) if env in os.environ}
     jax.distributed.initialize(**kwargs)
-
-
-def exit_status(err: Exception) -> int | None:
-    """2 bad input, 3 non-finite loss, 4 not converged; None for anything else (a bug: traceback)."""
-    import hspec
-    from train.checkpoint import CheckpointError
-    from train.data.dataset import DataError
-    from train.llm.weights import CheckpointError as WeightsError
-    from train.llm.weights import NonFiniteWeightsError
-    from train.loop import NonFiniteLossError
-    from train.record import RecordError
-    from train.rundir import OutputDirError
-
-    if isinstance(err, (NonFiniteLossError, NonFiniteWeightsError, hspec.NonFiniteError)):
-        return 3
-    if isinstance(err, hspec.NotConvergedError):
-        return 4
-    bad_input = (presets.LLMConfigError, CheckpointError, WeightsError, DataError, FileNotFoundError, OutputDirError,
-                 RecordError)
-    return 2 if isinstance(err, bad_input) else None
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ cosine from the peak at `warmup` to `min_lr` at the last step; or constant.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -24,15 +23,23 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-__all__ = ["TrainState", "OptimSpec", "lr_schedule", "decay_mask", "make_optimizer", "SplitModel", "split_model",
-           "accumulated_grads", "make_train_step", "make_eval_step", "hessian_loss", "token_loss", "full_params"]
+__all__ = ["TokenTrainState", "OptimSpec", "lr_schedule", "decay_mask", "make_optimizer", "SplitModel",
+           "split_model", "accumulated_grads", "lm_train_step", "make_eval_step", "hessian_loss", "token_loss",
+           "full_params", "TrainState", "make_train_step"]
 
 
-class TrainState(NamedTuple):
-    """What a step changes: the trained parameters and the optimiser state."""
+class TokenTrainState(NamedTuple):
+    """What a language model's step changes: the trained parameters and the optimiser state.
+
+    The CNN's twin (train.loop.TrainState) also carries the non-parameter state (BatchNorm statistics); here the
+    parameters held fixed (a LoRA base) stay outside the state, so that they are neither donated nor checkpointed.
+    """
 
     params: Any
     opt_state: Any
+
+
+TrainState = TokenTrainState  # the name before the LLM twins were named by what differs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,9 +171,8 @@ def accumulated_grads(train_def: Any) -> Callable:
     return grads
 
 
-@functools.lru_cache(maxsize=16)
-def make_train_step(train_def: Any, spec: OptimSpec) -> Callable:
-    """The jitted optimiser step (cached per graph definition and optimiser, so runs share one compile).
+def lm_train_step(train_def: Any, spec: OptimSpec) -> Callable:
+    """The jitted optimiser step (built once per run: train.llm.build keeps it in the LMRun).
 
     Args:
         train_def: the training-mode graph definition.
@@ -179,22 +185,25 @@ def make_train_step(train_def: Any, spec: OptimSpec) -> Callable:
     tx = make_optimizer(spec)
     grads_fn = accumulated_grads(train_def)
 
-    def step(state: TrainState, fixed, xs, ys, ws, key):
+    def step(state: TokenTrainState, fixed, xs, ys, ws, key):
         loss, grads = grads_fn(state.params, fixed, xs, ys, ws, key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        return TrainState(optax.apply_updates(state.params, updates), opt_state), loss
+        return TokenTrainState(optax.apply_updates(state.params, updates), opt_state), loss
 
     return jax.jit(step, donate_argnums=0)
 
 
-def init_state(trained: Any, spec: OptimSpec) -> TrainState:
+make_train_step = lm_train_step  # the name before the LLM twins were named by what differs
+
+
+def init_state(trained: Any, spec: OptimSpec) -> TokenTrainState:
     """The state before step 0: the parameters and a fresh AdamW state."""
-    return TrainState(trained, make_optimizer(spec).init(trained))
+    return TokenTrainState(trained, make_optimizer(spec).init(trained))
 
 
-@functools.lru_cache(maxsize=16)
 def make_eval_step(eval_def: Any) -> Callable:
-    """`eval_step(trained, fixed, x, y, w) -> (sum w * CE, sum w)` in evaluation mode (no dropout), jitted."""
+    """`eval_step(trained, fixed, x, y, w) -> (sum w * CE, sum w)` in evaluation mode (no dropout), jitted (built once
+    per run: train.llm.build keeps it in the LMRun)."""
 
     @jax.jit
     def eval_step(trained, fixed, x, y, w):

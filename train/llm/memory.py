@@ -20,7 +20,7 @@ __all__ = ["lanczos_budget", "krylov_memory", "check", "check_params", "fitting_
 
 
 def lanczos_budget(cfg: LLMConfig, n: int) -> tuple[int, int, int]:
-    """(K, initial steps, rows allocated per start) of a measurement of n parameters, as train.llm.train resolves
+    """(K, initial steps, rows allocated per start) of a measurement of n parameters, as train.llm.spectrum resolves
     them (K and the steps capped by n, hspec's rules where the config leaves them open) and hspec.lanczos
     allocates them (a growing run allocates its max_steps)."""
     k = min(cfg.k, n)

@@ -5,11 +5,13 @@ or from pre-trained weights, optionally with LoRA), the data, the optimiser (Ada
 matrices only, gradient clipping 1.0, constant or warm-up + cosine learning rate), the checkpoint steps
 and the spectrum measured at each of them (parameter subset, K, Lanczos starts, Hessian sequences).
 
-`resolve(cfg)` gives the config actually run (model sizes that come from the data or the weights are
-filled in later); `departures(cfg)` lists every way it differs from the paper's setting, and that list is
-written into each results.json. `apply_overrides(cfg, {"k": "200", "model.n_layer": "2"})` is what
-`--set key=value` does: values are parsed by the field's type, and `model.<field>` changes one
-architecture field (GPT2Config / LlamaConfig) of the preset's model.
+Nothing in it is resolved later: the config.json of a run is the config it ran. What comes from the data or the
+weights (the vocabulary, a pre-trained model's architecture) is read when the run is assembled (train.llm.build)
+and recorded beside it as the `arch_*` fields of the setting; `departures(cfg, arch)` lists every way the run
+departs from the paper's setting, and that list is written into each results.json. `apply_overrides(cfg,
+{"k": "200", "model.n_layer": "2"})` is what `--set key=value` does (train.overrides, the parser the CNN's
+config uses too): values are parsed by the field's type, and `model.<field>` changes one architecture field
+(GPT2Config / LlamaConfig) of the preset's model.
 
 Choices the paper leaves open, made here and visible in each description: the betas (nanoGPT's: 0.99 for
 character-level Shakespeare, 0.95 elsewhere), dropout (nanoGPT's 0.2 for GPT2-nano, 0 elsewhere), how
@@ -24,6 +26,8 @@ import dataclasses
 import difflib
 import typing
 from typing import Any
+
+from train import overrides
 
 __all__ = ["LLMConfig", "PRESETS", "get", "listing", "apply_overrides", "parse_assignments", "departures",
            "PAPER", "LLMConfigError", "to_dict", "from_dict"]
@@ -312,47 +316,23 @@ def listing() -> str:
 # -------------------------------------------------------------------------------------------------- overrides
 
 
+def _check_key(key: str) -> None:
+    """Refuse a key that is neither a field nor `model.<field>` (with close matches)."""
+    hints = typing.get_type_hints(LLMConfig)
+    if key.startswith("model.") or (key in hints and key != "model_overrides"):
+        return
+    close = difflib.get_close_matches(key, hints, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise LLMConfigError(f"unknown LLM config field {key!r}{hint} (architecture fields: model.<name>)")
+
+
 def parse_assignments(items: list[str]) -> dict[str, str]:
-    """`["k=200", "model.n_layer=2"]` -> {"k": "200", "model.n_layer": "2"}.
+    """`["k=200", "model.n_layer=2"]` -> {"k": "200", "model.n_layer": "2"} (train.overrides, as the CNN's).
 
     Raises:
-        LLMConfigError: an item without "=", or a field set twice (naming both values).
+        LLMConfigError: an item without "=", an unknown field, or a field set twice (naming both values).
     """
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise LLMConfigError(f"override {item!r} is not key=value (e.g. --set k=200)")
-        key = key.strip().replace("-", "_")
-        if key in out:
-            raise LLMConfigError(f"config field {key!r} is set twice ({key}={out[key]} and {key}={value.strip()}); "
-                                 "set it once")
-        out[key] = value.strip()
-    return out
-
-
-def _parse_scalar(text: str, kind: type, name: str) -> Any:
-    """One value of a field's scalar type from its command-line text."""
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        return kind(text)
-    except ValueError:
-        raise LLMConfigError(f"{name}={text!r} is not a valid {kind.__name__}") from None
-
-
-def _parse_value(text: str, annotation: Any, name: str) -> Any:
-    """A field's value from text, following its annotation (int, float, bool, str, optional, tuple)."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is tuple:
-        return tuple(_parse_scalar(t, args[0], name) for t in text.split(",") if t.strip())
-    if type(None) in args:  # Optional[X]
-        if text.lower() in ("none", "null", ""):
-            return None
-        return _parse_scalar(text, next(a for a in args if a is not type(None)), name)
-    return _parse_scalar(text, annotation, name)
+    return overrides.parse_assignments(items, error=LLMConfigError, check_key=_check_key, hint="--set k=200")
 
 
 def _model_value(text: str) -> Any:
@@ -370,7 +350,7 @@ def apply_overrides(cfg: LLMConfig, assignments: dict[str, Any]) -> LLMConfig:
 
     Args:
         cfg: the base configuration.
-        assignments: field -> value (text is parsed by the field's type; typed values pass through).
+        assignments: field -> value (text is parsed by the field's type, train.overrides; typed values are checked).
 
     Returns:
         The new configuration (checked).
@@ -378,19 +358,15 @@ def apply_overrides(cfg: LLMConfig, assignments: dict[str, Any]) -> LLMConfig:
     Raises:
         LLMConfigError: an unknown field (with close matches) or a value of the wrong type.
     """
-    hints = typing.get_type_hints(LLMConfig)
     fields, model = {}, dict(cfg.model_overrides)
     for key, value in assignments.items():
+        _check_key(key)
         if key.startswith("model."):
             model[key[len("model."):]] = _model_value(value) if isinstance(value, str) else value
-            continue
-        if key not in hints or key == "model_overrides":
-            close = difflib.get_close_matches(key, hints, n=3)
-            hint = f"; did you mean {', '.join(close)}?" if close else ""
-            raise LLMConfigError(f"unknown LLM config field {key!r}{hint} (architecture fields: model.<name>)")
-        fields[key] = _parse_value(value, hints[key], key) if isinstance(value, str) else value
-    fields["model_overrides"] = tuple(sorted(model.items()))
-    return dataclasses.replace(cfg, **fields)
+        else:
+            fields[key] = value
+    changes = overrides.typed_changes(fields, typing.get_type_hints(LLMConfig), error=LLMConfigError)
+    return dataclasses.replace(cfg, **changes, model_overrides=tuple(sorted(model.items())))
 
 
 def to_dict(cfg: LLMConfig) -> dict[str, Any]:

@@ -1,0 +1,173 @@
+"""The overfitting queue's analysis: rows, the draws' spread, the correlation views, the claims, the sensitivities.
+
+    analyse(plan) -> tracking     <out>/tracking.json, tracking.png, sensitivity.json and table.txt, rebuilt from
+                                  every results.json measured so far (figures.table and figures.plot draw them)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from train.llm.overfit.figures import plot, table
+from train.llm.overfit.plan import DRAWS, K_PREFIXES, MEASURES, Plan, checkpoint_losses, load_results
+from train.llm.overfit.stats import correlation_views, key_steps, mean_sd
+
+__all__ = ["draw_summary", "overfit_claims", "analyse", "sensitivity"]
+
+_PER_STEP = ("step", "tokens_seen", "lanczos_steps", "trained")
+
+
+def _row(result) -> dict[str, Any]:
+    """A tracking row (train.llm.track's), with the evaluation-mode training loss and the generalisation gap."""
+    from train.llm import track
+
+    row = track.checkpoint_row(result)
+    row["train_loss_eval"] = result.metrics.get("train_loss_fixed")
+    row["gap"] = result.metrics.get("gap")
+    row["hessian_tokens"] = result.hessian_sample.get("tokens")
+    return row
+
+
+def _fit_at(eigenvalues: Sequence[float], k: int) -> dict[str, Any]:
+    """The power-law fit of the top k of a spectrum (K prefixes)."""
+    import hspec
+
+    v = hspec.power_law_verdict(np.asarray(eigenvalues, np.float64), k)
+    fit = v.fit or v.positive_fit
+    return {"k": k, "d_ks": None if fit is None else fit.d_ks, "d_crit": float(hspec.critical_value(k, 0.05)),
+            "s": None if fit is None else fit.s, "is_power_law": bool(v.is_power_law), "verdict": v.verdict}
+
+
+def draw_summary(main: dict[int, Any], draws: dict[int, dict[int, Any]]) -> dict[str, Any]:
+    """Per step with more than one draw: each measure's values over the draws (draw 0 first), mean and sd."""
+    out = {}
+    for step in sorted(main):
+        results = [main[step]] + [draws[d][step] for d in sorted(draws) if step in draws[d]]
+        if len(results) < 2:
+            continue
+        rows = [_row(r) for r in results]
+        entry: dict[str, Any] = {"n": len(rows), "draws": [0] + [d for d in sorted(draws) if step in draws[d]]}
+        for m in MEASURES:
+            mean, sd = mean_sd([row[m] for row in rows])
+            entry[m] = {"values": [row[m] for row in rows], "mean": mean, "sd": sd}
+        entry["is_power_law"] = [row["is_power_law"] for row in rows]
+        out[str(step)] = entry
+    return out
+
+
+def overfit_claims(rows: list[dict[str, Any]], views: dict[str, Any], draws: dict[str, Any],
+                   key: dict[str, int], complete: bool = True) -> dict[str, Any]:
+    """The LLM claims of METHOD.md section 5, each with the rule applied and its result (None: undecidable)."""
+    from train.llm.track import PEARSON_THRESHOLD
+
+    by_step = {r["step"]: r for r in rows}
+    out: dict[str, Any] = {"pearson_threshold": PEARSON_THRESHOLD, "key_steps": key}
+    init, at = by_step.get(0), by_step.get(key["at"])
+    out["no_power_law_at_init"] = {"rule": "d_KS >= d_c at step 0", "d_ks": None if init is None else init["d_ks"],
+                                   "d_crit": None if init is None else init["d_crit"],
+                                   "holds": None if init is None else not init["is_power_law"]}
+    out["d_ks_falls"] = {"rule": "d_KS at the test-loss minimum below d_KS at step 0",
+                         "d_ks_init": None if init is None else init["d_ks"],
+                         "d_ks_at_minimum": None if at is None else at["d_ks"],
+                         "holds": None if init is None or at is None else at["d_ks"] < init["d_ks"]}
+    for m in MEASURES:
+        r = views["test_loss"][m]["all"]["pearson"]
+        # Decided once every planned checkpoint is measured (a correlation over a few of them is shown, not used).
+        out[f"{m}_tracks_test_loss"] = {"rule": f"Pearson r({m}, test loss) > {PEARSON_THRESHOLD} over all checkpoints",
+                                        "pearson": r, "checkpoints": len(rows),
+                                        "holds": None if r is None or not complete else r > PEARSON_THRESHOLD}
+    # The decisive test where training overfits: does d_KS turn when the test loss turns?
+    turn = {}
+    for m in MEASURES:
+        a, b = by_step.get(key["at"]), by_step.get(key["after"])
+        if a is None or b is None:
+            turn[m] = None
+            continue
+        sds = [(draws.get(str(s)) or {}).get(m, {}).get("sd") for s in (key["at"], key["after"])]
+        noise = math.sqrt(sum(sd ** 2 for sd in sds)) if all(sd is not None for sd in sds) else None
+        change = b[m] - a[m]
+        turn[m] = {"at_minimum": a[m], "after": b[m], "change": change, "sampling_sd": noise,
+                   "rises_beyond_2sd": None if noise is None else change > 2 * noise}
+    loss_rise = None
+    if by_step.get(key["at"]) and by_step.get(key["after"]):
+        loss_rise = by_step[key["after"]]["test_loss"] - by_step[key["at"]]["test_loss"]
+    out["turn_after_minimum"] = {"rule": "a measure that tracks the test loss rises from the minimum to the last "
+                                         "checkpoint by more than twice the Hessian-sample sd of that change "
+                                         "(sqrt(sd_at^2 + sd_after^2), from the draws)",
+                                 "test_loss_rise": loss_rise, "measures": turn}
+    return out
+
+
+def analyse(p: Plan) -> dict[str, Any] | None:
+    """Rebuild <out>/tracking.json, tracking.png, sensitivity.json and table.txt from what is measured so far."""
+    from train import record
+    from train.llm import track
+
+    main = load_results(p.out)
+    if not main:
+        return None
+    draws = {d: load_results(p.out / "draws" / f"draw-{d}") for d in DRAWS}
+    results = [main[s] for s in sorted(main)]
+    setting = {k: v for k, v in results[0].setting.items() if k not in _PER_STEP}
+    tracking = track.tracking_record(setting, results)
+    rows = [_row(r) for r in results]
+    summary = draw_summary(main, draws)
+    for row in rows:
+        entry = summary.get(str(row["step"]))
+        for m in ("d_ks", "s"):
+            row[f"{m}_sd_draws"] = None if entry is None else entry[m]["sd"]
+        row["num_draws"] = 1 if entry is None else entry["n"]
+    views = correlation_views(rows)
+    losses = checkpoint_losses(p) or {r["step"]: r["test_loss"] for r in rows}
+    key = key_steps(losses)
+    tracking.update(checkpoints=rows, correlation_views=views, draws=summary, key_steps=key,
+                    claims_overfit=overfit_claims(rows, views, summary, key,
+                                                  complete=set(p.cfg.checkpoint_steps) <= set(main)),
+                    measured_steps=sorted(main), planned_steps=sorted(p.cfg.checkpoint_steps))
+    record.write_json(p.out / "tracking.json", tracking)
+    record.write_json(p.out / "sensitivity.json", sensitivity(p, main, draws, key))
+    curve = json.loads((p.out / "curve.json").read_text())["curve"] if (p.out / "curve.json").is_file() else []
+    plot(tracking, curve, p.out / "tracking.png")
+    (p.out / "table.txt").write_text(table(tracking) + "\n")
+    return tracking
+
+
+def sensitivity(p: Plan, main: dict[int, Any], draws: dict[int, dict[int, Any]], key: dict[str, int]) -> dict:
+    """K prefixes, Hessian-sample draws and sizes, and the paper's literal procedure, before and after the minimum."""
+    out: dict[str, Any] = {"key_steps": key, "k_prefixes": {}, "draws": {}, "sizes": {}, "paper_literal": {}}
+    for name in ("before", "at", "after"):
+        s = key[name]
+        if s in main:
+            eig = main[s].spectrum["eigenvalues"]
+            out["k_prefixes"][name] = {"step": s, "fits": [_fit_at(eig, k) for k in K_PREFIXES if k <= len(eig)]}
+            out["draws"][name] = {"step": s, "rows": [
+                {"draw": d, **{m: _row(res)[m] for m in (*MEASURES, "is_power_law")}}
+                for d, res in [(0, main[s])] + [(d, draws[d][s]) for d in sorted(draws) if s in draws[d]]]}
+    for folder in sorted((p.out / "sensitivity").glob("sample-*")):
+        for s, res in load_results(folder).items():
+            row = _row(res)
+            out["sizes"].setdefault(str(s), []).append(
+                {"tokens": row["hessian_tokens"], **{m: row[m] for m in (*MEASURES, "is_power_law", "lanczos_steps")}})
+    for s, res in main.items():
+        if str(s) in out["sizes"]:
+            row = _row(res)
+            out["sizes"][str(s)].append({"tokens": row["hessian_tokens"], "main": True,
+                                         **{m: row[m] for m in (*MEASURES, "is_power_law", "lanczos_steps")}})
+            out["sizes"][str(s)].sort(key=lambda e: e["tokens"])
+    for path in sorted((p.out / "sensitivity" / "paper-literal").glob("steps/*/results.json")):
+        doc = json.loads(path.read_text())
+        s = doc["step"]
+        conv = _row(main[s]) if s in main else None
+        out["paper_literal"][str(s)] = {
+            "procedure": doc["procedure"], "d_ks": doc["fit"]["d_ks"], "s": doc["fit"]["s"],
+            "d_crit": doc["fit"]["d_crit"], "is_power_law": doc["fit"]["is_power_law"], "verdict": doc["verdict"],
+            "num_converged": doc["spectrum"]["num_converged"], "num_distinct": doc["spectrum"]["num_distinct"],
+            "num_positive": doc["spectrum"]["num_positive"], "num_starts": doc["spectrum"]["num_starts"],
+            "combine": doc["spectrum"]["combine"], "lanczos_steps": doc["spectrum"]["lanczos_steps"],
+            "converged": None if conv is None else {m: conv[m] for m in ("d_ks", "s", "is_power_law", "num_starts",
+                                                                         "combine", "num_distinct")}}
+    return out
