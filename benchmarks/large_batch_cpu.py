@@ -41,10 +41,10 @@ from train.models.lenet import LeNet5
 
 def steps(chunks: list[int]):
     """({name: the training step}, its starting state) for the whole batch and each micro-batch size."""
-    fm, params, rest = loop.split_model(LeNet5(rngs=nnx.Rngs(0)))
+    model_defs, params, rest = loop.split_model(LeNet5(rngs=nnx.Rngs(0)))
     tx = optim.get("sgd", learning_rate=0.1, weight_decay=PAPER_WEIGHT_DECAY)
-    ways = {"whole": loop.make_train_step(fm, tx)}
-    ways.update({f"micro {c}": loop.make_train_step(fm, tx, micro_batch=c) for c in chunks})
+    ways = {"whole": loop.make_train_step(model_defs, tx)}
+    ways.update({f"micro {c}": loop.make_train_step(model_defs, tx, micro_batch=c) for c in chunks})
     return ways, loop.TrainState(params, rest, tx.init(params))
 
 

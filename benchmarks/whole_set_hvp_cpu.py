@@ -67,7 +67,7 @@ def lenet_problem():
     from train.hessian import hessian_loss
 
     exp = build_experiment(presets.get("lenet-mnist-sgd"), False)
-    return (hessian_loss(exp.fm.eval_def, exp.template.rest), exp.template.params,
+    return (hessian_loss(exp.model_defs.eval_def, exp.template.rest), exp.template.params,
             jnp.asarray(exp.ds.x_train), jnp.asarray(exp.ds.y_train))
 
 

@@ -125,8 +125,8 @@ def train(exp: Experiment, run: Path, *, resume: bool, progress: bool,
     from train import data
 
     cfg = exp.cfg
-    eval_step = loop.make_eval_step(exp.fm)
-    step_fn = loop.make_train_step(exp.fm, exp.tx, data.augment_cifar if cfg.augment else None, cfg.micro_batch)
+    eval_step = loop.make_eval_step(exp.model_defs)
+    step_fn = loop.make_train_step(exp.model_defs, exp.tx, data.augment_cifar if cfg.augment else None, cfg.micro_batch)
     state, start, step, history = starting_state(exp, run, eval_step, resume)
     for epoch in range(start + 1, exp.num_epochs + 1):
         t0 = time.perf_counter()

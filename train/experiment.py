@@ -26,7 +26,7 @@ class Experiment:
         cfg: the resolved configuration (what config.json records).
         keys: the run's named PRNG streams (train.keys).
         ds: the training data after the run's options (subset, label noise, ...).
-        fm: the split model (train and eval graph definitions).
+        model_defs: the split model (train and eval graph definitions).
         tx: the optimizer, weight decay and learning-rate schedule included.
         template: the initial training state (epoch 0).
         num_params: the model's parameter count.
@@ -37,7 +37,7 @@ class Experiment:
     cfg: Config
     keys: RunKeys
     ds: Any
-    fm: loop.FunctionalModel
+    model_defs: loop.FunctionalModel
     tx: Any
     template: loop.TrainState
     num_params: int
@@ -79,20 +79,22 @@ def build_model(cfg: Config, ds: Any, keys: RunKeys) -> Any:
 
 def _plan(cfg: Config, n_train: int) -> tuple[int, int, int]:
     """(steps per epoch, epochs, total steps), checking the spectrum epochs lie within the run."""
-    spe = loop.steps_per_epoch(n_train, cfg.batch_size, cfg.drop_last)
-    num_epochs, total = loop.plan(cfg.epochs, cfg.max_steps, spe)
+    from train import data
+
+    steps_per_epoch = data.num_batches(n_train, cfg.batch_size, cfg.drop_last)
+    num_epochs, total = loop.plan(cfg.epochs, cfg.max_steps, steps_per_epoch)
     late = [e for e in cfg.spectrum_epochs if e > num_epochs]
     if late:
         raise ConfigError(f"spectrum_epochs {late} lie beyond the run's {num_epochs} epochs "
-                          f"({total} steps of {spe} per epoch)")
-    return spe, num_epochs, total
+                          f"({total} steps of {steps_per_epoch} per epoch)")
+    return steps_per_epoch, num_epochs, total
 
 
-def _optimizer(cfg: Config, spe: int) -> Any:
+def _optimizer(cfg: Config, steps_per_epoch: int) -> Any:
     """The optimizer with the paper's weight decay and step-wise learning-rate drops."""
     from train import optim
 
-    bounds = loop.drop_boundaries(epochs=cfg.epochs, max_steps=cfg.max_steps, spe=spe,
+    bounds = loop.drop_boundaries(epochs=cfg.epochs, max_steps=cfg.max_steps, steps_per_epoch=steps_per_epoch,
                                   fractions=cfg.lr_drop_fractions, drop_epochs=cfg.lr_drop_epochs)
     return optim.get(cfg.optimizer, learning_rate=loop.lr_schedule(cfg.learning_rate, bounds, cfg.lr_drop_factor),
                      weight_decay=cfg.weight_decay)
@@ -123,11 +125,11 @@ def build_experiment(cfg: Config, progress: bool = True) -> Experiment:
     model = build_model(cfg, ds, keys)
     num_params = int(models.count_params(model))
     cfg = config_lib.resolve(cfg, num_params=num_params)
-    fm, params, rest = loop.split_model(model)
-    spe, num_epochs, total = _plan(cfg, len(ds.y_train))
-    tx = _optimizer(cfg, spe)
+    model_defs, params, rest = loop.split_model(model)
+    steps_per_epoch, num_epochs, total = _plan(cfg, len(ds.y_train))
+    tx = _optimizer(cfg, steps_per_epoch)
     hessian = data.hessian_sample(ds, cfg.hessian_samples, keys.hessian_sample)
-    return Experiment(cfg, keys, ds, fm, tx, loop.TrainState(params, rest, tx.init(params)), num_params, spe,
+    return Experiment(cfg, keys, ds, model_defs, tx, loop.TrainState(params, rest, tx.init(params)), num_params, steps_per_epoch,
                       num_epochs, total, hessian)
 
 

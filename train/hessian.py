@@ -85,7 +85,7 @@ def jacobian_output_fn(exp, rest: nnx.State) -> Callable:
     from train import models
 
     if exp.cfg.model != "lenet5":
-        return output_fn(exp.fm.eval_def, rest)
+        return output_fn(exp.model_defs.eval_def, rest)
     model = models.build(exp.cfg.model, num_classes=exp.ds.num_classes, input_shape=tuple(exp.ds.input_shape),
                          rngs=nnx.Rngs(0), **dict(config_lib.model_kwargs(exp.cfg), conv_impl="xla"))
     model.eval()

@@ -80,37 +80,24 @@ def merge(graphdef: Any, params: Any, rest: Any) -> nnx.Module:
     return nnx.merge(graphdef, params, rest, copy=True)
 
 
-def steps_per_epoch(n: int, batch_size: int, drop_last: bool) -> int:
-    """Minibatches in one pass over `n` examples.
-
-    Args:
-        n: training examples.
-        batch_size: examples per step.
-        drop_last: whether the last partial batch is dropped.
-
-    Returns:
-        The count (at least 1 when batch_size <= n).
-    """
-    return n // batch_size if drop_last else math.ceil(n / batch_size)
-
-
-def plan(epochs: int | None, max_steps: int | None, spe: int) -> tuple[int, int]:
+def plan(epochs: int | None, max_steps: int | None, steps_per_epoch: int) -> tuple[int, int]:
     """How long a run is: it stops after `epochs` epochs or `max_steps` steps, whichever comes first.
 
     Args:
         epochs: epoch budget (None: unbounded).
         max_steps: step budget (None: unbounded).
-        spe: steps per epoch.
+        steps_per_epoch: minibatches in one pass over the training set (train.data.num_batches).
 
     Returns:
         (epochs to run, the last partial if max_steps cuts it; total steps).
     """
-    total = min(epochs * spe if epochs is not None else math.inf, max_steps if max_steps is not None else math.inf)
+    total = min(epochs * steps_per_epoch if epochs is not None else math.inf,
+                max_steps if max_steps is not None else math.inf)
     total = int(total)
-    return math.ceil(total / spe), total
+    return math.ceil(total / steps_per_epoch), total
 
 
-def drop_boundaries(*, epochs: int | None, max_steps: int | None, spe: int, fractions: tuple[float, ...],
+def drop_boundaries(*, epochs: int | None, max_steps: int | None, steps_per_epoch: int, fractions: tuple[float, ...],
                     drop_epochs: tuple[int, ...]) -> list[int]:
     """Steps at which the learning rate is divided (the paper: at 40% and 80% of training).
 
@@ -121,19 +108,19 @@ def drop_boundaries(*, epochs: int | None, max_steps: int | None, spe: int, frac
     Args:
         epochs: the epoch budget.
         max_steps: the step budget.
-        spe: steps per epoch.
+        steps_per_epoch: minibatches per epoch.
         fractions: fractions of the run, each in (0, 1).
         drop_epochs: explicit epochs (replace `fractions` when non-empty).
 
     Returns:
         Ascending step counts (a repeated boundary means two drops there).
     """
-    n_epochs, total = plan(epochs, max_steps, spe)
+    n_epochs, total = plan(epochs, max_steps, steps_per_epoch)
     if drop_epochs:
-        return sorted(e * spe for e in drop_epochs)
-    if max_steps is not None and total < (epochs or math.inf) * spe:
+        return sorted(e * steps_per_epoch for e in drop_epochs)
+    if max_steps is not None and total < (epochs or math.inf) * steps_per_epoch:
         return sorted(max(1, math.floor(f * total + 0.5)) for f in fractions)
-    return sorted(max(1, math.floor(f * n_epochs + 0.5)) * spe for f in fractions)
+    return sorted(max(1, math.floor(f * n_epochs + 0.5)) * steps_per_epoch for f in fractions)
 
 
 def lr_schedule(base_lr: float, boundaries: list[int], factor: float) -> optax.Schedule:
@@ -181,13 +168,13 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation,
+def make_train_step(model_defs: FunctionalModel, tx: optax.GradientTransformation,
                     augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None,
                     micro_batch: int | None = None) -> Callable:
     """A jitted training step over plain pytrees.
 
     Args:
-        fm: the split model.
+        model_defs: the split model.
         tx: the optimizer (weight decay included, as the paper passes it to every optimizer).
         augment: optional `augment(key, x) -> x`, applied inside the step (to the whole batch).
         micro_batch: accumulate the gradient over micro-batches of this many examples (the last one may be
@@ -207,7 +194,7 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation,
         # The share of a batch of n examples' mean loss that x carries (all of it when x is the whole batch;
         # sum / n is bit-identical to mean there): the shares' gradients sum to the mean's gradient.
         # Fresh Variables (copy=True): BatchNorm mutates them, which NNX allows only inside this trace.
-        model = nnx.merge(fm.train_def, params, rest, copy=True)
+        model = nnx.merge(model_defs.train_def, params, rest, copy=True)
         logits = model(x)
         # BatchNorm updated its statistics in place on the merged copy; carry them out of the step.
         _, _, new_rest = nnx.split(model, nnx.Param, ...)
@@ -256,11 +243,11 @@ def make_train_step(fm: FunctionalModel, tx: optax.GradientTransformation,
     return step
 
 
-def make_eval_step(fm: FunctionalModel) -> Callable:
+def make_eval_step(model_defs: FunctionalModel) -> Callable:
     """A jitted evaluation step in eval mode (BatchNorm running statistics).
 
     Args:
-        fm: the split model.
+        model_defs: the split model.
 
     Returns:
         `eval_step(params, rest, x, y) -> (summed loss, correct count)`.
@@ -268,7 +255,7 @@ def make_eval_step(fm: FunctionalModel) -> Callable:
 
     @jax.jit
     def eval_step(params, rest, x, y):
-        logits = nnx.merge(fm.eval_def, params, rest, copy=True)(x)
+        logits = nnx.merge(model_defs.eval_def, params, rest, copy=True)(x)
         return cross_entropy(logits, y).sum(), jnp.sum(jnp.argmax(logits, -1) == y)
 
     return eval_step

@@ -66,7 +66,7 @@ def measure_state(exp: Experiment, state: loop.TrainState, metrics: dict, *, epo
     import hspec
 
     cfg, t0 = exp.cfg, time.perf_counter()
-    m = measure.measure(hessian_loss(exp.fm.eval_def, state.rest), state.params, None,
+    m = measure.measure(hessian_loss(exp.model_defs.eval_def, state.rest), state.params, None,
                         measure.SpectrumSpec.from_config(cfg), lanczos_key=exp.keys.lanczos_start,
                         trace_key=exp.keys.trace_probes, progress=progress, lanczos_state=lanczos_state,
                         data=(exp.hessian.x, exp.hessian.y), micro_batch=cfg.hessian_batch_size, factory=factory)
@@ -233,7 +233,7 @@ def load_model(path: str | os.PathLike, *, epoch: int | None = None) -> tuple[An
         Experiment (config, data, the recorded Hessian sample `exp.hessian`).
     """
     exp, state, _, _ = experiment_at_checkpoint(path, epoch=epoch)
-    model = loop.merge(exp.fm.eval_def, state.params, state.rest)
+    model = loop.merge(exp.model_defs.eval_def, state.params, state.rest)
     model.eval()
     return model, exp
 

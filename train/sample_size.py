@@ -170,7 +170,7 @@ def _operator(exp: Any, state: Any, idx: np.ndarray, factory: Any = None) -> Any
     from train.hessian import hessian_loss
     from train.measure import sample_operator
 
-    return sample_operator(hessian_loss(exp.fm.eval_def, state.rest), state.params,
+    return sample_operator(hessian_loss(exp.model_defs.eval_def, state.rest), state.params,
                            (exp.ds.x_train[idx], exp.ds.y_train[idx]), exp.cfg.hessian_batch_size, factory=factory)
 
 

@@ -24,9 +24,9 @@ def _state(seed: int) -> loop.TrainState:
     """A training state with BatchNorm statistics and a stateful optimizer (Adai), after one step."""
     model = models.build("linear", num_classes=3, input_shape=(5,), depth=1, width=4, batchnorm=True,
                          rngs=nnx.Rngs(seed))
-    fm, params, rest = loop.split_model(model)
+    model_defs, params, rest = loop.split_model(model)
     tx = optim.get("adai", learning_rate=optax.piecewise_constant_schedule(0.1, {3: 0.1}), weight_decay=5e-4)
-    step = loop.make_train_step(fm, tx)
+    step = loop.make_train_step(model_defs, tx)
     x = jax.random.normal(jax.random.key(seed), (6, 5))
     state, _, _ = step(loop.TrainState(params, rest, tx.init(params)), x, jnp.arange(6) % 3, jax.random.key(0))
     return state

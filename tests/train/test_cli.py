@@ -172,7 +172,7 @@ def _dense_hessian_eigenvalues(out: Path, data_dir) -> tuple[np.ndarray, float]:
         flat, unravel = ravel_pytree(params64)
 
         def loss(v):
-            model = loop.merge(exp.fm.eval_def, unravel(v), state[1])
+            model = loop.merge(exp.model_defs.eval_def, unravel(v), state[1])
             return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
         h = np.asarray(jax.jit(jax.hessian(loss))(flat))

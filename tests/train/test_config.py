@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from train import config as C
-from train import loop, presets
+from train import data, loop, presets
 
 
 def test_parse_value_uses_the_field_type():
@@ -177,23 +177,23 @@ def test_unknown_preset_lists_valid_ones():
 
 def test_drop_boundaries_follow_the_paper():
     # 50 epochs of 469 steps: drops after epochs 20 and 40 (40% and 80%).
-    drops = loop.drop_boundaries(epochs=50, max_steps=None, spe=469, fractions=(0.4, 0.8), drop_epochs=())
+    drops = loop.drop_boundaries(epochs=50, max_steps=None, steps_per_epoch=469, fractions=(0.4, 0.8), drop_epochs=())
     assert drops == [9380, 18760]
     # CIFAR-10: explicit epochs 80 and 160.
-    assert loop.drop_boundaries(epochs=200, max_steps=None, spe=391, fractions=(0.4, 0.8),
+    assert loop.drop_boundaries(epochs=200, max_steps=None, steps_per_epoch=391, fractions=(0.4, 0.8),
                                 drop_epochs=(80, 160)) == [80 * 391, 160 * 391]
     # 1000 iterations: at steps 400 and 800.
-    drops = loop.drop_boundaries(epochs=None, max_steps=1000, spe=469, fractions=(0.4, 0.8), drop_epochs=())
+    drops = loop.drop_boundaries(epochs=None, max_steps=1000, steps_per_epoch=469, fractions=(0.4, 0.8), drop_epochs=())
     assert drops == [400, 800]
     # 3 epochs: round(1.2) = 1, round(2.4) = 2.
-    assert loop.drop_boundaries(epochs=3, max_steps=None, spe=10, fractions=(0.4, 0.8), drop_epochs=()) == [10, 20]
+    assert loop.drop_boundaries(epochs=3, max_steps=None, steps_per_epoch=10, fractions=(0.4, 0.8), drop_epochs=()) == [10, 20]
 
 
 def test_plan_stops_at_whichever_budget_comes_first():
     assert loop.plan(50, None, 469) == (50, 23450)
     assert loop.plan(None, 1000, 469) == (3, 1000)
     assert loop.plan(2, 1000, 469) == (2, 938)
-    assert loop.steps_per_epoch(60000, 128, False) == 469 and loop.steps_per_epoch(60000, 128, True) == 468
+    assert data.num_batches(60000, 128, False) == 469 and data.num_batches(60000, 128, True) == 468
 
 
 def test_lr_schedule_values():

@@ -101,6 +101,9 @@ def test_key_steps_bracket_the_minimum():
 def test_overfit_preset_records_its_subset_and_the_queue_plan():
     cfg = presets.get(overfit.PRESET)
     assert (cfg.k, cfg.num_starts, cfg.combine, cfg.train_tokens) == (1000, 1, "distinct", 50_000)
+    from train.measure import SETTLE
+
+    assert cfg.lanczos_settle == SETTLE  # grown from 1500 steps, the residual rule alone stops too early
     assert len(cfg.checkpoint_steps) >= 10 and cfg.hessian_sequences * cfg.block_size >= 8192
     lines = presets.departures(cfg)
     assert any(line.startswith("train_tokens: the first 50,000 tokens") for line in lines)

@@ -32,17 +32,17 @@ def _batch(shape, n=4, classes=10, seed=0):
 def test_model_shapes_and_parameter_counts(name, kwargs, shape, classes, params):
     model = models.build(name, num_classes=classes, input_shape=shape, rngs=nnx.Rngs(0), **kwargs)
     assert models.count_params(model) == params
-    fm, p, rest = loop.split_model(model)
+    model_defs, p, rest = loop.split_model(model)
     x, _ = _batch(shape, 3, classes)
-    chex.assert_shape(loop.merge(fm.eval_def, p, rest)(x), (3, classes))
+    chex.assert_shape(loop.merge(model_defs.eval_def, p, rest)(x), (3, classes))
 
 
 @pytest.mark.slow
 def test_resnet18_shape_and_parameter_count():
     model = models.build("resnet18", num_classes=10, input_shape=(32, 32, 3), rngs=nnx.Rngs(0))
     assert models.count_params(model) == 11_173_962  # the CIFAR ResNet18 of kuangliu/pytorch-cifar
-    fm, p, rest = loop.split_model(model)
-    chex.assert_shape(loop.merge(fm.eval_def, p, rest)(_batch((32, 32, 3), 2)[0]), (2, 10))
+    model_defs, p, rest = loop.split_model(model)
+    chex.assert_shape(loop.merge(model_defs.eval_def, p, rest)(_batch((32, 32, 3), 2)[0]), (2, 10))
 
 
 @pytest.mark.parametrize("name,kwargs,shape", [
@@ -60,9 +60,9 @@ def test_one_step_matches_sgd_on_the_stateful_model(name, kwargs, shape):
 
     grads = nnx.grad(loss)(model)  # the stateful NNX path, independent of the split/merge step
     expected = jax.tree.map(lambda p, g: p - lr * (g + wd * p), nnx.state(model, nnx.Param), grads)
-    fm, params, rest = loop.split_model(model)
+    model_defs, params, rest = loop.split_model(model)
     tx = optim.get("sgd", learning_rate=lr, weight_decay=wd)
-    state, step_loss, correct = loop.make_train_step(fm, tx)(loop.TrainState(params, rest, tx.init(params)),
+    state, step_loss, correct = loop.make_train_step(model_defs, tx)(loop.TrainState(params, rest, tx.init(params)),
                                                              x, y, jax.random.key(0))
     chex.assert_trees_all_close(state.params, expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(step_loss, loss(model), rtol=1e-6)
@@ -74,10 +74,10 @@ def test_batchnorm_statistics_leave_the_step():
     model = models.build("linear", num_classes=10, input_shape=(6,), depth=2, width=5, batchnorm=True,
                          activation="relu", rngs=nnx.Rngs(0))
     x, y = _batch((6,), 16)
-    fm, params, rest = loop.split_model(model)
+    model_defs, params, rest = loop.split_model(model)
     before = [np.array(a) for a in jax.tree.leaves(rest)]  # the stateful call below updates these in place
     tx = optim.get("vanilla_sgd", learning_rate=0.0, weight_decay=0.0)
-    state, _, _ = loop.make_train_step(fm, tx)(loop.TrainState(params, rest, tx.init(params)), x, y, jax.random.key(0))
+    state, _, _ = loop.make_train_step(model_defs, tx)(loop.TrainState(params, rest, tx.init(params)), x, y, jax.random.key(0))
     # The stateful model in training mode updates its running statistics in place: same values.
     model.train()
     model(x)
@@ -90,8 +90,8 @@ def test_evaluate_is_mean_cross_entropy_and_accuracy_in_eval_mode():
     model = models.build("linear", num_classes=4, input_shape=(3,), depth=1, width=5, batchnorm=True,
                          rngs=nnx.Rngs(1))
     x, y = _batch((3,), 2500, classes=4, seed=5)
-    fm, params, rest = loop.split_model(model)
-    loss, acc = loop.evaluate(loop.make_eval_step(fm), params, rest, x, y, batch_size=1000)
+    model_defs, params, rest = loop.split_model(model)
+    loss, acc = loop.evaluate(loop.make_eval_step(model_defs), params, rest, x, y, batch_size=1000)
     model.eval()
     logits = np.asarray(model(x), np.float64)
     top = logits.max(1, keepdims=True)
@@ -105,12 +105,12 @@ def test_epoch_metrics_are_the_example_weighted_means():
     # evaluation over the same examples (no BatchNorm: train and eval mode agree). 70 = 32 + 32 + 6.
     model = models.build("fcn", num_classes=10, input_shape=(5,), depth=1, width=8, rngs=nnx.Rngs(0))
     x, y = _batch((5,), 70, seed=2)
-    fm, params, rest = loop.split_model(model)
+    model_defs, params, rest = loop.split_model(model)
     tx = optax.sgd(0.0)
     batches = ((x[i:i + 32], y[i:i + 32]) for i in range(0, 70, 32))
-    _, stats = loop.train_epoch(loop.make_train_step(fm, tx), loop.TrainState(params, rest, tx.init(params)), batches,
+    _, stats = loop.train_epoch(loop.make_train_step(model_defs, tx), loop.TrainState(params, rest, tx.init(params)), batches,
                                 key=jax.random.key(0), epoch=1, first_step=0, num_steps=3)
-    loss, acc = loop.evaluate(loop.make_eval_step(fm), params, rest, x, y)
+    loss, acc = loop.evaluate(loop.make_eval_step(model_defs), params, rest, x, y)
     assert stats["steps"] == 3 and stats["train_acc"] == acc
     np.testing.assert_allclose(stats["train_loss"], loss, rtol=1e-6)
 
@@ -119,11 +119,11 @@ def test_a_nan_batch_names_its_epoch_and_step():
     model = models.build("fcn", num_classes=10, input_shape=(5,), depth=1, width=8, rngs=nnx.Rngs(0))
     x, y = _batch((5,), 40)
     x[24] = np.nan  # batch 3 of size 8
-    fm, params, rest = loop.split_model(model)
+    model_defs, params, rest = loop.split_model(model)
     tx = optax.sgd(0.1)
     batches = ((x[i:i + 8], y[i:i + 8]) for i in range(0, 40, 8))
     with pytest.raises(loop.NonFiniteLossError) as err:
-        loop.train_epoch(loop.make_train_step(fm, tx), loop.TrainState(params, rest, tx.init(params)), batches,
+        loop.train_epoch(loop.make_train_step(model_defs, tx), loop.TrainState(params, rest, tx.init(params)), batches,
                          key=jax.random.key(0), epoch=4, first_step=100, num_steps=5)
     assert (err.value.epoch, err.value.step) == (4, 103)
     assert "epoch 4, step 103" in str(err.value) and "learning_rate" in str(err.value)
@@ -132,10 +132,10 @@ def test_a_nan_batch_names_its_epoch_and_step():
 def test_max_steps_cuts_the_epoch_and_the_lr_is_readable():
     model = models.build("fcn", num_classes=10, input_shape=(5,), depth=1, width=8, rngs=nnx.Rngs(0))
     x, y = _batch((5,), 40)
-    fm, params, rest = loop.split_model(model)
+    model_defs, params, rest = loop.split_model(model)
     tx = optim.get("sgd", learning_rate=loop.lr_schedule(0.1, [2], 0.1), weight_decay=0.0)
     batches = ((x[i:i + 8], y[i:i + 8]) for i in range(0, 40, 8))
-    state, stats = loop.train_epoch(loop.make_train_step(fm, tx), loop.TrainState(params, rest, tx.init(params)),
+    state, stats = loop.train_epoch(loop.make_train_step(model_defs, tx), loop.TrainState(params, rest, tx.init(params)),
                                     batches, key=jax.random.key(0), epoch=1, first_step=0, num_steps=3)
     assert stats["steps"] == 3
     np.testing.assert_allclose(loop.current_lr(state.opt_state), 0.01, rtol=1e-6)  # step 2 ran at 0.1 × 0.1
@@ -148,14 +148,14 @@ def test_micro_batches_give_the_whole_batch_step(micro_batch):
     # split): momentum SGD's step, the mean loss and the correct count equal the whole batch's (float64).
     with jax.enable_x64(True):
         model = models.build("lenet5", num_classes=10, input_shape=(28, 28, 1), rngs=nnx.Rngs(3))
-        fm, params, rest = loop.split_model(model)
+        model_defs, params, rest = loop.split_model(model)
         params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
         x, y = _batch((28, 28, 1), 40)
         x = x.astype(np.float64)
         tx = optim.get("sgd", learning_rate=0.1, weight_decay=5e-4)
         state = loop.TrainState(params, rest, tx.init(params))
-        whole = loop.make_train_step(fm, tx)
-        micro = loop.make_train_step(fm, tx, micro_batch=micro_batch)
+        whole = loop.make_train_step(model_defs, tx)
+        micro = loop.make_train_step(model_defs, tx, micro_batch=micro_batch)
         a, b = state, state
         for i in range(2):  # the second step goes through the momentum buffer
             a, loss_a, right_a = whole(a, x, y, jax.random.key(i))
@@ -170,10 +170,10 @@ def test_micro_batches_refuse_batchnorm():
     model = models.build("linear", num_classes=10, input_shape=(6,), depth=2, width=5, batchnorm=True,
                          activation="relu", rngs=nnx.Rngs(0))
     x, y = _batch((6,), 16)
-    fm, params, rest = loop.split_model(model)
+    model_defs, params, rest = loop.split_model(model)
     tx = optim.get("vanilla_sgd", learning_rate=0.1, weight_decay=0.0)
     with pytest.raises(ValueError, match="without BatchNorm"):
-        loop.make_train_step(fm, tx, micro_batch=4)(loop.TrainState(params, rest, tx.init(params)), x, y,
+        loop.make_train_step(model_defs, tx, micro_batch=4)(loop.TrainState(params, rest, tx.init(params)), x, y,
                                                     jax.random.key(0))
     with pytest.raises(ValueError, match="micro_batch must be >= 1"):
-        loop.make_train_step(fm, tx, micro_batch=0)
+        loop.make_train_step(model_defs, tx, micro_batch=0)

@@ -41,7 +41,7 @@ def test_two_checkpoints_through_one_factory_compile_once_and_measure_as_alone(t
     data = dict(data=(exp.hessian.x, exp.hessian.y), micro_batch=cfg.hessian_batch_size, progress=False)
 
     def measured(state, factory):
-        return measure.measure(hessian_loss(exp.fm.eval_def, state.rest), state.params, None, spec, **keys, **data,
+        return measure.measure(hessian_loss(exp.model_defs.eval_def, state.rest), state.params, None, spec, **keys, **data,
                                factory=factory)
 
     factory = hspec.HessianFactory()

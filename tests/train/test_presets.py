@@ -122,12 +122,12 @@ def one_step(model: str, kwargs: tuple, dataset: str, optimizer: str) -> tuple[i
     """(parameter count, loss, every parameter leaf changed) of one real step from initialisation."""
     shape, classes = SHAPES[dataset]
     net = models.build(model, num_classes=classes, input_shape=shape, rngs=nnx.Rngs(0), **dict(kwargs))
-    fm, params, rest = loop.split_model(net)
+    model_defs, params, rest = loop.split_model(net)
     tx = optim.get(optimizer, learning_rate=0.01, weight_decay=5e-4)
     x, y = _batch(shape, 2, classes)
     # LeNet's presets share every op shape: run op by op, which compiles each op once, not a whole step each.
     with jax.disable_jit(model == "lenet5"):
-        state, loss, _ = loop.make_train_step(fm, tx)(loop.TrainState(params, rest, tx.init(params)), x, y,
+        state, loss, _ = loop.make_train_step(model_defs, tx)(loop.TrainState(params, rest, tx.init(params)), x, y,
                                                      jax.random.key(0))
     changed = all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)))
     return models.count_params(net), float(loss), changed
@@ -146,7 +146,7 @@ def test_preset_config_model_optimizer_schedule_and_step(name):
             f"{name}: {field} is {getattr(cfg, field)!r}, METHOD.md says {value!r}"
     # Schedule: ÷10 at epochs 80/160 (CIFAR), else at 40% and 80% of the run, at epoch boundaries.
     spe = 7
-    bounds = loop.drop_boundaries(epochs=cfg.epochs, max_steps=cfg.max_steps, spe=spe,
+    bounds = loop.drop_boundaries(epochs=cfg.epochs, max_steps=cfg.max_steps, steps_per_epoch=spe,
                                   fractions=cfg.lr_drop_fractions, drop_epochs=cfg.lr_drop_epochs)
     if cfg.lr_drop_epochs:
         want = [e * spe for e in cfg.lr_drop_epochs]

@@ -78,6 +78,8 @@ class LLMConfig:
             eigenvalue that several starts converged to once), "pool" (pooled as they are: the paper's likely
             reading, which repeats those eigenvalues up to num_starts times) or "mean" (hspec.top_eigenvalues).
         lanczos_steps, max_lanczos_steps: the Krylov space's initial size and its limit (None: hspec's rule).
+        lanczos_settle: a growing Krylov space also stops only when no rank of the top K moved by more than this
+            (relative) over its last tenth (hspec.top_eigenvalues' settle; None: the residual rule alone).
         hessian_sequences: sequences of the fixed Hessian batch (training split).
         hessian_draw: which draw of the Hessian sample (0: the run's `hessian_sample` stream; d > 0:
             fold_in(hessian_sample, d), an independent sample of the same size).
@@ -127,6 +129,7 @@ class LLMConfig:
     combine: str = "distinct"
     lanczos_steps: int | None = None
     max_lanczos_steps: int | None = None
+    lanczos_settle: float | None = None
     hessian_sequences: int = 256
     hessian_draw: int = 0
     hessian_batch: int = 32
@@ -268,6 +271,7 @@ def _build() -> dict[str, LLMConfig]:
             dropout=0.0, block_size=64, micro_batch=64, grad_accum=1, train_tokens=50_000, steps=3000,
             checkpoint_steps=(0, 100, 200, 300, 400, 600, 800, 1000, 1300, 1700, 2200, 3000), save_every=100,
             k=1000, num_starts=1, combine="distinct", lanczos_steps=1500, max_lanczos_steps=6000,
+            lanczos_settle=3e-3,  # train.measure.SETTLE (test_llm_overfit checks)
             hessian_sequences=128, hessian_batch=128, eval_sequences=1024, eval_batch=256,
             description="CPU overfitting run (one core, python -m train.llm.overfit): 4/4/64 GPT-2, block 64, the "
                         "first 50k training tokens, 4,096 tokens/step, 3000 steps past the test-loss minimum, "

@@ -104,7 +104,7 @@ def _spectrum_spec(cfg: LLMConfig, n: int) -> measure.SpectrumSpec:
     steps = None if cfg.lanczos_steps is None else min(cfg.lanczos_steps, n)
     max_steps = None if cfg.max_lanczos_steps is None else min(cfg.max_lanczos_steps, n)
     return measure.SpectrumSpec(k=k, lanczos_steps=steps, max_lanczos_steps=max_steps, trace_samples=cfg.trace_samples,
-                                num_starts=cfg.num_starts, combine=cfg.combine)
+                                num_starts=cfg.num_starts, combine=cfg.combine, settle=cfg.lanczos_settle)
 
 
 def measure_state(run: LMRun, trained: Any, step: int, *, train_loss: float | None, checkpoint: str | None,

@@ -149,7 +149,7 @@ def _sample_operator(exp: Any, state: Any, size: int, draw: int = 0) -> Any:
     own = size == exp.cfg.hessian_samples and draw == 0
     sample = exp.hessian if own else data.hessian_sample(exp.ds, size, key)
     # The runs' own operator (train.measure), so that the study tests the procedure the runs use.
-    return sample_operator(hessian_loss(exp.fm.eval_def, state.rest), state.params, (sample.x, sample.y),
+    return sample_operator(hessian_loss(exp.model_defs.eval_def, state.rest), state.params, (sample.x, sample.y),
                            exp.cfg.hessian_batch_size)
 
 

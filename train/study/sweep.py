@@ -86,7 +86,7 @@ def compute_control(cfg: Config, dest: Path, *, progress: bool, echo: Callable, 
 
     ccfg = control_config(cfg)
     exp = experiment.build_experiment(ccfg, progress)
-    metrics = driver.initial_metrics(exp, loop.make_eval_step(exp.fm), exp.template)
+    metrics = driver.initial_metrics(exp, loop.make_eval_step(exp.model_defs), exp.template)
     echo(f"control {dest.name}: top {exp.cfg.k} at initialisation, {exp.num_params} parameters, "
          f"{exp.cfg.hessian_samples} Hessian samples")
     # The Lanczos state stays under the work root (never under results/), so a killed control resumes; it is
