@@ -98,6 +98,10 @@ def rule_stops(alphas: np.ndarray, betas: np.ndarray, k: int, tol: float, first:
     return [out.get(name, {"rule": name, "m": None}) for name in rules]
 
 
+def _never(alphas: np.ndarray, betas: np.ndarray) -> bool:
+    return False
+
+
 def measure_steps(study: Any, piece_name: str, steps: Sequence[int], progress: bool,
                   firsts: Sequence[int] = ()) -> dict[str, Any]:
     """Extend `piece_name`'s Krylov run to max(steps) (resumable) and tabulate it; the stop rules are replayed
@@ -112,9 +116,14 @@ def measure_steps(study: Any, piece_name: str, steps: Sequence[int], progress: b
     st, idx = study.states[state_label], ss.sample_indices(study.exp, size, draw)
     op = ss._operator(study.exp, st, idx)
     t0 = time.perf_counter()
+    # A `stop` that never fires keeps the Krylov state when the run ends (hspec clears a finished run's state):
+    # the study's own piece, and a longer extension, continue from it instead of starting again.
     run = hspec.lanczos(op, max(steps), key=study.exp.keys.lanczos_start, progress=progress,
-                        checkpoint_dir=study.work / f"{piece.name}.lanczos",
+                        checkpoint_dir=study.work / f"{piece.name}.lanczos", stop=_never,
                         checkpoint_identity=ss.krylov_identity(study.exp, st, piece, idx, None))
+    # The coefficients decide every number here: kept beside the work state, so stop rules can be replayed later.
+    (study.work / "krylov-steps").mkdir(parents=True, exist_ok=True)
+    np.savez(study.work / "krylov-steps" / f"{piece.name}.npz", alphas=run.alphas, betas=run.betas)
     k = study.exp.cfg.k
     first = study.exp.cfg.lanczos_steps or hspec.default_num_steps(k, op.dim)  # the run's rule, checked as it grows
     return {"what": "the top K of one Krylov run at growing m (train/krylov_steps.py)", "piece": piece.name,

@@ -76,3 +76,18 @@ def test_rule_stops_the_residual_rule_fires_first_the_settled_rule_when_no_rank_
     assert settled["m"] == expected and settled["lambda_k"] == pytest.approx(top(expected)[-1], rel=1e-9)
     assert settled["max_relative_change_to_last"] == pytest.approx(np.max(np.abs(top(expected) - top(202)) / top(202)),
                                                                    rel=1e-6, abs=1e-12)
+
+
+def test_an_extension_keeps_its_krylov_state_for_the_study_to_continue(x64, tmp_path):
+    """hspec clears a finished run's state; the extension passes a stop that never fires, so the state stays (the
+    Hessian-sample study's piece then continues from it instead of computing its steps again)."""
+    from hspec.krylov import KrylovStore
+    from train.krylov_steps import _never
+
+    a = jnp.asarray(np.diag(np.linspace(2.0, 1.0, 30)), jnp.float64)
+    kept, cleared = tmp_path / "kept", tmp_path / "cleared"
+    hspec.lanczos(lambda v: v @ a, 12, key=jax.random.key(1), dim=30, dtype=jnp.float64, checkpoint_dir=kept,
+                  stop=_never, basis="host", loop="python")
+    hspec.lanczos(lambda v: v @ a, 12, key=jax.random.key(1), dim=30, dtype=jnp.float64, checkpoint_dir=cleared,
+                  basis="host", loop="python")
+    assert KrylovStore.saved_steps(kept) == 12 and KrylovStore.saved_steps(cleared) is None
