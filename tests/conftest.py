@@ -28,3 +28,19 @@ def data_dir() -> Path:
     if path is None or not (path / "mnist").is_dir():
         pytest.skip("MNIST not found: set HSPEC_DATA_DIR to a data root with mnist/ (see shared/data/SOURCES.md)")
     return path
+
+
+@pytest.fixture
+def compile_events():
+    """The XLA compilations that happen while the test runs (jax.monitoring, a public API)."""
+    import jax
+
+    events: list = []
+
+    def listener(name, duration, **kwargs):
+        if name == "/jax/core/compile/backend_compile_duration":
+            events.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    yield events
+    jax.monitoring.unregister_event_duration_listener(listener)

@@ -121,9 +121,6 @@ def measure_steps(study: Any, piece_name: str, steps: Sequence[int], progress: b
     run = hspec.lanczos(op, max(steps), key=study.exp.keys.lanczos_start, progress=progress,
                         checkpoint_dir=study.work / f"{piece.name}.lanczos", stop=_never,
                         checkpoint_identity=ss.krylov_identity(study.exp, st, piece, idx, None))
-    # The coefficients decide every number here: kept beside the work state, so stop rules can be replayed later.
-    (study.work / "krylov-steps").mkdir(parents=True, exist_ok=True)
-    np.savez(study.work / "krylov-steps" / f"{piece.name}.npz", alphas=run.alphas, betas=run.betas)
     k = study.exp.cfg.k
     first = study.exp.cfg.lanczos_steps or hspec.default_num_steps(k, op.dim)  # the run's rule, checked as it grows
     return {"what": "the top K of one Krylov run at growing m (train/krylov_steps.py)", "piece": piece.name,

@@ -26,9 +26,10 @@ __all__ = ["SpectrumSpec", "Measurement", "measure", "top_k", "TOL", "SETTLE"]
 # Relative residual tolerance of a converged Ritz value: |β_m y_{m,i}| <= TOL * λ_1.
 TOL = 1e-4
 # A top K grown from fewer than 3K steps must also have settled: no rank moved by more than this (relative) over
-# the last tenth of the steps. The residual rule alone stopped LeNet-5's top 1000 (N = 1000 and 4000 examples) at
-# 1980-2310 steps with d_KS 0.13-0.32 instead of 0.049 / 0.042; this rule stopped every start tried (1100, 1500,
-# 3000) within 3300 steps at the right values (results/hessian-sample/*/krylov-steps/, train/krylov_steps.py).
+# the last tenth of the steps. Grown from 1100 or 1500 steps, the residual rule alone stopped LeNet-5's top 1000
+# (N = 1000 and 4000 examples) at 1800-2310 steps with d_KS 0.13-0.39 instead of 0.049 / 0.042; this rule stopped
+# every start tried (1100, 1500, 3000) within 3300 steps at the right values (results/hessian-sample/*/krylov-steps/,
+# train/krylov_steps.py).
 SETTLE = 3e-3
 # The largest Hessian sample whose gradient is linearised once (memory: every micro-batch's residuals, about 215 kB
 # per LeNet-5 example by the process's peak RSS at 8,000 examples, so ~3.4 GB expected at 16,000);

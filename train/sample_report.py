@@ -288,8 +288,7 @@ def krylov_steps_text(folder: Path) -> str:
             rows.append(f"| {r['m']} | {r['num_converged']} of {doc['k']} | {d} | {r['lambda_k']:.4g} | "
                         f"{r['max_relative_change_to_last']:.1e} (rank {r['at_rank']}) | {r['ranks_changed_over_1e-3']} |")
         stops = []
-        blocks = doc["stops"] if isinstance(doc["stops"], list) else [doc["stops"]]  # one block before --first
-        for block in blocks:
+        for block in doc["stops"]:
             for r in block["rules"]:
                 where = ("never within the run" if r["m"] is None else
                          f"at m = {r['m']} with d_KS {r['d_ks']:.4f}" if r.get("d_ks") is not None else

@@ -103,20 +103,6 @@ def test_hoist_constants_returns_the_closed_over_arrays(tiny_problem):
     assert float(pure(swapped, params)) == pytest.approx(float(mlp_loss(params, (2 * x, y))), rel=1e-14)
 
 
-@pytest.fixture
-def compile_events():
-    """Names of the XLA compilations that happen while the test runs (jax.monitoring, a public API)."""
-    events: list = []
-
-    def listener(name, duration, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            events.append(name)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    yield events
-    jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def test_a_factory_kept_across_checkpoints_compiles_once(tiny_problem, compile_events):
     """Two checkpoints (other parameters, a new closure over other data of the same shapes) through one
     HessianFactory: the second compiles nothing and gives its own Hessian."""

@@ -9,20 +9,6 @@ import numpy as np
 import pytest
 
 
-@pytest.fixture
-def compile_events():
-    """The XLA compilations that happen while the test runs (jax.monitoring, a public API)."""
-    events: list = []
-
-    def listener(name, duration, **kwargs):
-        if name == "/jax/core/compile/backend_compile_duration":
-            events.append(name)
-
-    jax.monitoring.register_event_duration_secs_listener(listener)
-    yield events
-    jax.monitoring.unregister_event_duration_listener(listener)
-
-
 def test_two_checkpoints_through_one_factory_compile_once_and_measure_as_alone(tiny_cfg, compile_events):
     """A BatchNorm network, so that the loss closes over each checkpoint's own statistics (a new closure each
     time): the second checkpoint compiles nothing, and both measure exactly as a measurement on its own does."""

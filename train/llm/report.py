@@ -223,12 +223,6 @@ def llm_section(results: str | os.PathLike, out_dir: str | os.PathLike = ".") ->
     if not runs:
         return "## LLMs\n\nNo LLM results yet."
     parts, others = ["## LLMs"], []
-    for run in sorted(p.parent for p in root.glob("*/unsettled") if not (p.parent / "tracking.json").is_file()):
-        old = sorted(int(d.name) for d in (run / "unsettled" / "steps").glob("*") if d.name.isdigit())
-        parts.append(f"### {run.name}\n\nBeing measured again. Its spectra at steps {old} were grown from fewer than "
-                     f"3K Lanczos steps and stopped by the residual rule alone, which on LeNet-5 stops while ranks of "
-                     f"the top K are still wrong (the Hessian-sample section); they are kept in "
-                     f"results/llm/{run.name}/unsettled/ and measured again with the settle rule.")
     for run in runs:
         t = json.loads((run / "tracking.json").read_text())
         if "claims_overfit" not in t:
