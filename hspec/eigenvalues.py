@@ -25,6 +25,7 @@ __all__ = [
     "default_num_steps",
     "distinct_order",
     "top_eigenvalues",
+    "top_k_converged",
     "top_k_movement",
 ]
 
@@ -244,10 +245,11 @@ def top_k_movement(alphas: np.ndarray, betas: np.ndarray, back: int, *, k: int, 
     return float(np.max(np.abs(now - before) / np.maximum(np.abs(now), np.finfo(np.float64).tiny)))
 
 
-def _enough_converged(alphas: np.ndarray, betas: np.ndarray, *, k: int, combine: str, tol: float,
-                      eps: float, settle: float | None = None, back: int = 0) -> bool:
-    """Stop rule of a growing run: have the top k Ritz values of the run so far converged (and, with ``settle``,
-    moved by at most that, relative, over the last ``back`` steps)?"""
+def top_k_converged(alphas: np.ndarray, betas: np.ndarray, *, k: int, combine: str = "pool", tol: float = 1e-4,
+                    eps: float = 0.0, settle: float | None = None, back: int = 0) -> bool:
+    """The stop rule of a growing run: have the top k Ritz values of the run so far (``alphas``/``betas``
+    ``[S, m]``) converged (and, with ``settle``, moved by at most that, relative, over the last ``back`` steps)?
+    Public so that a replay of the rule on saved coefficients (train.krylov_steps) is this rule, not a copy."""
     if alphas.shape[1] < k and combine == "mean":
         return False
     top, res = _top_k_of(alphas, betas, k=k, combine=combine, tol=tol, eps=eps)
@@ -389,7 +391,7 @@ def top_eigenvalues(
     result = lanczos(
         op, m, key=key, num_starts=num_starts, start=start, loop=loop, basis=basis,
         return_vectors=return_vectors, progress=progress, max_steps=max_steps,
-        stop=partial(_enough_converged, k=k, combine=combine, tol=tol, eps=eps, settle=settle, back=back),
+        stop=partial(top_k_converged, k=k, combine=combine, tol=tol, eps=eps, settle=settle, back=back),
         check_every=back, checkpoint_dir=checkpoint_dir,
         checkpoint_identity=checkpoint_identity,
     )

@@ -4,7 +4,7 @@ The strict rule of every spectrum in the report is that the top K Ritz values ha
 |β_m y_{m,i}| <= TOL · λ_1 (docs/method.md §2). A residual bound says that a Ritz value lies near *some*
 eigenvalue, not that it is the eigenvalue of its rank: in a dense tail an eigenvalue that the Krylov space has
 not yet found shifts every rank below it, while every value meets the rule. This study extends one piece of the
-Hessian-sample study (train/sample_size.py: same network, sample, operator and start vector, so the Krylov run is
+Hessian-sample study (train/sample_pieces.py: same network, sample, operator and start vector, so the Krylov run is
 the same run) to `--steps` up to M, and at each m of the list reports the top K of the m-step run (a run truncated
 at m steps is exactly an m-step run): how many meet the rule, d_KS, s, λ_K, and how far the top K still are from
 those of the longest run (the largest relative change over the ranks, and its rank).
@@ -73,30 +73,29 @@ def rule_stops(alphas: np.ndarray, betas: np.ndarray, k: int, tol: float, first:
     Krylov space), and what they would have reported there, against the run's longest m:
 
     - "residual": the top k meet |β_m y_{m,i}| <= tol · λ_1 (the rule of every spectrum in the report);
-    - "settled <ε>": that, and no rank of the top k moved by more than ε (relative) since the previous check
+    - "settled <ε>": that, and no rank of the top k moved by more than ε (relative) over the last `every` steps
       (train.measure.SETTLE = 3e-3 is the rule the Hessian-sample study and the LLM runs use).
 
+    Each rule is hspec's own (hspec.eigenvalues.top_k_converged, one start), applied to the first m coefficients.
     A rule that never fires within the run is reported with m None."""
-    checks = list(range(first, len(alphas) + 1, every))
+    from hspec.eigenvalues import top_k_converged
+
+    from train import record
+
     final, _ = _top_k_at(alphas, betas, len(alphas), k)
     rules = {"residual": None, **{f"settled {e:g}": e for e in settle}}
-    out, prev = {}, None
-    for m in checks:
-        top, res = _top_k_at(alphas, betas, m, k)
-        meets = bool(np.all(res <= tol * abs(float(top[0]))))
-        moved = np.inf if prev is None else float(np.max(np.abs(top - prev) / np.abs(top)))
+    out = {}
+    for m in range(first, len(alphas) + 1, every):
+        a, b = alphas[None, :m], betas[None, :m]
         for name, eps in rules.items():
-            if name not in out and meets and (eps is None or moved <= eps):
+            if name not in out and top_k_converged(a, b, k=k, tol=tol, settle=eps, back=every):
+                top, _ = _top_k_at(alphas, betas, m, k)
                 row = {"rule": name, "m": m, "lambda_k": float(top[-1]),
                        "max_relative_change_to_last": float(np.max(np.abs(top - final) / np.abs(final)))}
                 if np.all(top > 0):
-                    from train import record
-
                     row["d_ks"] = record.refit(top, k)["fit"]["d_ks"]
                 out[name] = row
-        prev = top
     return [out.get(name, {"rule": name, "m": None}) for name in rules]
-
 
 def _never(alphas: np.ndarray, betas: np.ndarray) -> bool:
     return False
@@ -109,12 +108,12 @@ def measure_steps(study: Any, piece_name: str, steps: Sequence[int], progress: b
     import hspec
     from train import sample_size as ss
 
-    state_label, size, draw, reduced = ss._parse_name(piece_name)
+    state_label, size, draw, reduced = ss.parse_piece_name(piece_name)
     if reduced:
         raise ValueError(f"{piece_name}: only exact pieces (no '-reduced') can be extended")
     piece = ss.Piece(state_label, size, draw)
     st, idx = study.states[state_label], ss.sample_indices(study.exp, size, draw)
-    op = ss._operator(study.exp, st, idx)
+    op = ss.piece_operator(study.exp, st, idx)
     t0 = time.perf_counter()
     # A `stop` that never fires keeps the Krylov state when the run ends (hspec clears a finished run's state):
     # the study's own piece, and a longer extension, continue from it instead of starting again.

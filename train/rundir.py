@@ -7,7 +7,7 @@
     <run>/init/results.json, ...     the control at initialisation (setting.trained = false)
     <run>/epochs/<e>/results.json    spectra after the chosen epochs
     <run>/table.txt                  the printed verdict table
-    <run>/.run.lock                  held while a `python -m train` works in it (train.study.lock.RunLock)
+    <run>/.run.lock                  held while a `python -m train` works in it (train.lock.RunLock)
 
 This layout is a contract that the sweeps, the report and users' scripts rely on.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from train import checkpoint as ckpt
-from train.study.lock import RunLock
+from train.lock import RunLock
 from train.record import jsonable
 
 RESULTS = "results.json"

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -37,199 +35,15 @@ import numpy as np
 import hspec
 from train import config as config_lib
 from train import rundir
-from train.measure import SETTLE, TOL, device_description
+from train.measure import TOL, device_description
+from train.sample_pieces import (CERTIFY_TOLERANCE, DROP_BUDGET, STATES, STUDY, Piece, carriers, exact_piece,  # noqa: F401
+                                 gn_traces, krylov_identity, parse_piece_name, piece_operator, piece_order, plan,
+                                 reduced_piece, sample_indices, state_fingerprint)
 
-STUDY = "hessian-sample"
 SIZES = ("1000", "2000", "4000", "8000", "16000", "all")
 DRAWS = 3
 DRAWS_UP_TO = 4000
 DRAWS_FROM = 1000
-STATES = ("trained", "init")
-# The dropped part may move an eigenvalue by at most this fraction of λ_K (Weyl).
-CERTIFY_TOLERANCE = 1e-3
-# The dropped examples' Gauss-Newton trace, (1/N) Σ_dropped t_i, is budgeted at this fraction of λ_K: a tenth of
-# the tolerance, since the residual part of the dropped Hessian is not bounded by its trace.
-DROP_BUDGET = 1e-4
-CERTIFY_STEPS = 80
-
-
-@dataclasses.dataclass(frozen=True)
-class Piece:
-    """One spectrum of the study: a state (trained or init) on draw `draw` of a sample of `size` examples."""
-
-    state: str
-    size: int
-    draw: int
-    reduced: bool = False
-
-    @property
-    def name(self) -> str:
-        return f"{self.state}-n{self.size}-d{self.draw}{'-reduced' if self.reduced else ''}"
-
-
-def plan(sizes: list[int], n_train: int, draws: int, draws_up_to: int, states: tuple[str, ...],
-         reduce_from: int | None, draws_from: int = 1) -> list[Piece]:
-    """The pieces in the order they are computed: the trained network first (it decides the question), small
-    samples first within a state; extra draws after every size's first draw."""
-    out = []
-    for state in states:
-        first = [Piece(state, n, 0, _reduced(state, n, reduce_from)) for n in sizes if n <= n_train]
-        extra = [Piece(state, n, d, _reduced(state, n, reduce_from)) for n in sizes
-                 if draws_from <= n <= min(draws_up_to, n_train) for d in range(1, draws)]
-        out += first + extra
-    return out
-
-
-def _reduced(state: str, size: int, reduce_from: int | None) -> bool:
-    return state == "trained" and reduce_from is not None and size >= reduce_from
-
-
-def sample_indices(exp: Any, size: int, draw: int) -> np.ndarray:
-    """The sorted training-set rows of draw `draw` of a `size`-example sample: draw 0 is what a run with
-    hessian_samples=size uses (the run's `hessian_sample` stream), draw i uses fold_in(that stream, i)."""
-    import jax
-
-    from train import data
-
-    n = len(exp.ds.y_train)
-    if size >= n:
-        return np.arange(n, dtype=np.int64)
-    key = exp.keys.hessian_sample if draw == 0 else jax.random.fold_in(exp.keys.hessian_sample, draw)
-    return data.subset_indices(key, n, size)
-
-
-def state_fingerprint(params: Any) -> str:
-    """sha256 of a parameter pytree's bytes (the identity of a network in a Krylov state)."""
-    import jax
-
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(params):
-        h.update(np.ascontiguousarray(np.asarray(leaf)).tobytes())
-    return h.hexdigest()
-
-
-def gn_traces(exp: Any, state: Any, cache: Path, compute: bool = True) -> np.ndarray | None:
-    """The per-example Gauss-Newton traces of `state` over the whole training set, cached in `cache` under the
-    network's fingerprint (None when not cached and `compute` is false)."""
-    from hspec.curvature import gauss_newton_traces
-    from train.hessian import example_loss, jacobian_output_fn
-
-    path = cache / f"gn-traces-{state_fingerprint(state.params)[:16]}.npy"
-    if path.is_file():
-        return np.load(path)
-    if not compute:
-        return None
-    t = gauss_newton_traces(jacobian_output_fn(exp, state.rest), example_loss, state.params,
-                            (exp.ds.x_train, exp.ds.y_train))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path.with_suffix(".tmp.npy"), t)
-    os.replace(path.with_suffix(".tmp.npy"), path)
-    return t
-
-
-def carriers(t: np.ndarray) -> dict[str, Any]:
-    """The curvature diagnostic of traces `t` as a JSON-ready dict."""
-    from hspec.curvature import CurvatureCarriers
-
-    return CurvatureCarriers.of(t).to_dict()
-
-
-def split_by_curvature(t_sample: np.ndarray, budget: float) -> np.ndarray:
-    """A boolean mask of the examples to keep: all but the smallest traces whose mean over the sample,
-    (1/N) Σ_dropped t_i, stays within `budget`."""
-    n = t_sample.size
-    order = np.argsort(t_sample)  # smallest first
-    dropped_mass = np.cumsum(t_sample[order]) / n
-    num_dropped = int(np.searchsorted(dropped_mass, budget, side="right"))
-    keep = np.ones(n, bool)
-    keep[order[:num_dropped]] = False
-    return keep
-
-
-def krylov_identity(exp: Any, state: Any, piece: Piece, idx: np.ndarray, keep: np.ndarray | None) -> dict[str, Any]:
-    """What a piece's Krylov state belongs to: the network, the sample (and the kept part), the settings."""
-    identity = {"study": STUDY, "network": state_fingerprint(state.params), "piece": piece.name,
-                "sample": hashlib.sha256(np.asarray(idx, np.int64).tobytes()).hexdigest(), "k": exp.cfg.k,
-                "tol": TOL, "micro_batch": exp.cfg.hessian_batch_size, "start": "lanczos_start",
-                "method": _method(int(np.sum(keep)) if keep is not None else idx.size)}
-    if keep is not None:
-        identity["kept"] = hashlib.sha256(np.packbits(keep).tobytes()).hexdigest()
-    return identity
-
-
-def _method(n: int) -> str:
-    """The operator's method for n examples (a Krylov state continues only with the same products)."""
-    from train.measure import linearize_max_examples
-
-    return "linearize" if n <= linearize_max_examples() else "jvp"
-
-
-def _operator(exp: Any, state: Any, idx: np.ndarray, factory: Any = None) -> Any:
-    """The Hessian operator of `state` on the training rows `idx` (mean loss, micro-batched in one scan), through
-    the study's hspec.HessianFactory (samples of one size share its programs; None: a new one)."""
-    from train.hessian import hessian_loss
-    from train.measure import sample_operator
-
-    return sample_operator(hessian_loss(exp.model_defs.eval_def, state.rest), state.params,
-                           (exp.ds.x_train[idx], exp.ds.y_train[idx]), exp.cfg.hessian_batch_size, factory=factory)
-
-
-def converged_top(op: Any, exp: Any, state_dir: Path, identity: dict, progress: bool) -> Any:
-    """The strict top K of an operator (the run's step rule, grown until they converge and settle), its Krylov
-    state kept in `state_dir` under `identity`."""
-    from train.measure import SpectrumSpec, top_k
-
-    spec = SpectrumSpec(k=exp.cfg.k, lanczos_steps=exp.cfg.lanczos_steps, max_lanczos_steps=exp.cfg.max_lanczos_steps,
-                        tol=TOL, settle=SETTLE)
-    return top_k(op, spec, exp.keys.lanczos_start, progress, state_dir, identity)[0]
-
-
-def spectrum_entry(values: np.ndarray, k: int, top: Any, seconds: float) -> dict[str, Any]:
-    """The JSON entry of one converged spectrum: the fit at K, convergence, the values, the seconds."""
-    from train import record
-
-    return dict(record.refit(values, k), num_converged=int(top.num_converged), lanczos_steps=int(top.num_steps),
-                moved=top.moved, settle=top.settle, eigenvalues=np.asarray(values), seconds=seconds)
-
-
-def exact_piece(exp: Any, state: Any, piece: Piece, idx: np.ndarray, work: Path, progress: bool,
-                factory: Any = None) -> dict[str, Any]:
-    """A spectrum on the whole sample."""
-    t0 = time.perf_counter()
-    top = converged_top(_operator(exp, state, idx, factory), exp, work / f"{piece.name}.lanczos",
-                        krylov_identity(exp, state, piece, idx, None), progress)
-    return spectrum_entry(top.eigenvalues, exp.cfg.k, top, top.lanczos.resumed_s + time.perf_counter() - t0)
-
-
-def reduced_piece(exp: Any, state: Any, piece: Piece, idx: np.ndarray, t_sample: np.ndarray, lambda_k_guess: float,
-                  work: Path, progress: bool, factory: Any = None) -> dict[str, Any]:
-    """A spectrum of the examples that carry the curvature, certified against the dropped ones (Weyl).
-
-    The kept operator is the mean over the kept examples scaled by n_kept / N, the dropped part's norm that of the
-    mean over the dropped ones scaled by n_dropped / N: together they are the sample's Hessian."""
-    import jax
-
-    from hspec.certify import NormEstimate, spectral_norm, weyl_certificate
-
-    t0 = time.perf_counter()
-    keep = split_by_curvature(t_sample, DROP_BUDGET * lambda_k_guess)
-    n, n_kept = idx.size, int(keep.sum())
-    top = converged_top(_operator(exp, state, idx[keep], factory), exp, work / f"{piece.name}.lanczos",
-                        krylov_identity(exp, state, piece, idx, keep), progress)
-    values = np.asarray(top.eigenvalues, np.float64) * (n_kept / n)
-    t1 = time.perf_counter()
-    if n_kept < n:
-        norm = spectral_norm(_operator(exp, state, idx[~keep], factory),
-                             key=jax.random.fold_in(exp.keys.lanczos_start, 1),
-                             num_steps=CERTIFY_STEPS, scale=(n - n_kept) / n)
-    else:  # nothing dropped: the operator is the sample's
-        norm = NormEstimate(0.0, 0.0, 0.0, 0.0, 0.0, 0, 0.0)
-    cert = weyl_certificate(norm, values, exp.cfg.k, CERTIFY_TOLERANCE)
-    entry = spectrum_entry(values, exp.cfg.k, top, top.lanczos.resumed_s + time.perf_counter() - t0)
-    entry["reduced"] = {"kept": n_kept, "dropped": n - n_kept, "drop_budget": DROP_BUDGET * lambda_k_guess,
-                        "dropped_gn_trace": float(np.sum(t_sample[~keep]) / n), "certificate": cert,
-                        "certify_s": time.perf_counter() - t1}
-    return entry
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,7 +174,7 @@ class Study:
         prints = {label: state_fingerprint(st.params) for label, st in self.states.items()}
         for path in sorted((self.work / "pieces").glob("*.json")):
             doc = _read_json(path)
-            if doc is not None and doc.get("network") == prints.get(_parse_name(path.stem)[0]):
+            if doc is not None and doc.get("network") == prints.get(parse_piece_name(path.stem)[0]):
                 done[path.stem] = doc["entry"]
         return done
 
@@ -382,7 +196,7 @@ class Study:
     def _lambda_k_guess(self, label: str, done: dict) -> float:
         """λ_K of the largest sample of this state finished so far (the drop budget's scale)."""
         k = self.exp.cfg.k
-        sizes = {name: _parse_name(name)[1] for name in done if _parse_name(name)[0] == label}
+        sizes = {name: parse_piece_name(name)[1] for name in done if parse_piece_name(name)[0] == label}
         if not sizes:
             raise RuntimeError(f"no finished {label} spectrum to scale the drop budget by: run a smaller size first")
         return float(np.asarray(done[max(sizes, key=sizes.get)]["eigenvalues"])[k - 1])
@@ -395,8 +209,8 @@ class Study:
         from train import record
 
         entries = []
-        for name, entry in sorted(done.items(), key=lambda kv: _piece_order(kv[0])):
-            state, size, draw, reduced = _parse_name(name)
+        for name, entry in sorted(done.items(), key=lambda kv: piece_order(kv[0])):
+            state, size, draw, reduced = parse_piece_name(name)
             if state not in self.states:
                 continue
             idx, t = sample_indices(self.exp, size, draw), self.traces(state, compute=False)
@@ -420,18 +234,9 @@ def _pending_of(study: "Study", done: dict) -> list[str]:
     queue, e.g. the other state on the other core, shares the file), in the study's order."""
     old = (_read_json(study.out / "series.json") or {}).get("pending", [])
     names = {p.name for p in study.pieces} | set(old)
-    return sorted((n for n in names if n not in done), key=_piece_order)
+    return sorted((n for n in names if n not in done), key=piece_order)
 
 
-def _parse_name(name: str) -> tuple[str, int, int, bool]:
-    state, rest = name.split("-n", 1)
-    parts = rest.split("-")
-    return state, int(parts[0]), int(parts[1][1:]), len(parts) > 2 and parts[2] == "reduced"
-
-
-def _piece_order(name: str) -> tuple:
-    state, size, draw, reduced = _parse_name(name)
-    return (STATES.index(state) if state in STATES else 9, size, draw, reduced)
 
 
 def run_study(study: Study, progress: bool = True) -> Path:
@@ -501,7 +306,7 @@ def reduction_check(study: Study, size: int, steps: int = 60) -> dict[str, Any]:
     for q in REDUCTION_QUANTILES:
         drop = t < np.quantile(t, q)
         t0 = time.perf_counter()
-        norm = spectral_norm(_operator(study.exp, st, idx[drop], study.factory),
+        norm = spectral_norm(piece_operator(study.exp, st, idx[drop], study.factory),
                              key=jax.random.fold_in(study.exp.keys.lanczos_start, 1),
                              num_steps=steps, scale=float(drop.sum()) / idx.size)
         cuts.append({"quantile": q, "dropped": int(drop.sum()), "dropped_gn_trace": float(t[drop].sum() / idx.size),

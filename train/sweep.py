@@ -7,7 +7,7 @@ from train.study.layout import (CONTROL_KEY, CONTROL_POINTER, FAILED, OVERRIDES,
                                 RESULTS_ROOT, SENSITIVITY, SPECTRUM_FILES, WORK_ROOT, Roots, control_pointer,
                                 failure_attempt, failure_path, is_published, lanczos_progress, publish,
                                 published_overrides, read_failures, record_failure, run_files, run_state)
-from train.study.lock import LOCK_HEARTBEAT_S, LOCK_STALE_S, RunLock  # noqa: F401
+from train.lock import LOCK_HEARTBEAT_S, LOCK_STALE_S, RunLock  # noqa: F401
 from train.study.plan import (CIFAR_LR1_STUCK, CIFAR_LR1_WHY, CONTROL_FIELDS, CONTROLS, GROUPS,  # noqa: F401
                               LINEAR_LR_WHY, REFERENCE, Group, SweepError, SweepRun, applied_overrides,
                               control_config, control_fields, control_key, control_state_key, distinct_controls,

@@ -29,14 +29,13 @@ def test_streams_are_distinct_and_derived_from_the_seed_as_recorded():
 
 
 def test_no_stream_serves_two_purposes_in_a_run(data_dir):
-    """The Lanczos start is not the initialisation, the trace probes not the augmentation, and the Hessian
-    sample is not the first examples of epoch 1 (each was true of the earlier derivation)."""
+    """The Hessian sample is not the first examples of epoch 1 (it was in the earlier derivation), and the initial
+    weights are the init stream's (the Lanczos start: the next test, on what the measurement used)."""
     from train import data, experiment, presets
 
     cfg = dataclasses.replace(presets.get("tiny-fcn-mnist"), data_dir=data_dir)
     exp = experiment.build_experiment(cfg)
     k = exp.keys
-    assert _bits(k.lanczos_start) != _bits(k.init) and _bits(k.trace_probes) != _bits(k.augment)
     first_epoch = data.epoch_permutation(len(exp.ds.y_train), k.data_order, 1)
     sample = np.asarray(exp.hessian.indices)
     assert not np.array_equal(np.sort(first_epoch[: len(sample)]), sample)
@@ -47,3 +46,33 @@ def test_no_stream_serves_two_purposes_in_a_run(data_dir):
     other = experiment.build_experiment(dataclasses.replace(cfg, seed=1))
     first = [np.asarray(a) for a in jax.tree.leaves(exp.template.params)]
     assert not all(np.array_equal(a, np.asarray(b)) for a, b in zip(first, jax.tree.leaves(other.template.params)))
+
+
+def test_the_lanczos_start_a_measurement_draws_is_its_own_stream_not_the_init_key(data_dir, monkeypatch):
+    """What the consumer used: the first vector that a run's measurement hands to its Hessian operator (the
+    operator's public matvec sees every product) is the start vector that hspec.lanczos draws from the run's
+    lanczos_start stream, and not the one the init key would give."""
+    import hspec
+    from train import experiment, presets, run
+
+    cfg = dataclasses.replace(presets.get("tiny-fcn-mnist"), data_dir=data_dir, k=4, lanczos_steps=12,
+                              max_lanczos_steps=48, trace_samples=2)
+    exp = experiment.build_experiment(cfg)
+    seen, real = [], hspec.HessianOperator.matvec
+
+    def matvec(self, v):
+        seen.append(np.asarray(v))
+        return real(self, v)
+
+    monkeypatch.setattr(hspec.HessianOperator, "matvec", matvec)
+    metrics = dict(train_loss=1.0, train_acc=0.1, test_loss=1.0, test_acc=0.1)
+    run.measure_state(exp, exp.template, metrics, epoch=0, step=0, checkpoint=None, progress=False)
+    used = seen[0].reshape(-1)
+
+    def start_from(key) -> np.ndarray:
+        first = []
+        hspec.lanczos(lambda v: first.append(np.asarray(v)) or v, 2, key=key, dim=used.size, dtype=used.dtype)
+        return first[0].reshape(-1)
+
+    np.testing.assert_array_equal(used, start_from(exp.keys.lanczos_start))
+    assert not np.allclose(used, start_from(exp.keys.init))

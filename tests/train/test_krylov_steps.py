@@ -57,7 +57,8 @@ def test_a_step_beyond_the_run_is_refused(x64):
 
 def test_rule_stops_the_residual_rule_fires_first_the_settled_rule_when_no_rank_moves(x64):
     """On a dense tail the residual rule stops at the first check with ranks still wrong; "settled ε" stops at the
-    first check whose top K moved by at most ε since the previous one, each checked with dense eigvalsh."""
+    first check whose top K moved by at most ε over the last `every` steps (also at the first check, whose earlier
+    run is the one truncated `every` steps before it), each checked with dense eigvalsh."""
     from train.krylov_steps import rule_stops
 
     eigs = np.concatenate([[10.0, 5.0], np.linspace(1.0, 0.99, 200)])
@@ -71,7 +72,7 @@ def test_rule_stops_the_residual_rule_fires_first_the_settled_rule_when_no_rank_
     residual, settled = rule_stops(alphas, betas, k, 1e-3, first=40, every=20, settle=(1e-4,))
     assert residual["m"] == 40 and residual["max_relative_change_to_last"] > 1e-3
     checks = range(40, 203, 20)
-    moved = {m: np.max(np.abs(top(m) - top(m - 20)) / top(m)) for m in checks if m > 40}
+    moved = {m: np.max(np.abs(top(m) - top(m - 20)) / top(m)) for m in checks if m - 20 >= k}
     expected = min(m for m, d in moved.items() if d <= 1e-4)
     assert settled["m"] == expected and settled["lambda_k"] == pytest.approx(top(expected)[-1], rel=1e-9)
     assert settled["max_relative_change_to_last"] == pytest.approx(np.max(np.abs(top(expected) - top(202)) / top(202)),
@@ -91,3 +92,23 @@ def test_an_extension_keeps_its_krylov_state_for_the_study_to_continue(x64, tmp_
     hspec.lanczos(lambda v: v @ a, 12, key=jax.random.key(1), dim=30, dtype=jnp.float64, checkpoint_dir=cleared,
                   basis="host", loop="python")
     assert KrylovStore.saved_steps(kept) == 12 and KrylovStore.saved_steps(cleared) is None
+
+
+@pytest.mark.parametrize("settle", [None, 1e-5])
+def test_the_replay_stops_where_hspec_s_own_growing_run_stops(x64, settle):
+    """rule_stops applies hspec's rule, not a copy: replayed on the coefficients of a growing hspec.top_eigenvalues
+    run from `first` steps (checked every max(10, first/10) steps), the rule fires first at the step where that run stopped."""
+    from train.krylov_steps import rule_stops
+
+    eigs = np.concatenate([[10.0, 5.0], np.linspace(1.0, 0.99, 200)])
+    q, _ = np.linalg.qr(np.random.default_rng(0).standard_normal((eigs.size, eigs.size)))
+    a = jnp.asarray((q * eigs) @ q.T, jnp.float64)
+    op = hspec.hessian_operator(lambda theta: 0.5 * theta @ a @ theta, jnp.zeros(eigs.size, jnp.float64))
+    k, first, tol = 12, 40, 1e-3
+    grown = hspec.top_eigenvalues(op, k=k, key=jax.random.key(1), num_steps=first, max_steps=202, tol=tol,
+                                  settle=settle, strict=False)
+    assert grown.num_steps > first or settle is None  # the settled run grew: its earlier checks did not fire
+    alphas, betas = grown.lanczos.alphas[0], grown.lanczos.betas[0]
+    stops = rule_stops(alphas, betas, k, tol, first=first, every=max(10, first // 10), settle=() if settle is None else (settle,))
+    assert stops[-1]["m"] == grown.num_steps
+    assert stops[-1]["lambda_k"] == pytest.approx(grown.eigenvalues[-1], rel=1e-9)

@@ -76,7 +76,7 @@ def test_a_krylov_state_of_another_piece_is_refused(tiny_run, tmp_path):
     piece, other = sample_size.Piece("trained", 64, 0), sample_size.Piece("trained", 64, 1)
     st = study.states["trained"]
     idx = sample_size.sample_indices(study.exp, 64, 0)
-    op = sample_size._operator(study.exp, st, idx)
+    op = sample_size.piece_operator(study.exp, st, idx)
     # A state of piece `piece` that ran out of budget (so it is kept), moved to where `other` keeps its state.
     with pytest.raises(hspec.NotConvergedError):
         hspec.top_eigenvalues(op, k=10, key=study.exp.keys.lanczos_start, num_steps=12, max_steps=12, strict=True,

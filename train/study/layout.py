@@ -24,7 +24,7 @@ from typing import Any
 
 from train import record, rundir
 from train.config import Config
-from train.study.lock import RunLock
+from train.lock import RunLock
 from train.study.plan import CONTROLS, Group, SweepError, SweepRun, control_fields, control_key, source_of
 
 RESULTS_ROOT = "results"
