@@ -132,7 +132,7 @@ def _main_train(argv: list[str]) -> int:
         return 0
     cfg = _config_from_args(args, extra)
     if args.show_config:
-        print(json.dumps(config_lib.to_dict(config_lib.resolve(cfg)), indent=1))
+        print(json.dumps(config_lib.to_dict(config_lib.resolve(config_lib.validate(cfg))), indent=1))
         return 0
     if args.resume and not args.out:
         args.out = os.path.join("runs", cfg.preset)

@@ -327,10 +327,11 @@ def check_sample_rank(cfg: Config, size: int) -> None:
 
 
 def resolve(cfg: Config, num_params: int | None = None) -> Config:
-    """Validate and fill the rule-valued fields (learning rate, Lanczos steps, augmentation, activation).
+    """Fill the rule-valued fields (learning rate, Lanczos steps, augmentation, activation) of a validated config
+    (`validate`: train.experiment.build_experiment validates once, then resolves).
 
     Args:
-        cfg: the configuration as given.
+        cfg: the configuration as given, validated.
         num_params: the model's parameter count, when known: K must not exceed it, and the Lanczos
             rule is clamped to it (an explicit lanczos_steps above it is an error).
 
@@ -338,9 +339,8 @@ def resolve(cfg: Config, num_params: int | None = None) -> Config:
         The resolved configuration that config.json records.
 
     Raises:
-        ConfigError: as `validate`, or K / lanczos_steps larger than the parameter count.
+        ConfigError: K / lanczos_steps larger than the parameter count, max_lanczos_steps below lanczos_steps.
     """
-    validate(cfg)
     from hspec import default_num_steps  # the one Lanczos-steps rule, max(3k, k + 100)
     from train import optim
 
@@ -355,30 +355,33 @@ def resolve(cfg: Config, num_params: int | None = None) -> Config:
     lr = cfg.learning_rate
     if lr is None:
         lr = float(optim.paper_learning_rate(cfg.optimizer, cfg.dataset))
-    activation = cfg.activation
-    if cfg.model == "fcn" and activation is None:
-        activation = "relu"
     return dataclasses.replace(
         cfg,
         learning_rate=lr,
         lanczos_steps=steps,
         augment=cfg.augment if cfg.augment is not None else cfg.dataset.startswith("cifar"),
-        activation=activation,
+        activation=resolved_activation(cfg),
     )
+
+
+def resolved_activation(cfg: Config) -> str | None:
+    """The activation a config's model uses: the FCN's default is ReLU; other models have their own."""
+    return "relu" if cfg.model == "fcn" and cfg.activation is None else cfg.activation
 
 
 def model_kwargs(cfg: Config) -> dict[str, Any]:
     """The keyword arguments `train.models.build` takes for this config's model.
 
     Args:
-        cfg: a resolved configuration.
+        cfg: a configuration (resolved or not: the activation's default is filled here too).
 
     Returns:
         The subset of depth/width/activation/batchnorm/conv1_padding/pooling that the model reads.
     """
     # For the LeNet options None means "the model's own default" (the paper's form): not passed on.
-    return {name: getattr(cfg, name) for name in MODEL_FIELDS[cfg.model]
-            if not (name in ("conv1_padding", "pooling") and getattr(cfg, name) is None)}
+    given = dataclasses.replace(cfg, activation=resolved_activation(cfg))
+    return {name: getattr(given, name) for name in MODEL_FIELDS[cfg.model]
+            if not (name in ("conv1_padding", "pooling") and getattr(given, name) is None)}
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -74,7 +74,7 @@ def build_model(cfg: Config, ds: Any, keys: RunKeys) -> Any:
     from train import models
 
     return models.build(cfg.model, num_classes=ds.num_classes, input_shape=tuple(ds.input_shape),
-                        rngs=nnx.Rngs(keys.init), **config_lib.model_kwargs(config_lib.resolve(cfg)))
+                        rngs=nnx.Rngs(keys.init), **config_lib.model_kwargs(cfg))
 
 
 def _plan(cfg: Config, n_train: int) -> tuple[int, int, int]:
@@ -104,7 +104,8 @@ def build_experiment(cfg: Config, progress: bool = True) -> Experiment:
     """Load the data, build and split the model, make the optimizer and draw the Hessian sample.
 
     Args:
-        cfg: a configuration (validated here; rule fields resolved against the model's size).
+        cfg: a configuration (validated here, the one place a run validates it; rule fields resolved against
+            the model's size).
         progress: show a download progress bar if data must be fetched.
 
     Returns:

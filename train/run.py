@@ -163,9 +163,8 @@ def train_run(cfg: Config, out: str | os.PathLike, *, resume: bool = False, prog
     Returns:
         [(label, record)] for init (if enabled), chosen epochs, final.
     """
-    config_lib.validate(cfg)
+    exp = build_experiment(cfg, progress)  # validates the config (once), then loads the data
     run = rundir.check_out_dir(out, resume=resume)
-    exp = build_experiment(cfg, progress)
     with rundir.claimed(run):
         return _train_claimed(exp, run, resume=resume, progress=progress, echo=echo)
 

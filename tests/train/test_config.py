@@ -108,7 +108,7 @@ def test_resolve_applies_the_written_rules():
 ])
 def test_spectrum_fields_are_checked_against_the_model(changes, fragment):
     with pytest.raises(C.ConfigError, match=fragment):
-        C.resolve(dataclasses.replace(C.Config(), **changes), num_params=10**6)
+        C.resolve(C.validate(dataclasses.replace(C.Config(), **changes)), num_params=10**6)
 
 
 def test_resolve_rejects_k_or_steps_above_the_parameter_count():
