@@ -16,8 +16,16 @@
 #             $OUT/llm-nano-results.tgz: out/ (config.json, steps/<step>/results.json, tracking.json, table.txt),
 #             work/metrics.jsonl and work/config.json (no checkpoints), and log.txt. Unpack with
 #             `tar xzf llm-nano-results.tgz -C /tmp/nano` and read out/tracking.json.
-# Expects MNIST (and cifar10 for resnet18, tinyshakespeare for llm-nano) under $HSPEC_DATA_DIR (the device run
-# copies them into .devdata, which is not committed).
+#   hessian-sample[:SECONDS]  the Hessian-sample study (python -m train hessian-sample, issue 24) of the run staged
+#             in .devrun/ (benchmarks/gpu_stage.sh: the reference lenet-mnist-sgd at epoch 50, whose network the
+#             study recognises by its bytes), for at most SECONDS (default 480): by default the whole training set
+#             ($HS_SIZES, default "all"; $HS_STATES, default "trained,init"). Every piece finished before the limit
+#             comes back in $OUT/hessian-sample-results.tgz as hessian-sample/<name>/pieces/*.json, the form the
+#             study keeps under its work folder: `tar xzf hessian-sample-results.tgz -C ~/.cache/hspec/work`, then
+#             any `python -m train hessian-sample --run RUN ...` (or --carriers-only) puts them into series.json
+#             and skips them. A piece cut off by the limit is lost (no Krylov state comes back).
+# Expects MNIST (and cifar10 for resnet18, tinyshakespeare for llm-nano) under $HSPEC_DATA_DIR: stage them with
+# `bash benchmarks/gpu_stage.sh`, which copies them into .devdata/ (ignored by git; carry it) and prints the carry list.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD HSPEC_DATA_DIR=${HSPEC_DATA_DIR:-$PWD/.devdata}
 PY=${PY:-python3}
@@ -46,6 +54,25 @@ llm_nano_part() {
   for f in out work/metrics.jsonl work/config.json; do [ -e "$dir/$f" ] && files+=("$f"); done
   tar czf "${OUT:-/tmp}/llm-nano-results.tgz" -C "$dir" "${files[@]}" && echo "packed llm-nano-results.tgz: ${files[*]}"
 }
+# The Hessian-sample study of the staged run for at most $1 seconds; the pieces it finished are packed as the study
+# keeps them (each is written whole when its spectrum is done).
+hessian_sample_part() {
+  local seconds=$1 run=${HS_RUN:-$PWD/.devrun/lenet-mnist-sgd} work=${HS_WORK:-/tmp/gpu-hessian-sample}
+  rm -rf "$work" && mkdir -p "$work/hessian-sample"
+  echo "== hessian-sample: $run, sizes ${HS_SIZES:-all}, states ${HS_STATES:-trained,init}, at most $seconds s" \
+    | tee "$work/hessian-sample/gpu-log.txt"
+  HSPEC_LINEARIZE_MAX_EXAMPLES=${HSPEC_LINEARIZE_MAX_EXAMPLES:-60000} timeout "$seconds" $PY -m train hessian-sample \
+    --run "$run" --sizes "${HS_SIZES:-all}" --draws 1 --states "${HS_STATES:-trained,init}" --work "$work" \
+    --data-dir "$HSPEC_DATA_DIR" --results "${HS_RESULTS:-$PWD/results}" --no-progress 2>&1 \
+    | tee -a "$work/hessian-sample/gpu-log.txt"
+  echo "hessian-sample exit status ${PIPESTATUS[0]} (124: cut off by the time limit)" \
+    | tee -a "$work/hessian-sample/gpu-log.txt"
+  local files=(hessian-sample/gpu-log.txt)
+  mapfile -t -O 1 files < <(cd "$work" && find hessian-sample -path '*/pieces/*.json' | sort)
+  files[0]=hessian-sample/gpu-log.txt
+  tar czf "${OUT:-/tmp}/hessian-sample-results.tgz" -C "$work" "${files[@]}" \
+    && echo "packed hessian-sample-results.tgz: $(( ${#files[@]} - 1 )) pieces"
+}
 nvidia-smi -L
 $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"
 for part in $parts; do
@@ -67,6 +94,10 @@ for part in $parts; do
     llm-nano|llm-nano:*)
       seconds=480; [ "$part" != llm-nano ] && seconds=${part#llm-nano:}
       llm_nano_part "$seconds" ;;
-    *) echo "unknown part $part (bench, tests, resnet18, sweep:GROUP[:SECONDS], llm-nano[:SECONDS])"; exit 2 ;;
+    hessian-sample|hessian-sample:*)
+      seconds=480; [ "$part" != hessian-sample ] && seconds=${part#hessian-sample:}
+      hessian_sample_part "$seconds" ;;
+    *) echo "unknown part $part (bench, tests, resnet18, sweep:GROUP[:SECONDS], llm-nano[:SECONDS]," \
+            "hessian-sample[:SECONDS])"; exit 2 ;;
   esac
 done

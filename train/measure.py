@@ -130,16 +130,19 @@ def _eigengap_fit(eigenvalues: np.ndarray) -> dict | None:
 def top_k(op: hspec.HessianOperator, spec: SpectrumSpec, key: jax.Array, progress: bool, state_dir=None,
           identity: dict | None = None):
     """The strict top-K eigenvalues of the operator, the Krylov space grown until they converge; and the
-    step budget used (the rule's value when the spec leaves it open). With ``state_dir`` (host basis only) a
-    killed Lanczos run resumes from its last save, refused if it was saved under another ``identity``.
+    step budget used (the rule's value when the spec leaves it open). With ``state_dir`` (on a CPU) a killed
+    Lanczos run resumes from its last save, refused if it was saved under another ``identity``.
 
     The one measurement rule: every run's spectrum (`measure`), every spectrum of the sensitivity study
     (train.study.sensitivity) and of the Hessian-sample study (train.sample_size) comes from here."""
     steps = spec.lanczos_steps or hspec.default_num_steps(spec.k, op.dim)
     max_steps = spec.max_lanczos_steps or hspec.default_max_steps(steps, op.dim)
+    # The Krylov state is saved from a host basis, hspec's default on a CPU; on an accelerator the basis stays in
+    # device memory (the fast form there) and a killed measurement starts again.
+    keep = state_dir if jax.default_backend() == "cpu" else None
     top = hspec.top_eigenvalues(op, k=spec.k, key=key, num_steps=steps, max_steps=max_steps, tol=spec.tol,
                                 strict=True, num_starts=spec.num_starts, combine=spec.combine, progress=progress,
-                                checkpoint_dir=state_dir, checkpoint_identity=identity, settle=spec.settle)
+                                checkpoint_dir=keep, checkpoint_identity=identity, settle=spec.settle)
     return top, max_steps
 
 
@@ -209,8 +212,7 @@ def measure(loss_fn: Callable, params: Any, batches: list | None, spec: Spectrum
     else:
         op = factory(loss_fn, params, batches=batches, wrt=wrt)
         num_samples = int(sum(len(b[0]) for b in batches))
-    on_host = jax.default_backend() == "cpu"  # where top_eigenvalues keeps the basis on the host
-    top, max_steps = top_k(op, spec, lanczos_key, progress, lanczos_state if on_host else None)
+    top, max_steps = top_k(op, spec, lanczos_key, progress, lanczos_state)
     t1 = time.perf_counter()
     trace = hspec.hutchinson_trace(op, key=trace_key, num_samples=spec.trace_samples)
     t2 = time.perf_counter()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -36,9 +37,10 @@ import hspec
 from train import config as config_lib
 from train import rundir
 from train.measure import TOL, device_description
-from train.sample_pieces import (CERTIFY_TOLERANCE, DROP_BUDGET, STATES, STUDY, Piece, carriers, exact_piece,  # noqa: F401
-                                 gn_traces, krylov_identity, parse_piece_name, piece_operator, piece_order, plan,
-                                 reduced_piece, sample_indices, state_fingerprint)
+# The piece layer's names stay importable from here (krylov_identity included: scripts and tests use it).
+from train.sample_pieces import (CERTIFY_TOLERANCE, DROP_BUDGET, STATES, STUDY, Piece, carriers,  # noqa: F401
+                                 exact_piece, gn_traces, krylov_identity, parse_piece_name, piece_operator,
+                                 piece_order, plan, reduced_piece, sample_indices, state_fingerprint)
 
 SIZES = ("1000", "2000", "4000", "8000", "16000", "all")
 DRAWS = 3
@@ -144,12 +146,14 @@ class Study:
     """One network's Hessian-sample study: its experiment, states, traces, finished pieces and output files."""
 
     def __init__(self, run: Path, epoch: int | None, spec: StudySpec, results: Path, work: Path, name: str | None,
-                 echo: Callable = print, lanczos_steps: int | None = None):
+                 echo: Callable = print, lanczos_steps: int | None = None, data_dir: str | os.PathLike | None = None):
         from train.run import experiment_at_checkpoint
 
         # The Krylov space starts at `lanczos_steps` (default: the run's rule, 3K) and grows until the top K have
         # converged; a state saved under one start continues under another (the Lanczos run is the same).
         overrides = {} if lanczos_steps is None else {"lanczos_steps": lanczos_steps, "max_lanczos_steps": None}
+        if data_dir:  # the data where they are now, not where the run found them (a run moved to another machine)
+            overrides["data_dir"] = str(Path(data_dir).absolute())
         self.exp, trained, self.meta, _ = experiment_at_checkpoint(Path(run), epoch=epoch, overrides=overrides)
         self.spec, self.results, self.echo = spec, Path(results), echo
         self.name = name or f"{Path(run).resolve().name}-epoch{self.meta['epoch']}"
@@ -244,6 +248,9 @@ def run_study(study: Study, progress: bool = True) -> Path:
     done = study.finished()
     path = study.write(done)
     for piece in study.pieces:
+        # Read again before each piece: pieces finished elsewhere meanwhile (another queue, or unpacked from a GPU
+        # run, benchmarks/gpu_check.sh hessian-sample) are not computed again, and series.json keeps them.
+        done = study.finished()
         if piece.name in done:
             continue
         study.echo(f"{piece.name}: top {study.exp.cfg.k} of the Hessian of {piece.size} examples "
@@ -345,7 +352,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=None, help=f"work folder for Krylov states and finished pieces (default: "
                                                 f"${rundir.ENV_WORK_DIR}, else ~/.cache/hspec/work)")
     p.add_argument("--results", default="results", help="published results root (default: results/)")
-    p.add_argument("--data-dir", help="data directory (default: env HSPEC_DATA_DIR, else ~/.cache/hspec/data)")
+    p.add_argument("--data-dir", help="data directory (default: the run's own, else env HSPEC_DATA_DIR, else "
+                                       "~/.cache/hspec/data)")
     p.add_argument("--list", action="store_true", help="show each piece's progress and exit")
     p.add_argument("--lanczos-steps", type=int, help="Lanczos steps to start with before the convergence checks "
                                                      "(default: the run's rule, max(3K, K + 100)); the Krylov space "
@@ -389,7 +397,7 @@ def main(argv: list[str]) -> int:
     # 'all' resolves against the training set once the run is loaded.
     probe = Study(Path(args.run), args.epoch, StudySpec(sizes=()), Path(args.results),
                   Path(args.work) if args.work else rundir.default_work_dir(), args.name,
-                  lanczos_steps=args.lanczos_steps)
+                  lanczos_steps=args.lanczos_steps, data_dir=args.data_dir)
     n = probe.n_train
     resolve = lambda v: n if v == config_lib.ALL_SAMPLES else v  # noqa: E731
     spec = StudySpec(sizes=tuple(sorted({resolve(s) for s in sizes})), draws=args.draws, draws_up_to=args.draws_up_to,

@@ -97,7 +97,8 @@ def test_an_extension_keeps_its_krylov_state_for_the_study_to_continue(x64, tmp_
 @pytest.mark.parametrize("settle", [None, 1e-5])
 def test_the_replay_stops_where_hspec_s_own_growing_run_stops(x64, settle):
     """rule_stops applies hspec's rule, not a copy: replayed on the coefficients of a growing hspec.top_eigenvalues
-    run from `first` steps (checked every max(10, first/10) steps), the rule fires first at the step where that run stopped."""
+    run from `first` steps (checked every max(10, first/10) steps), the rule fires first at the step where that run
+    stopped."""
     from train.krylov_steps import rule_stops
 
     eigs = np.concatenate([[10.0, 5.0], np.linspace(1.0, 0.99, 200)])
@@ -109,6 +110,7 @@ def test_the_replay_stops_where_hspec_s_own_growing_run_stops(x64, settle):
                                   settle=settle, strict=False)
     assert grown.num_steps > first or settle is None  # the settled run grew: its earlier checks did not fire
     alphas, betas = grown.lanczos.alphas[0], grown.lanczos.betas[0]
-    stops = rule_stops(alphas, betas, k, tol, first=first, every=max(10, first // 10), settle=() if settle is None else (settle,))
+    stops = rule_stops(alphas, betas, k, tol, first=first, every=max(10, first // 10),
+                       settle=() if settle is None else (settle,))
     assert stops[-1]["m"] == grown.num_steps
     assert stops[-1]["lambda_k"] == pytest.approx(grown.eigenvalues[-1], rel=1e-9)
