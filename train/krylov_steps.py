@@ -134,7 +134,7 @@ def measure_steps(study: Any, piece_name: str, steps: Sequence[int], progress: b
 def main(argv: list[str] | None = None) -> int:
     from train import progress_wanted, record, rundir
     from train import sample_size as ss
-    from train.study.sweep import use_data_dir
+    from train.data.dataset import use_data_dir
 
     p = argparse.ArgumentParser(prog="python -m train.krylov_steps", description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a run directory with checkpoints")

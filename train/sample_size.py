@@ -384,7 +384,7 @@ def _size(text: str, n_train: int | None = None) -> int | str:
 def main(argv: list[str]) -> int:
     """`python -m train hessian-sample`."""
     from train import progress_wanted
-    from train.study.sweep import use_data_dir
+    from train.data.dataset import use_data_dir
 
     args = _parser().parse_args(argv)
     use_data_dir(args.data_dir)

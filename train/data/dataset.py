@@ -125,6 +125,12 @@ def default_data_dir() -> Path:
     return base / "hspec" / "data"
 
 
+def use_data_dir(path: str | os.PathLike | None) -> None:
+    """A command's --data-dir, for the rest of the process: set $HSPEC_DATA_DIR to it (absolute); None: unchanged."""
+    if path:
+        os.environ[ENV_DATA_DIR] = os.path.abspath(path)
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The local data root: the argument, else HSPEC_DATA_DIR, else the per-user cache directory.
 

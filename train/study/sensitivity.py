@@ -29,7 +29,8 @@ from train.config import Config, ConfigError
 from train.study.layout import RESULTS_ROOT, SENSITIVITY, WORK_ROOT
 from train.study.plan import (PAPER_MULTIPLIERS, SENSITIVITY_DRAWS, SENSITIVITY_KS, SENSITIVITY_SAMPLES,
                               SENSITIVITY_STARTS, STUDIES, SensitivitySpec, SweepError)
-from train.study.sweep import add_common_args, use_data_dir
+from train.data.dataset import use_data_dir
+from train.study.sweep import add_common_args
 
 
 def converged_top(op: Any, k: int, key: Any, num_steps: int | None, max_steps: int | None, progress: bool, *,

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -63,6 +62,7 @@ from train import progress_wanted
 from train import config as config_lib
 from train import rundir
 from train.config import Config
+from train.data.dataset import use_data_dir  # noqa: F401 (also importable from here, as before)
 from train.study.layout import (CONTROL_KEY, CONTROL_POINTER, OVERRIDES, RESULTS_ROOT, SPECTRUM_FILES, WORK_ROOT, Roots,
                                 control_pointer, failure_attempt, is_published, publish,
                                 published_overrides, record_failure, run_files, run_state)
@@ -331,13 +331,6 @@ def _sweep_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default=WORK_ROOT, help=f"where runs train, checkpoints included (default: {WORK_ROOT}/)")
     add_common_args(p)
     return p
-
-
-def use_data_dir(path: str | None) -> None:
-    if path:
-        from train.data.dataset import ENV_DATA_DIR
-
-        os.environ[ENV_DATA_DIR] = os.path.abspath(path)
 
 
 def _joined_shard(argv: list[str]) -> list[str]:
