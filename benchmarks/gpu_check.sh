@@ -18,8 +18,9 @@
 #             `tar xzf llm-nano-results.tgz -C /tmp/nano` and read out/tracking.json.
 #   hessian-sample[:SECONDS]  the Hessian-sample study (python -m train hessian-sample, issue 24) of the run staged
 #             in .devrun/ (benchmarks/gpu_stage.sh: the reference lenet-mnist-sgd at epoch 50, whose network the
-#             study recognises by its bytes), for at most SECONDS (default 480): by default the whole training set
-#             ($HS_SIZES, default "all"; $HS_STATES, default "trained,init"). Every piece finished before the limit
+#             study recognises by its bytes), for at most SECONDS (default 480): the whole training set first
+#             ($HS_SIZES, default "all"; $HS_STATES, default "trained,init"), then the study's other sizes while time
+#             is left ($HS_THEN, default "1000,2000,4000,8000,16000"; empty: none). Every piece finished before the limit
 #             comes back in $OUT/hessian-sample-results.tgz as hessian-sample/<name>/pieces/*.json, the form the
 #             study keeps under its work folder: `tar xzf hessian-sample-results.tgz -C ~/.cache/hspec/work`, then
 #             any `python -m train hessian-sample --run RUN ...` (or --carriers-only) puts them into series.json
@@ -54,24 +55,35 @@ llm_nano_part() {
   for f in out work/metrics.jsonl work/config.json; do [ -e "$dir/$f" ] && files+=("$f"); done
   tar czf "${OUT:-/tmp}/llm-nano-results.tgz" -C "$dir" "${files[@]}" && echo "packed llm-nano-results.tgz: ${files[*]}"
 }
-# The Hessian-sample study of the staged run for at most $1 seconds; the pieces it finished are packed as the study
-# keeps them (each is written whole when its spectrum is done).
+# The Hessian-sample study of the staged run for at most $1 seconds: the whole training set first ($HS_SIZES), then,
+# while time is left, the other pieces of the study ($HS_THEN, 3 draws up to 4000). The pieces finished here are
+# packed as the study keeps them (each is written whole when its spectrum is done); pieces staged with the run
+# (.devrun/work, benchmarks/gpu_stage.sh) are skipped, not computed again.
 hessian_sample_part() {
   local seconds=$1 run=${HS_RUN:-$PWD/.devrun/lenet-mnist-sgd} work=${HS_WORK:-/tmp/gpu-hessian-sample}
+  local log t0 left status sizes draws
   rm -rf "$work" && mkdir -p "$work/hessian-sample"
-  echo "== hessian-sample: $run, sizes ${HS_SIZES:-all}, states ${HS_STATES:-trained,init}, at most $seconds s" \
-    | tee "$work/hessian-sample/gpu-log.txt"
-  HSPEC_LINEARIZE_MAX_EXAMPLES=${HSPEC_LINEARIZE_MAX_EXAMPLES:-60000} timeout "$seconds" $PY -m train hessian-sample \
-    --run "$run" --sizes "${HS_SIZES:-all}" --draws 1 --states "${HS_STATES:-trained,init}" --work "$work" \
-    --data-dir "$HSPEC_DATA_DIR" --results "${HS_RESULTS:-$PWD/results}" --no-progress 2>&1 \
-    | tee -a "$work/hessian-sample/gpu-log.txt"
-  echo "hessian-sample exit status ${PIPESTATUS[0]} (124: cut off by the time limit)" \
-    | tee -a "$work/hessian-sample/gpu-log.txt"
-  local files=(hessian-sample/gpu-log.txt)
-  mapfile -t -O 1 files < <(cd "$work" && find hessian-sample -path '*/pieces/*.json' | sort)
-  files[0]=hessian-sample/gpu-log.txt
-  tar czf "${OUT:-/tmp}/hessian-sample-results.tgz" -C "$work" "${files[@]}" \
-    && echo "packed hessian-sample-results.tgz: $(( ${#files[@]} - 1 )) pieces"
+  [ -d "${HS_STAGED:-$PWD/.devrun/work}/hessian-sample" ] && cp -r "${HS_STAGED:-$PWD/.devrun/work}/hessian-sample/." \
+    "$work/hessian-sample/"
+  log=$work/hessian-sample/gpu-log.txt
+  touch "$work/.start" && t0=$(date +%s)
+  for sizes in "${HS_SIZES:-all}" ${HS_THEN-1000,2000,4000,8000,16000}; do
+    left=$(( seconds - ($(date +%s) - t0) ))
+    [ "$left" -gt 20 ] || break
+    draws=1; [ "$sizes" != "${HS_SIZES:-all}" ] && draws=3
+    echo "== hessian-sample: $run, sizes $sizes (draws $draws), states ${HS_STATES:-trained,init}, at most $left s" \
+      | tee -a "$log"
+    HSPEC_LINEARIZE_MAX_EXAMPLES=${HSPEC_LINEARIZE_MAX_EXAMPLES:-60000} timeout "$left" $PY -m train hessian-sample \
+      --run "$run" --sizes "$sizes" --draws "$draws" --states "${HS_STATES:-trained,init}" --work "$work" \
+      --data-dir "$HSPEC_DATA_DIR" --results "${HS_RESULTS:-$PWD/results}" --no-progress 2>&1 | tee -a "$log"
+    status=${PIPESTATUS[0]}
+    echo "hessian-sample exit status $status (124: cut off by the time limit)" | tee -a "$log"
+    [ "$status" = 0 ] || break
+  done
+  local files=()
+  mapfile -t files < <(cd "$work" && find hessian-sample -path '*/pieces/*.json' -newer .start | sort)
+  tar czf "${OUT:-/tmp}/hessian-sample-results.tgz" -C "$work" hessian-sample/gpu-log.txt "${files[@]}" \
+    && echo "packed hessian-sample-results.tgz: ${#files[@]} pieces"
 }
 nvidia-smi -L
 $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())"

@@ -87,9 +87,9 @@ def test_a_krylov_state_of_another_piece_is_refused(tiny_run, tmp_path):
 
 
 def test_the_gpu_check_part_brings_back_pieces_that_the_local_study_takes_as_finished(tiny_run, tmp_path, data_dir):
-    """benchmarks/gpu_check.sh hessian-sample, run here on the CPU at a tiny size: the pieces it packs, unpacked into
-    a local work folder, are the study's own (the same eigenvalues as a piece computed here), series.json lists
-    them, and the study does not compute them again."""
+    """benchmarks/gpu_check.sh hessian-sample, run here on the CPU at a tiny size: a piece staged with the run is not
+    computed again (nor packed); the pieces it packs, unpacked into the local work folder, are the study's own (the
+    same eigenvalues as a piece computed here), series.json lists them, and the study does not compute them again."""
     import os
     import subprocess
     import sys
@@ -97,24 +97,27 @@ def test_the_gpu_check_part_brings_back_pieces_that_the_local_study_takes_as_fin
 
     from tests.conftest import REPO
 
+    spec = lambda *sizes: sample_size.StudySpec(sizes=sizes, draws=1, states=("trained",))  # noqa: E731
+    local = tmp_path / "work"
+    staged = sample_size.Study(tiny_run, None, spec(64), tmp_path / "results", local, None, echo=lambda *a: None)
+    sample_size.run_study(staged, progress=False)  # trained-n64-d0, finished here before the device run
     env = dict(os.environ, OUT=str(tmp_path / "out"), PY=sys.executable, HSPEC_DATA_DIR=str(data_dir),
-               HS_RUN=str(tiny_run), HS_SIZES="64", HS_STATES="trained", HS_WORK=str(tmp_path / "device-work"),
-               HS_RESULTS=str(tmp_path / "device-results"), JAX_PLATFORMS="cpu")
+               HS_RUN=str(tiny_run), HS_SIZES="128", HS_THEN="64", HS_STATES="trained", HS_STAGED=str(local),
+               HS_WORK=str(tmp_path / "device-work"), HS_RESULTS=str(tmp_path / "device-results"), JAX_PLATFORMS="cpu")
     (tmp_path / "out").mkdir()
     done = subprocess.run(["bash", "benchmarks/gpu_check.sh", "hessian-sample:300"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert "packed hessian-sample-results.tgz: 1 pieces" in done.stdout, done.stdout + done.stderr
-    assert "hessian-sample exit status 0" in done.stdout
+    assert done.stdout.count("hessian-sample exit status 0") == 2  # the whole-set sizes, then the others
+    assert "trained-n64-d0: top" not in done.stdout  # staged: skipped
     with tarfile.open(tmp_path / "out" / "hessian-sample-results.tgz") as tar:
-        tar.extractall(tmp_path / "work", filter="data")
-    name = f"{tiny_run.resolve().name}-epoch{json.loads((tiny_run / 'results.json').read_text())['setting']['epochs']}"
-    assert (tmp_path / "work" / "hessian-sample" / "gpu-log.txt").is_file()
-    spec = sample_size.StudySpec(sizes=(64,), draws=1, states=("trained",))
-    local = sample_size.Study(tiny_run, None, spec, tmp_path / "results", tmp_path / "work", None, echo=lambda *a: None)
-    assert local.name == name and "trained-n64-d0" in local.finished()
-    local.compute = lambda *a, **k: pytest.fail("a piece brought back from the device was computed again")
-    doc = json.loads(sample_size.run_study(local, progress=False).read_text())
-    assert [(p["state"], p["hessian_samples"]) for p in doc["pieces"]] == [("trained", 64)]
-    here = sample_size.Study(tiny_run, None, spec, tmp_path / "r2", tmp_path / "w2", None, echo=lambda *a: None)
+        assert sorted(m.name.rsplit("/", 1)[-1] for m in tar.getmembers()) == ["gpu-log.txt", "trained-n128-d0.json"]
+        tar.extractall(local, filter="data")
+    study = sample_size.Study(tiny_run, None, spec(64, 128), tmp_path / "results", local, None, echo=lambda *a: None)
+    assert {"trained-n64-d0", "trained-n128-d0"} <= set(study.finished())
+    study.compute = lambda *a, **k: pytest.fail("a piece brought back from the device was computed again")
+    doc = json.loads(sample_size.run_study(study, progress=False).read_text())
+    assert [(p["state"], p["hessian_samples"]) for p in doc["pieces"]] == [("trained", 64), ("trained", 128)]
+    here = sample_size.Study(tiny_run, None, spec(128), tmp_path / "r2", tmp_path / "w2", None, echo=lambda *a: None)
     mine = json.loads(sample_size.run_study(here, progress=False).read_text())
-    assert doc["pieces"][0]["eigenvalues"] == mine["pieces"][0]["eigenvalues"]
+    assert doc["pieces"][1]["eigenvalues"] == mine["pieces"][0]["eigenvalues"]
