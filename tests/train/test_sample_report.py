@@ -61,3 +61,22 @@ def test_reduction_verdict(tmp_path):
     (tmp_path / "reduction_check.json").write_text(json.dumps(doc))
     assert "No cut is accepted" in sample_report.reduction_text(tmp_path)
     assert sample_report.reduction_text(tmp_path / "none") == ""
+
+
+def test_a_verdict_that_straddles_d_c_beyond_some_n_is_said_so_with_its_range():
+    """Fails at 1000, passes at 2000 and 4000, fails at 8000: the paragraph gives the range of d_KS from the first
+    passing N on and its largest distance to d_c, computed here from the same fits."""
+    zipf = 1.0 / np.arange(1, K + 1)
+    expo = np.exp(-np.arange(K) / 200.0)
+    bent = np.where(np.arange(K) < 700, zipf, zipf * np.exp(-(np.arange(K) - 700) / 2000.0))
+    series = {1000: expo, 2000: zipf, 4000: zipf * 1.01, 8000: bent}
+    fits = {n: record.refit(v, K)["fit"] for n, v in series.items()}
+    d_c = fits[1000]["d_crit"]
+    assert fits[1000]["d_ks"] >= d_c and fits[2000]["d_ks"] < d_c and fits[8000]["d_ks"] >= d_c
+    doc = {"provenance": {"num_train": 60000, "k": K},
+           "pieces": [_piece("trained", n, 0, v) for n, v in series.items()]}
+    text = sample_report.mechanism_text(doc)
+    later = [fits[n]["d_ks"] for n in (2000, 4000, 8000)]
+    assert (f"from N = 2000 on its d_KS stays between {min(later):.4f} and {max(later):.4f}, within "
+            f"{max(d_c - min(later), max(later) - d_c):.4f} of d_c on either side, a power law at N = 2000, 4000 and "
+            f"none at N = 8000.") in text
