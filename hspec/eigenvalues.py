@@ -364,8 +364,7 @@ def top_eigenvalues(
         the last check interval (num_steps/10 steps). Residual bounds alone can pass while an eigenvalue of a
         dense tail is still missing (measured on LeNet-5: a top 1000 that met the rule after 2310 steps had ranks
         25% off the 3463-step values, train.krylov_steps). Unsettled at ``max_steps``: a warning, or
-        :class:`NotConvergedError`
-        when strict. The movement at the end is always reported (``moved``).
+        :class:`NotConvergedError` when strict. The movement at the end is always reported (``moved``).
 
     Returns:
       :class:`TopEigenvalues`.

@@ -379,9 +379,9 @@ def model_kwargs(cfg: Config) -> dict[str, Any]:
         The subset of depth/width/activation/batchnorm/conv1_padding/pooling that the model reads.
     """
     # For the LeNet options None means "the model's own default" (the paper's form): not passed on.
-    given = dataclasses.replace(cfg, activation=resolved_activation(cfg))
-    return {name: getattr(given, name) for name in MODEL_FIELDS[cfg.model]
-            if not (name in ("conv1_padding", "pooling") and getattr(given, name) is None)}
+    given = {name: resolved_activation(cfg) if name == "activation" else getattr(cfg, name)
+             for name in MODEL_FIELDS[cfg.model]}
+    return {name: v for name, v in given.items() if not (name in ("conv1_padding", "pooling") and v is None)}
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -130,8 +130,8 @@ def build_experiment(cfg: Config, progress: bool = True) -> Experiment:
     steps_per_epoch, num_epochs, total = _plan(cfg, len(ds.y_train))
     tx = _optimizer(cfg, steps_per_epoch)
     hessian = data.hessian_sample(ds, cfg.hessian_samples, keys.hessian_sample)
-    return Experiment(cfg, keys, ds, model_defs, tx, loop.TrainState(params, rest, tx.init(params)), num_params, steps_per_epoch,
-                      num_epochs, total, hessian)
+    return Experiment(cfg, keys, ds, model_defs, tx, loop.TrainState(params, rest, tx.init(params)), num_params,
+                      steps_per_epoch, num_epochs, total, hessian)
 
 
 def hessian_record(exp: Experiment) -> dict[str, Any]:

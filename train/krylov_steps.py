@@ -87,8 +87,10 @@ def rule_stops(alphas: np.ndarray, betas: np.ndarray, k: int, tol: float, first:
     out = {}
     for m in range(first, len(alphas) + 1, every):
         a, b = alphas[None, :m], betas[None, :m]
+        if not top_k_converged(a, b, k=k, tol=tol):
+            continue  # every rule asks the residual rule first: the settled ones cannot fire here either
         for name, eps in rules.items():
-            if name not in out and top_k_converged(a, b, k=k, tol=tol, settle=eps, back=every):
+            if name not in out and (eps is None or top_k_converged(a, b, k=k, tol=tol, settle=eps, back=every)):
                 top, _ = _top_k_at(alphas, betas, m, k)
                 row = {"rule": name, "m": m, "lambda_k": float(top[-1]),
                        "max_relative_change_to_last": float(np.max(np.abs(top - final) / np.abs(final)))}
@@ -106,29 +108,30 @@ def measure_steps(study: Any, piece_name: str, steps: Sequence[int], progress: b
     """Extend `piece_name`'s Krylov run to max(steps) (resumable) and tabulate it; the stop rules are replayed
     from the run's own first step count (3K) and from each of `firsts` (checked every tenth of it)."""
     import hspec
-    from train import sample_size as ss
+    from train import sample_pieces as sp
+    from train.measure import TOL, device_description
 
-    state_label, size, draw, reduced = ss.parse_piece_name(piece_name)
+    state_label, size, draw, reduced = sp.parse_piece_name(piece_name)
     if reduced:
         raise ValueError(f"{piece_name}: only exact pieces (no '-reduced') can be extended")
-    piece = ss.Piece(state_label, size, draw)
-    st, idx = study.states[state_label], ss.sample_indices(study.exp, size, draw)
-    op = ss.piece_operator(study.exp, st, idx)
+    piece = sp.Piece(state_label, size, draw)
+    st, idx = study.states[state_label], sp.sample_indices(study.exp, size, draw)
+    op = sp.piece_operator(study.exp, st, idx)
     t0 = time.perf_counter()
     # A `stop` that never fires keeps the Krylov state when the run ends (hspec clears a finished run's state):
     # the study's own piece, and a longer extension, continue from it instead of starting again.
     run = hspec.lanczos(op, max(steps), key=study.exp.keys.lanczos_start, progress=progress,
                         checkpoint_dir=study.work / f"{piece.name}.lanczos", stop=_never,
-                        checkpoint_identity=ss.krylov_identity(study.exp, st, piece, idx, None))
+                        checkpoint_identity=sp.krylov_identity(study.exp, st, piece, idx, None))
     k = study.exp.cfg.k
     first = study.exp.cfg.lanczos_steps or hspec.default_num_steps(k, op.dim)  # the run's rule, checked as it grows
     return {"what": "the top K of one Krylov run at growing m (train/krylov_steps.py)", "piece": piece.name,
-            "network": ss.state_fingerprint(st.params), "k": k, "tol": ss.TOL, "dim": int(op.dim),
-            "rows": steps_table(run.alphas[0], run.betas[0], steps, k, ss.TOL),
+            "network": sp.state_fingerprint(st.params), "k": k, "tol": TOL, "dim": int(op.dim),
+            "rows": steps_table(run.alphas[0], run.betas[0], steps, k, TOL),
             "stops": [{"first": f, "every": max(f // 10, 10),
-                       "rules": rule_stops(run.alphas[0], run.betas[0], k, ss.TOL, f, max(f // 10, 10))}
+                       "rules": rule_stops(run.alphas[0], run.betas[0], k, TOL, f, max(f // 10, 10))}
                       for f in sorted({first, *firsts})],
-            "seconds": run.resumed_s + time.perf_counter() - t0, "device": ss.device_description()}
+            "seconds": run.resumed_s + time.perf_counter() - t0, "device": device_description()}
 
 
 def main(argv: list[str] | None = None) -> int:

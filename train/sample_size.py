@@ -37,7 +37,7 @@ import hspec
 from train import config as config_lib
 from train import rundir
 from train.measure import TOL, device_description
-# The piece layer's names stay importable from here (krylov_identity included: scripts and tests use it).
+# The piece layer's names stay importable from here, as they were before the split (tests use krylov_identity).
 from train.sample_pieces import (CERTIFY_TOLERANCE, DROP_BUDGET, STATES, STUDY, Piece, carriers,  # noqa: F401
                                  exact_piece, gn_traces, krylov_identity, parse_piece_name, piece_operator,
                                  piece_order, plan, reduced_piece, sample_indices, state_fingerprint)

@@ -52,9 +52,9 @@ def test_mnist(mnist):
 
 @needs_shared
 def test_fashion_mnist_cifar10_avila():
-    model_defs = data.load("fashion_mnist", SHARED)
-    np.testing.assert_array_equal(np.bincount(model_defs.y_train), [6000] * 10)
-    np.testing.assert_array_equal(np.bincount(model_defs.y_test), [1000] * 10)
+    fashion = data.load("fashion_mnist", SHARED)
+    np.testing.assert_array_equal(np.bincount(fashion.y_train), [6000] * 10)
+    np.testing.assert_array_equal(np.bincount(fashion.y_test), [1000] * 10)
 
     c = data.load("cifar10", SHARED)
     chex.assert_shape([c.x_train, c.x_test], [(4000, 32, 32, 3), (1000, 32, 32, 3)])

@@ -63,7 +63,7 @@ def test_one_step_matches_sgd_on_the_stateful_model(name, kwargs, shape):
     model_defs, params, rest = loop.split_model(model)
     tx = optim.get("sgd", learning_rate=lr, weight_decay=wd)
     state, step_loss, correct = loop.make_train_step(model_defs, tx)(loop.TrainState(params, rest, tx.init(params)),
-                                                             x, y, jax.random.key(0))
+                                                                     x, y, jax.random.key(0))
     chex.assert_trees_all_close(state.params, expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(step_loss, loss(model), rtol=1e-6)
     model.train()
@@ -77,7 +77,8 @@ def test_batchnorm_statistics_leave_the_step():
     model_defs, params, rest = loop.split_model(model)
     before = [np.array(a) for a in jax.tree.leaves(rest)]  # the stateful call below updates these in place
     tx = optim.get("vanilla_sgd", learning_rate=0.0, weight_decay=0.0)
-    state, _, _ = loop.make_train_step(model_defs, tx)(loop.TrainState(params, rest, tx.init(params)), x, y, jax.random.key(0))
+    state, _, _ = loop.make_train_step(model_defs, tx)(loop.TrainState(params, rest, tx.init(params)), x, y,
+                                                       jax.random.key(0))
     # The stateful model in training mode updates its running statistics in place: same values.
     model.train()
     model(x)
@@ -108,8 +109,8 @@ def test_epoch_metrics_are_the_example_weighted_means():
     model_defs, params, rest = loop.split_model(model)
     tx = optax.sgd(0.0)
     batches = ((x[i:i + 32], y[i:i + 32]) for i in range(0, 70, 32))
-    _, stats = loop.train_epoch(loop.make_train_step(model_defs, tx), loop.TrainState(params, rest, tx.init(params)), batches,
-                                key=jax.random.key(0), epoch=1, first_step=0, num_steps=3)
+    _, stats = loop.train_epoch(loop.make_train_step(model_defs, tx), loop.TrainState(params, rest, tx.init(params)),
+                                batches, key=jax.random.key(0), epoch=1, first_step=0, num_steps=3)
     loss, acc = loop.evaluate(loop.make_eval_step(model_defs), params, rest, x, y)
     assert stats["steps"] == 3 and stats["train_acc"] == acc
     np.testing.assert_allclose(stats["train_loss"], loss, rtol=1e-6)
@@ -135,8 +136,9 @@ def test_max_steps_cuts_the_epoch_and_the_lr_is_readable():
     model_defs, params, rest = loop.split_model(model)
     tx = optim.get("sgd", learning_rate=loop.lr_schedule(0.1, [2], 0.1), weight_decay=0.0)
     batches = ((x[i:i + 8], y[i:i + 8]) for i in range(0, 40, 8))
-    state, stats = loop.train_epoch(loop.make_train_step(model_defs, tx), loop.TrainState(params, rest, tx.init(params)),
-                                    batches, key=jax.random.key(0), epoch=1, first_step=0, num_steps=3)
+    step = loop.make_train_step(model_defs, tx)
+    state, stats = loop.train_epoch(step, loop.TrainState(params, rest, tx.init(params)), batches,
+                                    key=jax.random.key(0), epoch=1, first_step=0, num_steps=3)
     assert stats["steps"] == 3
     np.testing.assert_allclose(loop.current_lr(state.opt_state), 0.01, rtol=1e-6)  # step 2 ran at 0.1 × 0.1
     assert loop.current_lr(optax.sgd(0.1).init(params)) is None
@@ -174,6 +176,6 @@ def test_micro_batches_refuse_batchnorm():
     tx = optim.get("vanilla_sgd", learning_rate=0.1, weight_decay=0.0)
     with pytest.raises(ValueError, match="without BatchNorm"):
         loop.make_train_step(model_defs, tx, micro_batch=4)(loop.TrainState(params, rest, tx.init(params)), x, y,
-                                                    jax.random.key(0))
+                                                            jax.random.key(0))
     with pytest.raises(ValueError, match="micro_batch must be >= 1"):
         loop.make_train_step(model_defs, tx, micro_batch=0)

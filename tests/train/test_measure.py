@@ -27,8 +27,8 @@ def test_two_checkpoints_through_one_factory_compile_once_and_measure_as_alone(t
     data = dict(data=(exp.hessian.x, exp.hessian.y), micro_batch=cfg.hessian_batch_size, progress=False)
 
     def measured(state, factory):
-        return measure.measure(hessian_loss(exp.model_defs.eval_def, state.rest), state.params, None, spec, **keys, **data,
-                               factory=factory)
+        return measure.measure(hessian_loss(exp.model_defs.eval_def, state.rest), state.params, None, spec, **keys,
+                               **data, factory=factory)
 
     factory = hspec.HessianFactory()
     at_first = measured(first, factory)

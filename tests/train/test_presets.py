@@ -128,7 +128,7 @@ def one_step(model: str, kwargs: tuple, dataset: str, optimizer: str) -> tuple[i
     # LeNet's presets share every op shape: run op by op, which compiles each op once, not a whole step each.
     with jax.disable_jit(model == "lenet5"):
         state, loss, _ = loop.make_train_step(model_defs, tx)(loop.TrainState(params, rest, tx.init(params)), x, y,
-                                                     jax.random.key(0))
+                                                              jax.random.key(0))
     changed = all(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)))
     return models.count_params(net), float(loss), changed
 

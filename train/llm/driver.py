@@ -28,8 +28,7 @@ __all__ = ["SPECTRUM_FIELDS", "check_resume_config", "train_steps", "save_checkp
 
 # Fields that only change how a checkpoint is measured: a resumed run may change them.
 SPECTRUM_FIELDS = ("subset", "k", "num_starts", "combine", "lanczos_steps", "max_lanczos_steps", "lanczos_settle",
-                   "hessian_sequences",
-                   "hessian_draw", "hessian_batch", "trace_samples", "eval_sequences", "eval_batch", "description",
+                   "hessian_sequences", "hessian_draw", "hessian_batch", "trace_samples", "eval_sequences", "eval_batch", "description",
                    "keep_checkpoints", "save_every", "data_parallel", "model_parallel")
 
 
