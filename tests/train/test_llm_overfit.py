@@ -249,6 +249,53 @@ def test_analysis_and_report_section_from_synthetic_checkpoints(tmp_path):
     assert text == report.llm_section(tmp_path / "results", tmp_path)  # the same files give the same text
 
 
+def test_sample_sizes_and_the_papers_literal_procedure_in_the_sensitivity_section(tmp_path):
+    """The sizes and paper-literal pieces' files, as the queue writes them, land in sensitivity.json and the report:
+    each size's fit is that of its own spectrum, the run's own sample is marked, the literal procedure's row sits
+    beside the converged one of the same checkpoint."""
+    import dataclasses
+
+    import hspec
+    from train import record
+    from train.llm import report
+
+    ranks = np.arange(1, 101, dtype=np.float64)
+    steps, test = [0, 100, 200], [4.0, 2.0, 2.5]
+    out = tmp_path / "results" / "llm" / "synthetic"
+    for s, te in zip(steps, test):
+        eig = ranks ** -1.0 if s else np.exp(-ranks / 20.0)
+        record.save(_synthetic_record(s, eig, te, te - 0.5, 1.0, 1.0), out / "steps" / str(s) / "results.json")
+    sized = {}
+    for tokens, a in ((256, 0.8), (1024, 1.2)):
+        for s in (0, 200):  # before and after the minimum (step 100)
+            eig = ranks ** -(a + s / 1000)
+            rec = dataclasses.replace(_synthetic_record(s, eig, 1.0, 0.5, 1.0, 1.0), hessian_sample={"tokens": tokens})
+            record.save(rec, out / "sensitivity" / f"sample-{tokens}" / "steps" / str(s) / "results.json")
+            sized[(s, tokens)] = hspec_fit(eig).d_ks
+    pooled = np.repeat(ranks[:34] ** -0.7, 3)[:100]  # three starts' top values, each found three times
+    verdict = hspec.power_law_verdict(pooled, 100)
+    record.write_json(out / "sensitivity" / "paper-literal" / "steps" / "200" / "results.json", {
+        "step": 200, "procedure": overfit.PAPER_LITERAL["procedure"], "fit": record.fit_block(verdict, 0.05),
+        "verdict": verdict.verdict, "hessian_tokens": 512, "seconds": 1.0,
+        "spectrum": {"eigenvalues": pooled, "num_converged": 40, "num_distinct": 34, "num_positive": 100,
+                     "num_starts": 3, "combine": "pool", "lanczos_steps": 1000}})
+    cfg = presets.apply_overrides(presets.get(overfit.PRESET), {"checkpoint_steps": "0,100,200", "steps": "200"})
+    overfit.analyse(overfit.Plan(cfg, out, tmp_path / "work"))
+    sens = json.loads((out / "sensitivity.json").read_text())
+    assert sens["key_steps"] == {"before": 0, "at": 100, "after": 200}
+    assert [e["tokens"] for e in sens["sizes"]["200"]] == [256, 512, 1024]
+    assert [e.get("main", False) for e in sens["sizes"]["0"]] == [False, True, False]
+    assert sens["sizes"]["200"][2]["d_ks"] == pytest.approx(sized[(200, 1024)], rel=1e-12)
+    lit = sens["paper_literal"]["200"]
+    assert lit["d_ks"] == pytest.approx(hspec_fit(pooled).d_ks, rel=1e-12)
+    assert (lit["num_distinct"], lit["num_starts"], lit["combine"]) == (34, 3, "pool")
+    assert lit["converged"]["d_ks"] == pytest.approx(hspec_fit(ranks ** -1.0).d_ks, rel=1e-12)
+    text = report.llm_section(tmp_path / "results", tmp_path)
+    assert f"| 200 | 1024 | {sized[(200, 1024)]:.4f} |" in text and "| 200 | 512 (main) |" in text
+    assert (f"| 200 | paper's literal: 3 runs × 1000 steps, pool, unconverged kept | {lit['d_ks']:.4f} |" in text
+            and "| 40 | 34 | 100 |" in text)
+    assert f"| 200 | converged (ours): 1 start, distinct | {lit['converged']['d_ks']:.4f} |" in text
+
 def hspec_fit(values):
     import hspec
 
