@@ -240,12 +240,28 @@ def test_analysis_and_report_section_from_synthetic_checkpoints(tmp_path):
     r = np.corrcoef([row["d_ks"] for row in rows], gap)[0, 1]
     assert t["correlation_views"]["gap"]["d_ks"]["all"]["pearson"] == pytest.approx(r, abs=1e-12)
     assert t["claims_overfit"]["no_power_law_at_init"]["holds"] is True
+    # The turn: draw 0's change from 200 to 600 and from 600 to 1000, against the draws' sd of each change.
+    c = t["claims_overfit"]
+    sd = {s: rows[steps.index(s)]["d_ks_sd_draws"] for s in (200, 600, 1000)}
+    d0 = {s: rows[steps.index(s)]["d_ks"] for s in (200, 600, 1000)}
+    fall, rise = c["fall_before_minimum"]["measures"]["d_ks"], c["turn_after_minimum"]["measures"]["d_ks"]
+    assert fall["change"] == pytest.approx(d0[600] - d0[200], rel=1e-12)
+    assert fall["sampling_sd"] == pytest.approx(math.hypot(sd[200], sd[600]), rel=1e-12)
+    assert rise["sampling_sd"] == pytest.approx(math.hypot(sd[600], sd[1000]), rel=1e-12)
+    falls, rises = d0[600] - d0[200] < -2 * fall["sampling_sd"], d0[1000] - d0[600] > 2 * rise["sampling_sd"]
+    assert (fall["falls_beyond_2sd"], rise["rises_beyond_2sd"]) == (falls, rises)
+    assert c["follows_turn"]["measures"]["d_ks"] is (falls and rises)
+    # λ_max (1 + step/100 in draw 0) rises before the minimum: decided against whatever the noise.
+    assert c["fall_before_minimum"]["measures"]["lambda_max"]["falls_beyond_2sd"] is False
+    assert c["follows_turn"]["measures"]["lambda_max"] is False
     assert {"num_starts", "combine", "num_distinct"} <= set(rows[0])
     assert (out / "tracking.png").is_file() and (out / "sensitivity.json").is_file()
     text = report.llm_section(tmp_path / "results", tmp_path)
     assert "### synthetic" in text and "| the power law is absent at initialisation |" in text
     assert f"r = {t['claims_overfit']['d_ks_tracks_test_loss']['pearson']:+.3f}" in text
     assert "(n=3)" in text and "results/llm/synthetic/tracking.png" in text
+    assert f"| λ_max | {1 + 2:.4g} | {1 + 6:.4g} | {1 + 10:.4g} | +4 ± " in text
+    assert "| λ_max does not track the test loss where it turns |" in text
     assert text == report.llm_section(tmp_path / "results", tmp_path)  # the same files give the same text
 
 

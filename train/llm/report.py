@@ -58,6 +58,14 @@ def claims_table(t: dict[str, Any]) -> str:
         partial = "" if x["holds"] is not None or x["pearson"] is None else f" (over {x.get('checkpoints')} so far)"
         rows.append(f"| {claim} | {x['rule'].replace(m, LABEL[m], 1)} | r = {_f(x['pearson'], '+.3f')}{partial} | "
                     f"{_agree(x['holds'], says)} |")
+    follows = c.get("follows_turn")
+    for m, says in (("d_ks", True), ("lambda_max", False), ("trace", False)) if follows else ():
+        b, a = c["fall_before_minimum"]["measures"].get(m), c["turn_after_minimum"]["measures"].get(m)
+        claim = (f"{LABEL[m]} tracks the test loss where it turns" if says else
+                 f"{LABEL[m]} does not track the test loss where it turns")
+        ours = f"{_change_cell(b)} to the minimum, {_change_cell(a)} after it"
+        rows.append(f"| {claim} | {follows['rule'].replace('falls', 'it falls', 1)} (table below) | {ours} | "
+                    f"{_agree(follows['measures'].get(m), says)} |")
     return "\n".join(rows)
 
 
@@ -109,24 +117,39 @@ def correlation_table(t: dict[str, Any]) -> str:
     return "\n".join(rows) + f"\n\nKendall τ of each series with the step (the time confound): {steps}."
 
 
+def _change_cell(x: dict[str, Any] | None, moved: str = "", flag: str = "") -> str:
+    """One half of the turn: the change of draw 0 and its sampling sd; with `flag`, whether it goes the right way
+    beyond 2 sd (`moved`, or "no")."""
+    if x is None:
+        return "–"
+    noise = " (no draws yet)" if x["sampling_sd"] is None else f" ± {x['sampling_sd']:.2g}"
+    decided = "" if not flag or x[flag] is None else f": {moved if x[flag] else 'no'}"
+    return f"{_f(x['change'], '+.3g')}{noise}{decided}"
+
+
 def turn_paragraph(t: dict[str, Any]) -> str:
-    """What each measure does while the test loss rises after its minimum."""
-    turn = t["claims_overfit"]["turn_after_minimum"]
-    key = t["key_steps"]
+    """What each measure does while the test loss falls to its minimum and rises after it: a table and the rules."""
+    claims, key = t["claims_overfit"], t["key_steps"]
+    turn = claims["turn_after_minimum"]
+    fall = claims.get("fall_before_minimum", {"measures": {}, "test_loss_change": None})
+    follows = claims.get("follows_turn", {"measures": {}})
     if turn["test_loss_rise"] is None:
         return "The checkpoints at and after the minimum are not measured yet."
-    parts = []
+    by_step = {r["step"]: r for r in t["checkpoints"]}
+    loss = " → ".join(_f((by_step.get(key[n]) or {}).get("test_loss"), ".3f") for n in ("before", "at", "after"))
+    rows = [f"| measure | step {key['before']} (before) | step {key['at']} (the minimum) | step {key['after']} (after) "
+            "| fall to the minimum, beyond 2 sd | rise after it, beyond 2 sd | follows the turn |", "|" + "---|" * 7]
     for m in MEASURES:
-        x = turn["measures"].get(m)
-        if x is None:
-            continue
-        noise = "no draws yet" if x["sampling_sd"] is None else f"sampling sd of the change {x['sampling_sd']:.3g}"
-        verdict = ("" if x["rises_beyond_2sd"] is None else
-                   ("; rises beyond 2 sd" if x["rises_beyond_2sd"] else "; does not rise beyond 2 sd"))
-        parts.append(f"{LABEL[m]} {_f(x['at_minimum'], '.4g')} → {_f(x['after'], '.4g')} "
-                     f"(change {_f(x['change'], '+.3g')}, {noise}{verdict})")
-    return (f"From the minimum (step {key['at']}) to the last checkpoint (step {key['after']}) the test loss rises by "
-            f"{turn['test_loss_rise']:+.3f}. Rule: {turn['rule']}. " + "; ".join(parts) + ".")
+        b, a = fall["measures"].get(m), turn["measures"].get(m)
+        vals = [(by_step.get(key[n]) or {}).get(m) for n in ("before", "at", "after")]
+        verdict = follows["measures"].get(m)
+        rows.append(f"| {LABEL[m]} | " + " | ".join(_f(v, ".4g") for v in vals) + " | "
+                    f"{_change_cell(b, 'falls', 'falls_beyond_2sd')} | {_change_cell(a, 'rises', 'rises_beyond_2sd')} "
+                    f"| {'undecided' if verdict is None else 'yes' if verdict else 'no'} |")
+    return (f"Across the turn of the test loss ({loss} at steps {key['before']}, {key['at']}, {key['after']}), each "
+            f"measure of draw 0, its change, and the Hessian-sample sd of that change (from the draws). Rules: "
+            f"{fall.get('rule', '–')}; {turn['rule']}; a measure follows the turn when it does both.\n\n"
+            + "\n".join(rows))
 
 
 def sensitivity_paragraphs(sens: dict[str, Any] | None) -> str:

@@ -59,6 +59,36 @@ def draw_summary(main: dict[int, Any], draws: dict[int, dict[int, Any]]) -> dict
     return out
 
 
+def _key_change(by_step: dict[int, dict], draws: dict[str, Any], m: str, s0: int, s1: int) -> dict[str, Any] | None:
+    """Measure m from step s0 to s1 (draw 0), with the sampling sd of one draw's change where both have draws."""
+    a, b = by_step.get(s0), by_step.get(s1)
+    if a is None or b is None or a[m] is None or b[m] is None or s0 == s1:
+        return None
+    sds = [(draws.get(str(s)) or {}).get(m, {}).get("sd") for s in (s0, s1)]
+    noise = math.sqrt(sum(sd ** 2 for sd in sds)) if all(sd is not None for sd in sds) else None
+    return {"from": a[m], "to": b[m], "change": b[m] - a[m], "sampling_sd": noise}
+
+
+def _beyond(change: float, sd: float | None, sign: int) -> bool | None:
+    """Whether a change goes `sign`'s way by more than 2 sd: False without draws too when it goes the other way."""
+    if sign * change <= 0:
+        return False
+    return None if sd is None else sign * change > 2 * sd
+
+
+def _loss_change(by_step: dict[int, dict], s0: int, s1: int) -> float | None:
+    """The test loss's change from step s0 to s1, where both are measured."""
+    a, b = by_step.get(s0), by_step.get(s1)
+    return None if a is None or b is None or s0 == s1 else b["test_loss"] - a["test_loss"]
+
+
+def _both(falls: bool | None, rises: bool | None, missing: bool) -> bool | None:
+    """Follows the turn: False as soon as one half is decided against, None while a half is undecided."""
+    if falls is False or rises is False:
+        return False
+    return None if missing or falls is None or rises is None else True
+
+
 def overfit_claims(rows: list[dict[str, Any]], views: dict[str, Any], draws: dict[str, Any],
                    key: dict[str, int], complete: bool = True) -> dict[str, Any]:
     """The LLM claims of METHOD.md section 5, each with the rule applied and its result (None: undecidable)."""
@@ -80,25 +110,31 @@ def overfit_claims(rows: list[dict[str, Any]], views: dict[str, Any], draws: dic
         out[f"{m}_tracks_test_loss"] = {"rule": f"Pearson r({m}, test loss) > {PEARSON_THRESHOLD} over all checkpoints",
                                         "pearson": r, "checkpoints": len(rows),
                                         "holds": None if r is None or not complete else r > PEARSON_THRESHOLD}
-    # The decisive test where training overfits: does d_KS turn when the test loss turns?
-    turn = {}
-    for m in MEASURES:
-        a, b = by_step.get(key["at"]), by_step.get(key["after"])
-        if a is None or b is None:
-            turn[m] = None
-            continue
-        sds = [(draws.get(str(s)) or {}).get(m, {}).get("sd") for s in (key["at"], key["after"])]
-        noise = math.sqrt(sum(sd ** 2 for sd in sds)) if all(sd is not None for sd in sds) else None
-        change = b[m] - a[m]
-        turn[m] = {"at_minimum": a[m], "after": b[m], "change": change, "sampling_sd": noise,
-                   "rises_beyond_2sd": None if noise is None else change > 2 * noise}
-    loss_rise = None
-    if by_step.get(key["at"]) and by_step.get(key["after"]):
-        loss_rise = by_step[key["after"]]["test_loss"] - by_step[key["at"]]["test_loss"]
+    # The decisive test where training overfits: does a measure turn when the test loss turns? Each change is of
+    # draw 0 (the same sample at every checkpoint); its noise is that of one draw's change, from the draws' sd.
+    fall = {m: _key_change(by_step, draws, m, key["before"], key["at"]) for m in MEASURES}
+    rise = {m: _key_change(by_step, draws, m, key["at"], key["after"]) for m in MEASURES}
+    turn = {m: None if rise[m] is None else {
+        "at_minimum": rise[m]["from"], "after": rise[m]["to"], "change": rise[m]["change"],
+        "sampling_sd": rise[m]["sampling_sd"],
+        "rises_beyond_2sd": _beyond(rise[m]["change"], rise[m]["sampling_sd"], +1)} for m in MEASURES}
     out["turn_after_minimum"] = {"rule": "a measure that tracks the test loss rises from the minimum to the last "
                                          "checkpoint by more than twice the Hessian-sample sd of that change "
                                          "(sqrt(sd_at^2 + sd_after^2), from the draws)",
-                                 "test_loss_rise": loss_rise, "measures": turn}
+                                 "test_loss_rise": _loss_change(by_step, key["at"], key["after"]), "measures": turn}
+    before = {m: None if fall[m] is None else {
+        "before": fall[m]["from"], "at_minimum": fall[m]["to"], "change": fall[m]["change"],
+        "sampling_sd": fall[m]["sampling_sd"],
+        "falls_beyond_2sd": _beyond(fall[m]["change"], fall[m]["sampling_sd"], -1)} for m in MEASURES}
+    out["fall_before_minimum"] = {"rule": "a measure that tracks the test loss falls from the checkpoint before the "
+                                          "minimum to the minimum by more than twice the Hessian-sample sd of that "
+                                          "change (sqrt(sd_before^2 + sd_at^2), from the draws)",
+                                  "test_loss_change": _loss_change(by_step, key["before"], key["at"]),
+                                  "measures": before}
+    out["follows_turn"] = {"rule": "falls beyond 2 sd to the test-loss minimum and rises beyond 2 sd after it",
+                           "measures": {m: _both(before[m] and before[m]["falls_beyond_2sd"],
+                                                 turn[m] and turn[m]["rises_beyond_2sd"],
+                                                 before[m] is None or turn[m] is None) for m in MEASURES}}
     return out
 
 
