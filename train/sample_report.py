@@ -239,8 +239,8 @@ def mechanism_text(doc: dict[str, Any]) -> str:
     if carriers:
         parts.append("The trained network's curvature is carried by N_eff = " + ", ".join(
             f"{v:.0f} ({v / n:.3f} N) at N = {n}" for n, v in carriers.items()) + " examples: the count grows in "
-            f"proportion to N, and the Gauss-Newton part of a sample's Hessian, a sum of terms of rank at most C − 1 "
-            f"= 9 per example, has an effective rank of about 9 N_eff = " + ", ".join(
+            "proportion to N, and the Gauss-Newton part of a sample's Hessian, a sum of terms of rank at most C − 1 "
+            "= 9 per example, has an effective rank of about 9 N_eff = " + ", ".join(
                 f"{9 * v:.0f}" for v in carriers.values()) + f" against K = {doc['provenance']['k']}.")
     ranks = {n: [r for r in (deviation_rank(p) for p in g) if r is not None] for n, g in trained.items()}
     parts.append("Its d_KS is " + ", ".join(f"{_mean(g, 'd_ks'):.4f} at N = {n}" for n, g in trained.items()) +
@@ -275,6 +275,29 @@ def mechanism_text(doc: dict[str, Any]) -> str:
         verdict = "never passes" if all(_mean(g, "d_ks") >= d_c for g in init.values()) else "passes at some N"
         parts.append(f"The initialisation{spread}, {verdict}: d_KS {lo:.4f} – {hi:.4f} at every N measured.")
     return " ".join(parts)
+
+
+def sample_size_summary(doc: dict[str, Any]) -> str | None:
+    """One line for the report's "what bears on all of them": each state's mean d_KS against N, the sizes where
+    it passes, and whether the whole training set is measured yet."""
+    parts = []
+    for state, what in (("trained", "the trained network"), ("init", "its initialisation")):
+        groups = by_size(doc, state)
+        if not groups:
+            continue
+        d_c = next(iter(groups.values()))[0]["fit"]["d_crit"]
+        means = {n: _mean(g, "d_ks") for n, g in groups.items()}
+        passing = [n for n, d in means.items() if d < d_c]
+        parts.append(f"{what}'s d_KS is " + ", ".join(f"{d:.4f}" for d in means.values()) + " at N = " +
+                     ", ".join(str(n) for n in means) + " (a power law " +
+                     (f"at N = {', '.join(map(str, passing))}" if passing else "at none") + f"; d_c = {d_c:.4f})")
+    if not parts:
+        return None
+    whole = doc.get("provenance", {}).get("num_train")
+    measured = {int(p["hessian_samples"]) for p in doc.get("pieces", [])}
+    tail = ("" if whole is None or whole in measured else
+            f"; the whole training set ({whole} examples) is not measured yet, so no row is re-measured at another N")
+    return "; ".join(parts) + tail
 
 
 def krylov_steps_text(folder: Path) -> str:

@@ -4,7 +4,6 @@ for a size where the reduced one was also measured, the reduction check's verdic
 import json
 
 import numpy as np
-import pytest
 
 from train import record, sample_report
 
@@ -80,3 +79,19 @@ def test_a_verdict_that_straddles_d_c_beyond_some_n_is_said_so_with_its_range():
     assert (f"from N = 2000 on its d_KS stays between {min(later):.4f} and {max(later):.4f}, within "
             f"{max(d_c - min(later), max(later) - d_c):.4f} of d_c on either side, a power law at N = 2000, 4000 and "
             f"none at N = 8000.") in text
+
+
+def test_the_summary_for_the_disagreements_gives_each_state_against_n_and_whether_the_whole_set_is_measured():
+    doc = _doc()
+    zipf = 1.0 / np.arange(1, K + 1)
+    d = [record.refit(zipf * (1 + 0.01 * i), K)["fit"]["d_ks"] for i in range(3)]
+    expo_d = record.refit(np.exp(-np.arange(K) / 200.0), K)["fit"]["d_ks"]
+    line = sample_report.sample_size_summary(doc)
+    assert line.startswith(f"the trained network's d_KS is {np.mean(d):.4f}, {expo_d:.4f} at N = 1000, 4000 (a power "
+                           f"law at N = 1000; d_c = 0.0430); its initialisation's d_KS is {expo_d:.4f} at N = 1000 "
+                           "(a power law at none; d_c = 0.0430)")
+    assert line.endswith("the whole training set (60000 examples) is not measured yet, so no row is re-measured at "
+                         "another N")
+    doc["pieces"].append(_piece("trained", 60000, 0, zipf))
+    assert "not measured yet" not in sample_report.sample_size_summary(doc)
+    assert sample_report.sample_size_summary({"provenance": {}, "pieces": []}) is None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -10,6 +10,7 @@ import hspec
 from train.report.claims import (CLAIMS, DISAGREE, ORDERING_RULES, STEP_RULES, Row, learned, listed, measured,
                                  not_learned_runs, rule_s_tracks_test_error, step_trend)
 from train.report.tables import fmt_value, mean_sd
+from train.sample_report import sample_size_summary
 
 
 def stuck_setting(setting: dict[str, Any]) -> str:
@@ -127,7 +128,8 @@ def sample_dependence(draws: dict[str, Any] | None, sizes: dict[str, Any] | None
     return "; ".join(parts) + ("" if d_c is None else f", against d_c = {d_c:.4f}")
 
 
-def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dict[str, Any]]) -> str:
+def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dict[str, Any]],
+                          series: Sequence[tuple[str, dict[str, Any]]] = ()) -> str:
     """Every claim we disagree with, with what our own measurements offer as likely reasons.
 
     Groups that share their networks (the reference run is a row of four groups) can make the same claim
@@ -183,6 +185,10 @@ def disagreements_section(all_rows: dict[str, list[Row]], folders: dict[str, dic
             sample = sample_dependence(docs.get("hessian_draws"), docs.get("hessian_samples"), label)
             if sample:
                 general.append(f"Hessian sample ({folder}, {what}): {sample}.")
+    for folder, doc in series:  # results/hessian-sample: the same networks at N beyond the sensitivity study's
+        summary = sample_size_summary(doc)
+        if summary:
+            general.append(f"Hessian-sample size ({folder}, the \"Hessian sample\" section): {summary}.")
     seeds = [r.result.fit.get("d_ks") for r in learned(measured(all_rows.get("seeds", [])))
              if r.run.startswith("baseline")]
     seeds = [d for d in seeds if d is not None]

@@ -175,12 +175,13 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
     all_rows = {name: load_group(results, name) for name in plan.GROUPS}
     folders = study_docs(results)
     refits = refit_groups(all_rows)
+    from train.sample_report import hessian_sample_section, load_series  # results/hessian-sample (issue 24)
+    series = load_series(results)
     sections = [HEADER, machines(all_rows), in_brief(all_rows, refits), "## Overview\n\n" + overview(all_rows),
-                "## Where we disagree, and likely reasons\n\n" + disagreements_section(all_rows, folders),
+                "## Where we disagree, and likely reasons\n\n" + disagreements_section(all_rows, folders, series),
                 "## The claims at other K\n\n" + claims_at_other_k(all_rows, refits, figures / CLAIMS_AT_K_FIGURE)]
     sections += [group_section(name, rows, figures, FIGURES) for name, rows in all_rows.items()]
     sections.append("## Sensitivity of the verdict to the method's choices\n\n" + sensitivity_section(results, all_rows, folders))
-    from train.sample_report import hessian_sample_section  # results/hessian-sample: the N series (issue 24)
     sample_text, sample_figures = hessian_sample_section(results, figures, FIGURES)
     sections.append(sample_text)
     from train.llm.report import llm_section  # results/llm: the LLM claim (issue 25)
