@@ -134,6 +134,46 @@ def test_training_subset_and_hessian_draws(data_dir):
     np.testing.assert_array_equal(train.build(cfg, data_dir=str(data_dir)).hessian_batches[0][0], x0)
 
 
+
+@pytest.mark.parametrize("d_ks_before, by_draw_0", [(0.08, True), (0.06, False)])
+def test_the_turn_by_draw_0_and_by_the_draws_means(d_ks_before, by_draw_0):
+    """d_KS falls to the minimum and rises after it, λ_max rises throughout. By draw 0, d_KS's fall from 0.08 is
+    0.05 against 2 sd = 2·sqrt(0.02² + 0.003²) = 0.0404 (follows), from 0.06 only 0.03 (does not); the means
+    0.07 → 0.028 → 0.045 fall by 0.042 against 2 se = 2·sqrt((0.02² + 0.003²)/3) = 0.0234 and rise by 0.017
+    against 2·sqrt((0.003² + 0.002²)/3) = 0.0042 (follow) either way."""
+    steps, test = (10, 20, 30), (2.5, 2.2, 2.6)
+    d0 = {10: d_ks_before, 20: 0.03, 30: 0.05}
+    rows = [{"step": s, "test_loss": te, "d_ks": d0[s], "s": 1.0, "lambda_max": float(s), "trace": 10.0 * s,
+             "d_crit": 0.043, "is_power_law": d0[s] < 0.043} for s, te in zip(steps, test)]
+    means, sds = {10: 0.07, 20: 0.028, 30: 0.045}, {10: 0.02, 20: 0.003, 30: 0.002}
+    draws = {str(s): {"n": 3, "d_ks": {"mean": means[s], "sd": sds[s]}, "s": {"mean": 1.0, "sd": 0.01},
+                      "lambda_max": {"mean": float(s), "sd": 0.1}, "trace": {"mean": 10.0 * s, "sd": 1.0}}
+             for s in steps}
+    views = {"test_loss": {m: {"all": {"pearson": None}} for m in overfit.MEASURES}}
+    c = overfit.overfit_claims(rows, views, draws, {"before": 10, "at": 20, "after": 30})
+    fall = c["fall_before_minimum"]["measures"]["d_ks"]
+    assert fall["sampling_sd"] == pytest.approx(math.hypot(0.02, 0.003), rel=1e-12)
+    assert fall["falls_beyond_2sd"] is by_draw_0 and c["turn_after_minimum"]["measures"]["d_ks"]["rises_beyond_2sd"]
+    assert c["follows_turn"]["measures"]["d_ks"] is by_draw_0
+    m = c["follows_turn_means"]["measures"]["d_ks"]
+    assert m["fall"]["change"] == pytest.approx(-0.042) and m["rise"]["change"] == pytest.approx(0.017)
+    assert m["fall"]["standard_error"] == pytest.approx(math.sqrt((0.02 ** 2 + 0.003 ** 2) / 3), rel=1e-12)
+    assert m["follows"] is True
+    # λ_max rises before the minimum: decided against by either rule.
+    assert c["follows_turn"]["measures"]["lambda_max"] is False
+    assert c["follows_turn_means"]["measures"]["lambda_max"]["follows"] is False
+    assert c["fall_before_minimum"]["test_loss_change"] == pytest.approx(-0.3)
+    from train.llm import report
+
+    text = report.turn_paragraph({"claims_overfit": c, "key_steps": c["key_steps"], "checkpoints": rows,
+                                  "draws": draws})
+    row = (f"| d_KS | {d_ks_before:.4g} | 0.03 | 0.05 | {0.03 - d_ks_before:+.3g} ± 0.02: "
+           f"{'falls' if by_draw_0 else 'no'} | +0.02 ± 0.0036: rises | {'yes' if by_draw_0 else 'no'} | "
+           "-0.042 ± 0.012: falls | +0.017 ± 0.0021: rises | yes |")
+    assert row in text
+    differ = "They differ for d_KS, whose draws have sd 0.02 at step 10, 0.003 at step 20, 0.002 at step 30"
+    assert (differ in text) is not by_draw_0
+
 # -------------------------------------------------------------------------------------------------- resume
 
 
@@ -251,6 +291,16 @@ def test_analysis_and_report_section_from_synthetic_checkpoints(tmp_path):
     falls, rises = d0[600] - d0[200] < -2 * fall["sampling_sd"], d0[1000] - d0[600] > 2 * rise["sampling_sd"]
     assert (fall["falls_beyond_2sd"], rise["rises_beyond_2sd"]) == (falls, rises)
     assert c["follows_turn"]["measures"]["d_ks"] is (falls and rises)
+    # The same turn through the draws' means, with the standard error of each change.
+    vals = {s: t["draws"][str(s)]["d_ks"]["values"] for s in (200, 600, 1000)}
+    mean = {s: float(np.mean(v)) for s, v in vals.items()}
+    se = {s: float(np.std(v, ddof=1)) ** 2 / len(v) for s, v in vals.items()}
+    by_means = c["follows_turn_means"]["measures"]["d_ks"]
+    assert by_means["fall"]["change"] == pytest.approx(mean[600] - mean[200], rel=1e-12)
+    assert by_means["rise"]["standard_error"] == pytest.approx(math.sqrt(se[600] + se[1000]), rel=1e-12)
+    m_falls = mean[600] - mean[200] < -2 * math.sqrt(se[200] + se[600])
+    m_rises = mean[1000] - mean[600] > 2 * math.sqrt(se[600] + se[1000])
+    assert by_means["follows"] is (m_falls and m_rises) and by_means["fall"]["draws"] == [3, 3]
     # λ_max (1 + step/100 in draw 0) rises before the minimum: decided against whatever the noise.
     assert c["fall_before_minimum"]["measures"]["lambda_max"]["falls_beyond_2sd"] is False
     assert c["follows_turn"]["measures"]["lambda_max"] is False

@@ -63,9 +63,16 @@ def claims_table(t: dict[str, Any]) -> str:
         b, a = c["fall_before_minimum"]["measures"].get(m), c["turn_after_minimum"]["measures"].get(m)
         claim = (f"{LABEL[m]} tracks the test loss where it turns" if says else
                  f"{LABEL[m]} does not track the test loss where it turns")
-        ours = f"{_change_cell(b)} to the minimum, {_change_cell(a)} after it"
+        ours = f"draw 0: {_change_cell(b)} to the minimum, {_change_cell(a)} after it"
+        verdict = _agree(follows["measures"].get(m), says)
+        by_means = (c.get("follows_turn_means") or {}).get("measures", {}).get(m)
+        if by_means:
+            ours += (f"; the draws' means: {_mean_cell(by_means['fall'])} to the minimum, "
+                     f"{_mean_cell(by_means['rise'])} after it")
+            if _agree(by_means["follows"], says) != verdict:
+                verdict = f"{verdict} (draw 0); {_agree(by_means['follows'], says)} (the draws' means)"
         rows.append(f"| {claim} | {follows['rule'].replace('falls', 'it falls', 1)} (table below) | {ours} | "
-                    f"{_agree(follows['measures'].get(m), says)} |")
+                    f"{verdict} |")
     return "\n".join(rows)
 
 
@@ -127,6 +134,16 @@ def _change_cell(x: dict[str, Any] | None, moved: str = "", flag: str = "") -> s
     return f"{_f(x['change'], '+.3g')}{noise}{decided}"
 
 
+def _mean_cell(x: dict[str, Any] | None, moved: str = "") -> str:
+    """One half of the turn seen through the draws' means: the change ± its standard error, and with `moved`
+    whether it goes the right way beyond 2 standard errors."""
+    if x is None:
+        return "–"
+    noise = " (no draws yet)" if x["standard_error"] is None else f" ± {x['standard_error']:.2g}"
+    decided = "" if not moved or x["beyond_2se"] is None else f": {moved if x['beyond_2se'] else 'no'}"
+    return f"{_f(x['change'], '+.3g')}{noise}{decided}"
+
+
 def turn_paragraph(t: dict[str, Any]) -> str:
     """What each measure does while the test loss falls to its minimum and rises after it: a table and the rules."""
     claims, key = t["claims_overfit"], t["key_steps"]
@@ -137,19 +154,39 @@ def turn_paragraph(t: dict[str, Any]) -> str:
         return "The checkpoints at and after the minimum are not measured yet."
     by_step = {r["step"]: r for r in t["checkpoints"]}
     loss = " → ".join(_f((by_step.get(key[n]) or {}).get("test_loss"), ".3f") for n in ("before", "at", "after"))
+    means = claims.get("follows_turn_means", {"measures": {}, "rule": "–"})
+    yes_no = lambda v: "undecided" if v is None else "yes" if v else "no"  # noqa: E731
     rows = [f"| measure | step {key['before']} (before) | step {key['at']} (the minimum) | step {key['after']} (after) "
-            "| fall to the minimum, beyond 2 sd | rise after it, beyond 2 sd | follows the turn |", "|" + "---|" * 7]
+            "| fall to the minimum, beyond 2 sd | rise after it, beyond 2 sd | follows the turn | the draws' means: "
+            "fall, beyond 2 se | rise, beyond 2 se | follows the turn |", "|" + "---|" * 10]
     for m in MEASURES:
         b, a = fall["measures"].get(m), turn["measures"].get(m)
         vals = [(by_step.get(key[n]) or {}).get(m) for n in ("before", "at", "after")]
-        verdict = follows["measures"].get(m)
+        mm = means["measures"].get(m) or {"fall": None, "rise": None, "follows": None}
         rows.append(f"| {LABEL[m]} | " + " | ".join(_f(v, ".4g") for v in vals) + " | "
                     f"{_change_cell(b, 'falls', 'falls_beyond_2sd')} | {_change_cell(a, 'rises', 'rises_beyond_2sd')} "
-                    f"| {'undecided' if verdict is None else 'yes' if verdict else 'no'} |")
+                    f"| {yes_no(follows['measures'].get(m))} | {_mean_cell(mm['fall'], 'falls')} | "
+                    f"{_mean_cell(mm['rise'], 'rises')} | {yes_no(mm['follows'])} |")
     return (f"Across the turn of the test loss ({loss} at steps {key['before']}, {key['at']}, {key['after']}), each "
             f"measure of draw 0, its change, and the Hessian-sample sd of that change (from the draws). Rules: "
-            f"{fall.get('rule', '–')}; {turn['rule']}; a measure follows the turn when it does both.\n\n"
-            + "\n".join(rows))
+            f"{fall.get('rule', '–')}; {turn['rule']}; a measure follows the turn when it does both. Beside it, the "
+            f"same turn through the means over the draws (n at each key checkpoint in the table below): "
+            f"{means['rule']}. The draw-0 rule was set before the draws at step {key['before']} were measured, the "
+            f"means' rule after.{_differ(t, follows, means)}\n\n" + "\n".join(rows))
+
+
+def _differ(t: dict[str, Any], follows: dict[str, Any], means: dict[str, Any]) -> str:
+    """Where the two turn rules decide differently: the draws' sd at each key checkpoint, which makes the difference."""
+    out = []
+    for m in MEASURES:
+        a, b = follows["measures"].get(m), (means["measures"].get(m) or {}).get("follows")
+        if a is None or b is None or a == b:
+            continue
+        sds = [f"{_f(((t['draws'].get(str(t['key_steps'][n])) or {}).get(m) or {}).get('sd'), '.2g')} at step "
+               f"{t['key_steps'][n]}" for n in ("before", "at", "after")]
+        out.append(f" They differ for {LABEL[m]}, whose draws have sd " + ", ".join(sds) + ": one draw's change "
+                   "carries the whole variance of each end, the means' change 1/n of it.")
+    return "".join(out)
 
 
 def sensitivity_paragraphs(sens: dict[str, Any] | None) -> str:

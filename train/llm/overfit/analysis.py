@@ -69,6 +69,21 @@ def _key_change(by_step: dict[int, dict], draws: dict[str, Any], m: str, s0: int
     return {"from": a[m], "to": b[m], "change": b[m] - a[m], "sampling_sd": noise}
 
 
+def _mean_change(by_step: dict[int, dict], draws: dict[str, Any], m: str, s0: int, s1: int) -> dict[str, Any] | None:
+    """Measure m from step s0 to s1 as the mean over each step's draws (draw 0 alone where it has none), with the
+    standard error of that change, sqrt(sd_0^2/n_0 + sd_1^2/n_1), where both steps have draws."""
+    ends = []
+    for s in (s0, s1):
+        row, entry = by_step.get(s), (draws.get(str(s)) or {}).get(m)
+        if row is None or row[m] is None or s0 == s1:
+            return None
+        n = (draws.get(str(s)) or {}).get("n", 1)
+        ends.append((row[m], None, 1) if entry is None else (entry["mean"], entry["sd"], n))
+    (a, sd_a, n_a), (b, sd_b, n_b) = ends
+    se = None if sd_a is None or sd_b is None else math.sqrt(sd_a ** 2 / n_a + sd_b ** 2 / n_b)
+    return {"from": a, "to": b, "change": b - a, "standard_error": se, "draws": [n_a, n_b]}
+
+
 def _beyond(change: float, sd: float | None, sign: int) -> bool | None:
     """Whether a change goes `sign`'s way by more than 2 sd: False without draws too when it goes the other way."""
     if sign * change <= 0:
@@ -135,6 +150,20 @@ def overfit_claims(rows: list[dict[str, Any]], views: dict[str, Any], draws: dic
                            "measures": {m: _both(before[m] and before[m]["falls_beyond_2sd"],
                                                  turn[m] and turn[m]["rises_beyond_2sd"],
                                                  before[m] is None or turn[m] is None) for m in MEASURES}}
+    # The same turn seen through the means of the draws (all three samples at each key checkpoint, not draw 0
+    # alone), shown beside the rule above; added once the draws at the checkpoint before the minimum were seen.
+    means = {}
+    for m in MEASURES:
+        f, r = (_mean_change(by_step, draws, m, *steps) for steps in ((key["before"], key["at"]),
+                                                                       (key["at"], key["after"])))
+        for half, sign in ((f, -1), (r, +1)):
+            if half is not None:
+                half["beyond_2se"] = _beyond(half["change"], half["standard_error"], sign)
+        means[m] = {"fall": f, "rise": r, "follows": _both(f and f["beyond_2se"], r and r["beyond_2se"],
+                                                           f is None or r is None)}
+    out["follows_turn_means"] = {"rule": "the mean over the Hessian-sample draws falls to the test-loss minimum and "
+                                         "rises after it, each by more than twice the standard error of the change "
+                                         "(sqrt(sd_a^2/n_a + sd_b^2/n_b))", "measures": means}
     return out
 
 
