@@ -312,6 +312,13 @@ def test_analysis_and_report_section_from_synthetic_checkpoints(tmp_path):
     assert "(n=3)" in text and "results/llm/synthetic/tracking.png" in text
     assert f"| λ_max | {1 + 2:.4g} | {1 + 6:.4g} | {1 + 10:.4g} | +4 ± " in text
     assert "| λ_max does not track the test loss where it turns |" in text
+    # "In brief": the verdicts of the section's rows, counted.
+    verdicts = [line.rsplit("|", 2)[-2].strip() for line in text.split("\n") if line.startswith("| ") and
+                ("track" in line or "initialisation" in line or "falls as" in line) and "rule" not in line]
+    brief = report.llm_brief(tmp_path / "results")
+    assert brief.startswith(f"The LLM claim (synthetic, trained past its test-loss minimum): of the {len(verdicts)} "
+                            f"rules its section applies, {verdicts.count('agree')} agree, "
+                            f"{verdicts.count('disagree')} disagree, {verdicts.count('undecided')} undecided")
     assert text == report.llm_section(tmp_path / "results", tmp_path)  # the same files give the same text
 
 

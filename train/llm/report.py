@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["llm_section", "CLAIM_TEXT"]
+__all__ = ["llm_section", "llm_brief", "claim_rows", "CLAIM_TEXT"]
 
 CLAIM_TEXT = ("docs/method.md §5 (LLMs): \"d_KS falls as training proceeds and tracks the test loss (Pearson r above "
               "0.9), while λ_max and Tr(H) do not; the power law is absent at initialisation.\"")
@@ -41,23 +41,23 @@ def _agree(holds: Any, paper_says: bool) -> str:
     return "agree" if bool(holds) == paper_says else "disagree"
 
 
-def claims_table(t: dict[str, Any]) -> str:
-    """Each claim, the rule applied, our number and agree / disagree."""
+def claim_rows(t: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """Each claim as (claim, rule applied, our number, verdict): "agree", "disagree", "undecided", or both rules'
+    verdicts where the turn's two rules differ."""
     c = t["claims_overfit"]
-    rows = ["| claim (docs/method.md §5) | rule applied | ours | |", "|---|---|---|---|"]
+    rows = []
     init = c["no_power_law_at_init"]
     ours = "step 0 not measured yet" if init["d_ks"] is None else f"d_KS {_f(init['d_ks'])}, d_c {_f(init['d_crit'])}"
-    rows.append(f"| the power law is absent at initialisation | {init['rule']} | {ours} | "
-                f"{_agree(init['holds'], True)} |")
+    rows.append(("the power law is absent at initialisation", init["rule"], ours, _agree(init["holds"], True)))
     falls = c["d_ks_falls"]
-    rows.append(f"| d_KS falls as training proceeds | {falls['rule']} | {_f(falls['d_ks_init'])} → "
-                f"{_f(falls['d_ks_at_minimum'])} | {_agree(falls['holds'], True)} |")
+    rows.append(("d_KS falls as training proceeds", falls["rule"],
+                 f"{_f(falls['d_ks_init'])} → {_f(falls['d_ks_at_minimum'])}", _agree(falls["holds"], True)))
     for m, says in (("d_ks", True), ("lambda_max", False), ("trace", False)):
         x = c[f"{m}_tracks_test_loss"]
         claim = "d_KS tracks the test loss" if m == "d_ks" else f"{LABEL[m]} does not track the test loss"
         partial = "" if x["holds"] is not None or x["pearson"] is None else f" (over {x.get('checkpoints')} so far)"
-        rows.append(f"| {claim} | {x['rule'].replace(m, LABEL[m], 1)} | r = {_f(x['pearson'], '+.3f')}{partial} | "
-                    f"{_agree(x['holds'], says)} |")
+        rows.append((claim, x["rule"].replace(m, LABEL[m], 1), f"r = {_f(x['pearson'], '+.3f')}{partial}",
+                     _agree(x["holds"], says)))
     follows = c.get("follows_turn")
     for m, says in (("d_ks", True), ("lambda_max", False), ("trace", False)) if follows else ():
         b, a = c["fall_before_minimum"]["measures"].get(m), c["turn_after_minimum"]["measures"].get(m)
@@ -71,9 +71,33 @@ def claims_table(t: dict[str, Any]) -> str:
                      f"{_mean_cell(by_means['rise'])} after it")
             if _agree(by_means["follows"], says) != verdict:
                 verdict = f"{verdict} (draw 0); {_agree(by_means['follows'], says)} (the draws' means)"
-        rows.append(f"| {claim} | {follows['rule'].replace('falls', 'it falls', 1)} (table below) | {ours} | "
-                    f"{verdict} |")
-    return "\n".join(rows)
+        rows.append((claim, f"{follows['rule'].replace('falls', 'it falls', 1)} (table below)", ours, verdict))
+    return rows
+
+
+def claims_table(t: dict[str, Any]) -> str:
+    """Each claim, the rule applied, our number and agree / disagree."""
+    return "\n".join(["| claim (docs/method.md §5) | rule applied | ours | |", "|---|---|---|---|"]
+                     + [f"| {claim} | {rule} | {ours} | {verdict} |" for claim, rule, ours, verdict in claim_rows(t)])
+
+
+def llm_brief(results: str | os.PathLike) -> str:
+    """One sentence per overfitting-queue run for the report's "In brief": how many of its claim rules agree."""
+    out = []
+    for path in sorted((Path(results) / "llm").glob("*/tracking.json")):
+        t = json.loads(path.read_text())
+        if "claims_overfit" not in t:
+            continue
+        rows = claim_rows(t)
+        verdicts = [v for *_, v in rows]
+        against = [f"{claim}: {ours}" for claim, _, ours, v in rows if v == "disagree"]
+        split = [claim for claim, *_, v in rows if v not in ("agree", "disagree", "undecided")]
+        counts = ", ".join(f"{verdicts.count(v)} {v}" for v in ("agree", "disagree", "undecided"))
+        out.append(f"The LLM claim ({path.parent.name}, trained past its test-loss minimum): of the {len(rows)} "
+                   f"rules its section applies, {counts}" + (f" ({'; '.join(against)})" if against else "")
+                   + (f", and {len(split)} split between the turn's two rules ({'; '.join(split)})" if split else "")
+                   + ".")
+    return " ".join(out)
 
 
 def checkpoint_table(t: dict[str, Any]) -> str:

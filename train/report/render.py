@@ -177,14 +177,15 @@ def render(results: str | os.PathLike, out: str | os.PathLike) -> str:
     refits = refit_groups(all_rows)
     from train.sample_report import hessian_sample_section, load_series  # results/hessian-sample (issue 24)
     series = load_series(results)
-    sections = [HEADER, machines(all_rows), in_brief(all_rows, refits), "## Overview\n\n" + overview(all_rows),
+    from train.llm.report import llm_brief, llm_section  # results/llm: the LLM claim (issue 25)
+    brief = " ".join(x for x in (in_brief(all_rows, refits), llm_brief(results)) if x)
+    sections = [HEADER, machines(all_rows), brief, "## Overview\n\n" + overview(all_rows),
                 "## Where we disagree, and likely reasons\n\n" + disagreements_section(all_rows, folders, series),
                 "## The claims at other K\n\n" + claims_at_other_k(all_rows, refits, figures / CLAIMS_AT_K_FIGURE)]
     sections += [group_section(name, rows, figures, FIGURES) for name, rows in all_rows.items()]
     sections.append("## Sensitivity of the verdict to the method's choices\n\n" + sensitivity_section(results, all_rows, folders))
     sample_text, sample_figures = hessian_sample_section(results, figures, FIGURES)
     sections.append(sample_text)
-    from train.llm.report import llm_section  # results/llm: the LLM claim (issue 25)
     sections.append(llm_section(results, out.parent))
     sections.append("## Data\n\n" + data_section(all_rows))
     text = "\n\n".join(sections) + "\n"
