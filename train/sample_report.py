@@ -257,8 +257,8 @@ def mechanism_text(doc: dict[str, Any]) -> str:
         later = {n: _mean(g, "d_ks") for n, g in trained.items() if n >= n0}
         lo, hi = min(later.values()), max(later.values())
         parts.append(f"The trained network's verdict changes with N, but not monotonically: from N = {n0} on its d_KS "
-                     f"stays between {lo:.4f} and {hi:.4f}, within {max(d_c - lo, hi - d_c):.4f} of d_c on either "
-                     f"side, a power law at N = {', '.join(str(n) for n, d in later.items() if d < d_c)} and none at "
+                     f"stays between {lo:.4f} and {hi:.4f}, at most {d_c - lo:.4f} below d_c and {hi - d_c:.4f} above "
+                     f"it, a power law at N = {', '.join(str(n) for n, d in later.items() if d < d_c)} and none at "
                      f"N = {', '.join(str(n) for n, d in later.items() if d >= d_c)}.")
     else:
         parts.append("The trained network's verdict is the same at every N measured.")

@@ -76,8 +76,8 @@ def test_a_verdict_that_straddles_d_c_beyond_some_n_is_said_so_with_its_range():
            "pieces": [_piece("trained", n, 0, v) for n, v in series.items()]}
     text = sample_report.mechanism_text(doc)
     later = [fits[n]["d_ks"] for n in (2000, 4000, 8000)]
-    assert (f"from N = 2000 on its d_KS stays between {min(later):.4f} and {max(later):.4f}, within "
-            f"{max(d_c - min(later), max(later) - d_c):.4f} of d_c on either side, a power law at N = 2000, 4000 and "
+    assert (f"from N = 2000 on its d_KS stays between {min(later):.4f} and {max(later):.4f}, at most "
+            f"{d_c - min(later):.4f} below d_c and {max(later) - d_c:.4f} above it, a power law at N = 2000, 4000 and "
             f"none at N = 8000.") in text
 
 
