@@ -228,7 +228,7 @@ def sensitivity_paragraphs(sens: dict[str, Any] | None) -> str:
         out.append("K prefixes of the converged spectrum (d_KS / d_c, verdict, s):\n\n" + "\n".join(rows))
     if sens["sizes"]:
         rows = ["| step | Hessian tokens | d_KS | s | λ_max | Tr(H) | power law | Lanczos steps |", "|" + "---|" * 8]
-        for step, entries in sens["sizes"].items():
+        for step, entries in sorted(sens["sizes"].items(), key=lambda kv: int(kv[0])):
             for e in entries:
                 rows.append(f"| {step} | {e['tokens']}{' (main)' if e.get('main') else ''} | {_f(e['d_ks'])} | "
                             f"{_f(e['s'], '.3f')} | {_f(e['lambda_max'], '.4g')} | {_f(e['trace'], '.4g')} | "
@@ -245,7 +245,7 @@ def sensitivity_paragraphs(sens: dict[str, Any] | None) -> str:
     if sens["paper_literal"]:
         rows = ["| step | procedure | d_KS | d_c | s | power law | converged | distinct | positive |",
                 "|" + "---|" * 9]
-        for step, e in sens["paper_literal"].items():
+        for step, e in sorted(sens["paper_literal"].items(), key=lambda kv: int(kv[0])):
             rows.append(f"| {step} | paper's literal: {e['num_starts']} runs × {e['lanczos_steps']} steps, "
                         f"{e['combine']}, unconverged kept | {_f(e['d_ks'])} | {_f(e['d_crit'])} | {_f(e['s'], '.3f')} "
                         f"| {'yes' if e['is_power_law'] else 'no'} | {e['num_converged']} | {e['num_distinct']} | "
