@@ -148,24 +148,24 @@ def correlation_table(t: dict[str, Any]) -> str:
     return "\n".join(rows) + f"\n\nKendall τ of each series with the step (the time confound): {steps}."
 
 
-def _change_cell(x: dict[str, Any] | None, moved: str = "", flag: str = "") -> str:
-    """One half of the turn: the change of draw 0 and its sampling sd; with `flag`, whether it goes the right way
-    beyond 2 sd (`moved`, or "no")."""
+def _cell(x: dict[str, Any] | None, noise_key: str, flag: str, moved: str) -> str:
+    """One half of the turn: the change, ± its noise (`noise_key`), and with `moved` whether `flag` says it goes the
+    right way beyond 2 of them (`moved`, or "no")."""
     if x is None:
         return "–"
-    noise = " (no draws yet)" if x["sampling_sd"] is None else f" ± {x['sampling_sd']:.2g}"
-    decided = "" if not flag or x[flag] is None else f": {moved if x[flag] else 'no'}"
+    noise = " (no draws yet)" if x[noise_key] is None else f" ± {x[noise_key]:.2g}"
+    decided = "" if not moved or x[flag] is None else f": {moved if x[flag] else 'no'}"
     return f"{_f(x['change'], '+.3g')}{noise}{decided}"
+
+
+def _change_cell(x: dict[str, Any] | None, moved: str = "", flag: str = "") -> str:
+    """A half of draw 0's turn: its change ± the sampling sd of one draw's change."""
+    return _cell(x, "sampling_sd", flag, moved if flag else "")
 
 
 def _mean_cell(x: dict[str, Any] | None, moved: str = "") -> str:
-    """One half of the turn seen through the draws' means: the change ± its standard error, and with `moved`
-    whether it goes the right way beyond 2 standard errors."""
-    if x is None:
-        return "–"
-    noise = " (no draws yet)" if x["standard_error"] is None else f" ± {x['standard_error']:.2g}"
-    decided = "" if not moved or x["beyond_2se"] is None else f": {moved if x['beyond_2se'] else 'no'}"
-    return f"{_f(x['change'], '+.3g')}{noise}{decided}"
+    """A half of the turn through the draws' means: the change ± its standard error."""
+    return _cell(x, "standard_error", "beyond_2se", moved)
 
 
 def turn_paragraph(t: dict[str, Any]) -> str:

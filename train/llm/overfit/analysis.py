@@ -59,29 +59,41 @@ def draw_summary(main: dict[int, Any], draws: dict[int, dict[int, Any]]) -> dict
     return out
 
 
+def _ends(by_step: dict[int, dict], draws: dict[str, Any], m: str, s0: int, s1: int, of_means: bool):
+    """Measure m at steps s0 and s1 (draw 0, or with of_means the mean over each step's draws, draw 0 alone where it
+    has none), and the noise of its change, sqrt(sd_0^2/n_0 + sd_1^2/n_1) with n = 1 for one draw, where both steps
+    have draws; None where either step is missing."""
+    if s0 == s1:
+        return None
+    ends = []
+    for s in (s0, s1):
+        row, entry = by_step.get(s), draws.get(str(s)) or {}
+        if row is None or row[m] is None:
+            return None
+        mean = of_means and m in entry
+        ends.append((entry[m]["mean"] if mean else row[m], (entry.get(m) or {}).get("sd"),
+                     entry.get("n", 1) if mean else 1))
+    (a, sd_a, n_a), (b, sd_b, n_b) = ends
+    noise = None if sd_a is None or sd_b is None else math.sqrt(sd_a ** 2 / n_a + sd_b ** 2 / n_b)
+    return a, b, noise, [n_a, n_b]
+
+
 def _key_change(by_step: dict[int, dict], draws: dict[str, Any], m: str, s0: int, s1: int) -> dict[str, Any] | None:
     """Measure m from step s0 to s1 (draw 0), with the sampling sd of one draw's change where both have draws."""
-    a, b = by_step.get(s0), by_step.get(s1)
-    if a is None or b is None or a[m] is None or b[m] is None or s0 == s1:
+    ends = _ends(by_step, draws, m, s0, s1, of_means=False)
+    if ends is None:
         return None
-    sds = [(draws.get(str(s)) or {}).get(m, {}).get("sd") for s in (s0, s1)]
-    noise = math.sqrt(sum(sd ** 2 for sd in sds)) if all(sd is not None for sd in sds) else None
-    return {"from": a[m], "to": b[m], "change": b[m] - a[m], "sampling_sd": noise}
+    a, b, noise, _ = ends
+    return {"from": a, "to": b, "change": b - a, "sampling_sd": noise}
 
 
 def _mean_change(by_step: dict[int, dict], draws: dict[str, Any], m: str, s0: int, s1: int) -> dict[str, Any] | None:
-    """Measure m from step s0 to s1 as the mean over each step's draws (draw 0 alone where it has none), with the
-    standard error of that change, sqrt(sd_0^2/n_0 + sd_1^2/n_1), where both steps have draws."""
-    ends = []
-    for s in (s0, s1):
-        row, entry = by_step.get(s), (draws.get(str(s)) or {}).get(m)
-        if row is None or row[m] is None or s0 == s1:
-            return None
-        n = (draws.get(str(s)) or {}).get("n", 1)
-        ends.append((row[m], None, 1) if entry is None else (entry["mean"], entry["sd"], n))
-    (a, sd_a, n_a), (b, sd_b, n_b) = ends
-    se = None if sd_a is None or sd_b is None else math.sqrt(sd_a ** 2 / n_a + sd_b ** 2 / n_b)
-    return {"from": a, "to": b, "change": b - a, "standard_error": se, "draws": [n_a, n_b]}
+    """Measure m from step s0 to s1 as the mean over each step's draws, with the standard error of that change."""
+    ends = _ends(by_step, draws, m, s0, s1, of_means=True)
+    if ends is None:
+        return None
+    a, b, se, n = ends
+    return {"from": a, "to": b, "change": b - a, "standard_error": se, "draws": n}
 
 
 def _beyond(change: float, sd: float | None, sign: int) -> bool | None:
